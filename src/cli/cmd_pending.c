@@ -1,0 +1,22 @@
+// Commands whose implementation has not landed in this build yet. Each is a weak symbol:
+// the real cmd_*.c file overrides it. Delete an entry once its command exists.
+#include <stdio.h>
+
+#include "cli/commands.h"
+
+static int pending(const char *name) {
+    fprintf(stderr, "pagoda: '%s' is not available in this build yet\n", name);
+    return 2;
+}
+
+#define PENDING(fn, name) \
+    __attribute__((weak)) int fn(int argc, char **argv) { (void)argc; (void)argv; return pending(name); }
+
+PENDING(cmd_generate, "generate")
+PENDING(cmd_serve, "serve")
+PENDING(cmd_tokenize, "tokenize")
+PENDING(cmd_detokenize, "detokenize")
+PENDING(cmd_chat_template, "chat-template")
+PENDING(cmd_make_model, "make-model")
+PENDING(cmd_bench, "bench")
+PENDING(cmd_eval, "eval")
