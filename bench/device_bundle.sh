@@ -12,6 +12,7 @@ cp bench/device_run.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true
 for b in "$DEST"/bin/*; do
   ldd "$b" | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libpthread|libdl|librt|ld-linux|libcuda|libcublas|libcudart|libstdc\+\+|libgcc_s' || true
 done | sort -u | while read -r so; do cp -L "$so" "$DEST/lib/"; done
+strip -g "$DEST"/bin/* || true
 git rev-parse --short HEAD > "$DEST/COMMIT"
 git status --porcelain | grep -q . && echo "+dirty" >> "$DEST/COMMIT" || true
 du -sh "$DEST"
