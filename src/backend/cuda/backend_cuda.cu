@@ -532,8 +532,8 @@ static int set_kv(struct cuda_ctx *c, int num_blocks) {
 // A step with Tmax prompt tokens over as few sequences as max_model_len allows, through
 // the eager path and the sampler: peak activation memory is then in use.
 static int dummy_step(struct cuda_ctx *c, char *err) {
-    int n_seqs = (c->Tmax + c->bc.max_model_len - 1) / c->bc.max_model_len;
-    if (n_seqs > c->Smax) n_seqs = c->Smax;
+    long total = c->Tmax < (long)c->Smax * c->bc.max_model_len ? c->Tmax : (long)c->Smax * c->bc.max_model_len;
+    int n_seqs = (int)((total + c->bc.max_model_len - 1) / c->bc.max_model_len);
     int32_t *toks = (int32_t *)pg_calloc(c->Tmax, sizeof(int32_t));
     int32_t *bt = (int32_t *)pg_calloc(c->bt_stride, sizeof(int32_t));
     struct step_seq *seqs = (struct step_seq *)pg_calloc(n_seqs, sizeof(struct step_seq));
@@ -545,7 +545,7 @@ static int dummy_step(struct cuda_ctx *c, char *err) {
     sp.temperature = 1;
     int T = 0;
     for (int i = 0; i < n_seqs; i++) {
-        int n = (c->Tmax - T) / (n_seqs - i);
+        int n = (int)((total - T) / (n_seqs - i));
         seqs[i].n_new = n;
         seqs[i].tokens = toks;
         seqs[i].block_table = bt;
