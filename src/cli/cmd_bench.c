@@ -217,10 +217,11 @@ static int run_batch(const struct backend_ops *be, void *ctx, const struct model
     double bytes = weight_bytes(mc) + (double)B * ctx_mid * kv_bytes_per_token(mc, o->kv);
     char line[1024];
     snprintf(line, sizeof line,
-             "{\"mode\":\"%s\",\"batch\":%d,\"input_len\":%d,\"output_len\":%d,\"decode_ms_per_step_median\":%.3f,"
+             "{\"mode\":\"%s\",\"model\":\"%s%s\",\"kv\":\"%s\",\"graphs\":%s,\"batch\":%d,\"input_len\":%d,\"output_len\":%d,\"decode_ms_per_step_median\":%.3f,"
              "\"decode_ms_per_step_mean\":%.3f,\"decode_tok_per_s\":%.1f,\"prefill_s\":%.3f,\"e2e_tok_per_s\":%.1f,"
              "\"floor_ms_per_step\":%.3f,\"step_bytes\":%.4g}",
-             o->mode, B, o->input_len, o->output_len, med * 1e3, mean * 1e3, B / mean, t_pre,
+             o->mode, o->preset ? o->preset : o->model, o->gptq ? "-gptq-int4" : "", pg_dtype_name(o->kv),
+             o->eager ? "false" : "true", B, o->input_len, o->output_len, med * 1e3, mean * 1e3, B / mean, t_pre,
              (double)B * o->output_len / (t_pre + t_dec + mean), o->bw > 0 ? bytes / o->bw * 1e3 : 0.0, bytes);
     emit(o, line);
     printf("batch %3d: decode %.3f ms/step (median; floor %.3f ms at %.0f GB/s), %.1f tok/s decode, %.1f tok/s "
@@ -271,9 +272,9 @@ static int run_prefill(const struct backend_ops *be, void *ctx, const struct mod
         double med = t[1 + (n - 1) / 2], fl = prefill_flops(mc, L);
         char line[512];
         snprintf(line, sizeof line,
-                 "{\"mode\":\"prefill\",\"prompt_len\":%d,\"prefill_ms_median\":%.3f,\"flops\":%.4g,\"floor_ms\":%.3f,"
+                 "{\"mode\":\"prefill\",\"model\":\"%s%s\",\"kv\":\"%s\",\"prompt_len\":%d,\"prefill_ms_median\":%.3f,\"flops\":%.4g,\"floor_ms\":%.3f,"
                  "\"tflops_achieved\":%.1f}",
-                 L, med * 1e3, fl, o->flops > 0 ? fl / o->flops * 1e3 : 0.0, fl / med / 1e12);
+                 o->preset ? o->preset : o->model, o->gptq ? "-gptq-int4" : "", pg_dtype_name(o->kv), L, med * 1e3, fl, o->flops > 0 ? fl / o->flops * 1e3 : 0.0, fl / med / 1e12);
         emit(o, line);
         printf("prefill %5d tokens: %.2f ms (median of %d; floor %.2f ms at %.0f TFLOP/s; %.0f TFLOP/s achieved)\n", L,
                med * 1e3, n - 1, o->flops > 0 ? fl / o->flops * 1e3 : 0.0, o->flops / 1e12, fl / med / 1e12);

@@ -33,16 +33,28 @@ static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t 
                             f32_out ? CUDA_R_32F : CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bf16_t *y, int ldy) {
+// y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer and the input is
+// silu(gate) * up (fused into the GEMV for few rows, else formed by cu_swiglu first).
+static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bf16_t *y, int ldy,
+                    bool x_is_gu) {
+    const bool gemv = T <= CU_GEMV_MAX_ROWS && d->in % 8 == 0 && !d->perm;
+    if (x_is_gu && !gemv) {
+        cu_swiglu(x, T, d->in, c->act, c->st);
+        x = c->act;
+        x_is_gu = false;
+    }
     if (d->perm) {
         cu_permute_cols(x, d->perm, T, d->in, c->xperm, c->st);
         x = c->xperm;
     }
-    if (d->quant && T <= CU_GEMV_MAX_ROWS) {
-        cu_gptq_gemv(&d->q, x, T, d->bias, y, ldy, c->gemv_partial, c->st);
+    if (gemv) {
+        if (d->quant) cu_gptq_gemv(&d->q, x, T, x_is_gu, d->bias, y, ldy, c->st);
+        else cu_dense_gemv(d->w, d->in, d->out, x, T, x_is_gu, d->bias, y, ldy, false, c->st);
         return;
     }
-    if (d->quant) {
+    if (d->quant && d->wt) {
+        gemm(c, d->wt, true, x, T, d->in, d->out, y, ldy, false);
+    } else if (d->quant) {
         cu_gptq_dequant(&d->q, c->deq, c->st);
         gemm(c, c->deq, true, x, T, d->in, d->out, y, ldy, false);
     } else {
@@ -52,7 +64,7 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
 }
 
 static void run_group(struct cuda_ctx *c, const struct dgroup *g, const bf16_t *x, int T, bf16_t *y) {
-    for (int p = 0; p < g->n; p++) run_lin(c, &g->part[p], x, T, y + g->col[p], g->out);
+    for (int p = 0; p < g->n; p++) run_lin(c, &g->part[p], x, T, y + g->col[p], g->out, false);
 }
 
 static struct cu_step step_desc(const struct cuda_ctx *c, int T, int n_seqs) {
@@ -93,11 +105,10 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
                        c->attn_partial, c->attn, c->st);
         cu_attn_prefill(c->q, &s, c->d_i32 + c->off_tiles, n_tiles, nh, nkv, hd, bs, c->kv_type, kc, vc, c->attn,
                         c->st);
-        run_lin(c, &L->o, c->attn, T, c->delta, H);
+        run_lin(c, &L->o, c->attn, T, c->delta, H, false);
         cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
         run_group(c, &L->gu, c->xn, T, c->gu);
-        cu_swiglu(c->gu, T, m->intermediate, c->act, c->st);
-        run_lin(c, &L->down, c->act, T, c->delta, H);
+        run_lin(c, &L->down, c->gu, T, c->delta, H, true);
     }
     cu_add_rmsnorm(c->resid, c->delta, H, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
 }
@@ -106,7 +117,10 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
 static void lm_head_rows(struct cuda_ctx *c, int n_rows) {
     const int H = c->mc.hidden;
     cu_gather_rows(c->xn, H, c->d_i32 + c->off_rows, n_rows, H, c->hs, c->st);
-    gemm(c, c->lm_head, false, c->hs, n_rows, H, c->mc.vocab, c->logits, c->mc.vocab, true);
+    if (n_rows <= CU_GEMV_MAX_ROWS && H % 8 == 0)
+        cu_dense_gemv(c->lm_head, H, c->mc.vocab, c->hs, n_rows, false, NULL, c->logits, c->mc.vocab, true, c->st);
+    else
+        gemm(c, c->lm_head, false, c->hs, n_rows, H, c->mc.vocab, c->logits, c->mc.vocab, true);
 }
 
 // ---- host side of a step ----
@@ -633,9 +647,11 @@ static int size_kv(struct cuda_ctx *c, char *err) {
     }
     if (nb > 0x7fffffff / 2) nb = 0x7fffffff / 2;
     if (set_kv(c, (int)nb)) return cu_take_error(err);
-    pg_info("cuda: KV cache %ld blocks x %d = %ld tokens (%.2f GiB, %s); weights %.2f GiB", nb, c->bc.block_size,
+    pg_info("cuda: KV cache %ld blocks x %d = %ld tokens (%.2f GiB, %s); weights %.2f GiB (of which %.2f GiB "
+            "dequantized int4 copies for many-row steps)", nb, c->bc.block_size,
             nb * c->bc.block_size, nb * (double)per / (1 << 30), c->kv_type == CU_KV_BF16 ? "bf16" :
-            c->kv_type == CU_KV_E4M3 ? "fp8_e4m3" : "fp8_e5m2", c->weight_bytes / (double)(1 << 30));
+            c->kv_type == CU_KV_E4M3 ? "fp8_e4m3" : "fp8_e5m2", c->weight_bytes / (double)(1 << 30),
+            c->dense_cache_bytes / (double)(1 << 30));
     return 0;
 }
 
@@ -668,6 +684,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
         BLAS_CHECK(cublasSetStream(c->blas, c->st)) || BLAS_CHECK(cublasSetWorkspace(c->blas, c->blas_ws, 64 << 20)))
         goto fail;
     if (cuw_upload(c, w, err)) goto fail;
+    cuw_dense_cache(c);
     if (alloc_buffers(c)) goto fail;
     set_buckets(c);
     if (set_kv(c, 1) || dummy_step(c, err)) goto fail;

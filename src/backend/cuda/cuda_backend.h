@@ -20,6 +20,7 @@ struct dlin {
     bf16_t *w;             // dense: (out, in)
     struct cu_gptq q;      // quant: device pointers
     int32_t *perm;         // desc_act input permutation (in), or NULL
+    bf16_t *wt;            // quant: dequantized W^T (in, out) kept for many-row steps, or NULL
     float *bias;           // (out) or NULL
 };
 
@@ -52,6 +53,7 @@ struct cuda_ctx {
     bf16_t *embed, *lm_head, *final_norm;
     struct dlayer *layers;
     size_t weight_bytes;
+    size_t dense_cache_bytes;  // persistent dequantized copies of the int4 weights (0: per step)
     // KV cache: layer l's K at kv + (2l) * layer_bytes, V at (2l+1)
     void *kv;
     size_t kv_layer_bytes;
@@ -84,5 +86,7 @@ struct cuda_ctx {
 // cuda_weights.cu
 int cuw_upload(struct cuda_ctx *c, const struct model_weights *w, char *err);
 void cuw_free(struct cuda_ctx *c);
+// Keeps dequantized bf16 copies of the int4 linears for many-row steps when they fit.
+void cuw_dense_cache(struct cuda_ctx *c);
 // Bytes of dequantization scratch and gemv partials the uploaded weights need.
 void cuw_scratch_needs(const struct cuda_ctx *c, size_t *deq_elems, size_t *partial_floats, int *max_in);
