@@ -19,7 +19,7 @@ run() { # name timeout cmd...
   echo "### $name rc=$rc $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || true)s" | tee -a $OUT/summary.txt
   grep -E "RESULT|passed|FAILED|rel err|tok/s|ms|refusal|KV|wrote|error|Error" $OUT/$name.log | head -${TAILN:-60} | tee -a $OUT/summary.txt
 }
-for ph in "$@"; do case $ph in
+for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph (time)" | tee -a $OUT/summary.txt; continue; }; case $ph in
   info) { date -u; cat $D/COMMIT; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; ldd $P | grep -E "cublas|cudart|not found"; } 2>&1 | tee -a $OUT/summary.txt ;;
   tests) for t in $D/bin/test_cuda_*; do run tests 200 env CMOCKA_MESSAGE_OUTPUT=stdout $t; done ;;
   ceilings) run ceilings 120 $P bench ceilings --json $OUT/results.jsonl ;;
@@ -30,6 +30,7 @@ for ph in "$@"; do case $ph in
   thr-bf16) run thr-bf16 200 $P bench throughput --random qwen2.5-14b --batch 1,8,32,64,128,256 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
   hfcmp-int4) run hfcmp-int4 300 $P bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,64 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
   hfcmp-bf16) run hfcmp-bf16 300 $P bench throughput --random qwen2.5-14b --batch 1,64 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
+  thr-int4-small) run thr-int4-small 120 $P bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,2,3,8 --input-len 512 --output-len 64 --json $OUT/results.jsonl ;;
   thr-small) run thr-small 150 $P bench throughput --random qwen2.5-14b --batch 1,8 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
   fp8) for kv in bf16 fp8; do run fp8 150 $P bench latency --random qwen2.5-14b --gptq-int4 --kv-cache-dtype $kv --batch 1,32 --input-len 4096 --output-len 32 --prefill-lens 4096 --json $OUT/results.jsonl; done ;;
   hf) run hf 200 env PYTHONUNBUFFERED=1 $PY $D/hf_baseline.py --json $OUT/results.jsonl ;;

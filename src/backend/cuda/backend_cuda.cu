@@ -33,23 +33,23 @@ static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t 
                             f32_out ? CUDA_R_32F : CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
-// y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer and the input is
-// silu(gate) * up (fused into the GEMV for few rows, else formed by cu_swiglu first).
+// y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer; the input is
+// silu(gate) * up, formed by cu_swiglu first.
+// Int4 weights: the GEMV for few rows (up to CU_GEMV_MAX_ROWS, or 2 when a dequantized copy
+// exists: measured on the H200, cuBLAS on the bf16 copy wins from about 3 rows), else
+// cuBLAS on the dequantized copy or on a per-step dequantization. Dense: cuBLAS.
 static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bf16_t *y, int ldy,
                     bool x_is_gu) {
-    const bool gemv = T <= CU_GEMV_MAX_ROWS && d->in % 8 == 0 && !d->perm;
-    if (x_is_gu && !gemv) {
+    if (x_is_gu) {
         cu_swiglu(x, T, d->in, c->act, c->st);
         x = c->act;
-        x_is_gu = false;
     }
     if (d->perm) {
         cu_permute_cols(x, d->perm, T, d->in, c->xperm, c->st);
         x = c->xperm;
     }
-    if (gemv) {
-        if (d->quant) cu_gptq_gemv(&d->q, x, T, x_is_gu, d->bias, y, ldy, c->st);
-        else cu_dense_gemv(d->w, d->in, d->out, x, T, x_is_gu, d->bias, y, ldy, false, c->st);
+    if (d->quant && T <= (d->wt ? 2 : CU_GEMV_MAX_ROWS)) {
+        cu_gptq_gemv(&d->q, x, T, d->bias, y, ldy, c->gemv_partial, c->st);
         return;
     }
     if (d->quant && d->wt) {
@@ -117,10 +117,7 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
 static void lm_head_rows(struct cuda_ctx *c, int n_rows) {
     const int H = c->mc.hidden;
     cu_gather_rows(c->xn, H, c->d_i32 + c->off_rows, n_rows, H, c->hs, c->st);
-    if (n_rows <= CU_GEMV_MAX_ROWS && H % 8 == 0)
-        cu_dense_gemv(c->lm_head, H, c->mc.vocab, c->hs, n_rows, false, NULL, c->logits, c->mc.vocab, true, c->st);
-    else
-        gemm(c, c->lm_head, false, c->hs, n_rows, H, c->mc.vocab, c->logits, c->mc.vocab, true);
+    gemm(c, c->lm_head, false, c->hs, n_rows, H, c->mc.vocab, c->logits, c->mc.vocab, true);
 }
 
 // ---- host side of a step ----

@@ -94,14 +94,11 @@ struct cu_gptq {
     const uint32_t *sz;
 };
 #define CU_GEMV_MAX_ROWS 8
-// y (M, ldy) bf16 = x (M, in) bf16 . W^T (+ bias f32) for 1 <= M <= CU_GEMV_MAX_ROWS. With
-// swiglu_in, x is the (M, 2*in) gate|up buffer and the input is silu(gate) * up.
-void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, bool swiglu_in, const float *bias, bf16_t *y,
-                  int ldy, cudaStream_t st);
-// Dense bf16 W (out, in) row-major: y (M, ldy) = x . W^T (+ bias), y bf16 or f32 (f32_out);
-// 1 <= M <= CU_GEMV_MAX_ROWS, in % 8 == 0. swiglu_in as above. (gemv_dense.cu)
-void cu_dense_gemv(const bf16_t *W, int in, int out, const bf16_t *x, int M, bool swiglu_in, const float *bias,
-                   void *y, int ldy, bool f32_out, cudaStream_t st);
+// y (M, ldy) bf16 = x (M, in) bf16 . W^T (+ bias f32) for M <= CU_GEMV_MAX_ROWS;
+// partial: cu_gemv_partial_floats(l, M) floats of scratch.
+size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M);
+void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
+                  int ldy, float *partial, cudaStream_t st);
 // wt (in, out) bf16 = dequantized W^T (for the cuBLAS path).
 void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st);
 

@@ -310,8 +310,11 @@ void cuw_free(struct cuda_ctx *c) {
 
 static void need(const struct dlin *d, size_t *deq, size_t *part, int *max_in) {
     if (d->in > *max_in) *max_in = d->in;
-    if (!d->quant || d->wt) return;
-    size_t e = (size_t)d->in * d->out, p = 0;
+    if (!d->quant) return;
+    size_t p0 = cu_gemv_partial_floats(&d->q, CU_GEMV_MAX_ROWS);
+    if (p0 > *part) *part = p0;
+    if (d->wt) return;
+    size_t e = (size_t)d->in * d->out, p = cu_gemv_partial_floats(&d->q, CU_GEMV_MAX_ROWS);
     if (e > *deq) *deq = e;
     if (p > *part) *part = p;
 }
