@@ -17,7 +17,7 @@
 
 // ---- limits (hostile templates and request data must not hang or exhaust the stack) ----
 #define JINJA_MAX_DEPTH 400             // nesting of expressions + statements + macro calls
-#define JINJA_MAX_STEPS 50000000        // evaluated nodes per render
+#define JINJA_MAX_STEPS 10000000        // evaluated nodes per render (~0.5 s)
 #define JINJA_MAX_STR (64u << 20)       // bytes of any one string and of the output
 #define JINJA_MAX_RANGE 100000          // items range() may produce (as jinja2's sandbox)
 

@@ -459,7 +459,9 @@ static int f_minmax_sum(struct jctx *c, jv *in, struct jargs *a, jv *out, int mo
         if (mode == 2 && a->kw[i] && !strcmp(a->kw[i], "start")) { jv_drop(&start); start = jv_dup(&a->v[i]); }
         if (mode == 2 && !a->kw[i] && i == 0) attr = &a->v[i];
     }
-    jv acc = mode == 2 ? start : jv_undef(mode ? "max" : "min", NULL);
+    jv acc = jv_undef(mode ? "max" : "min", NULL);
+    if (mode == 2) acc = start;
+    else jv_drop(&start);
     int rc = 0;
     for (size_t i = 0; i < json_array_size(items) && !rc; i++) {
         jv x = attr ? sort_key(json_array_get(items, i), attr, true) : jv_json(json_incref(json_array_get(items, i)));
