@@ -703,6 +703,8 @@ static int eval(struct ectx *e, const struct jnode *n, jv *out) {
     if (enter(e, n)) return -1;
     int rc = eval_inner(e, n, out);
     e->c.depth--;
+    if (rc == 0 && out->kind == JV_JSON && !out->j) // json_real() refuses inf and nan
+        rc = jerr(&e->c, "numeric value out of range (inf and nan are not supported)");
     if (rc) jv_drop(out);
     return rc;
 }
