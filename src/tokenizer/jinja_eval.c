@@ -789,12 +789,18 @@ static int exec_for(struct ectx *e, const struct jnode *n) {
         rc = n->c ? exec(e, n->c) : 0;
         goto done;
     }
+    for (int k = 0; k < f.n; k++) jv_drop(&f.vars[k].v); // targets bound by the filter
+    f.n = 0;
     struct jloop *l = pg_calloc(1, sizeof *l);
     l->refs = 1, l->items = json_incref(items), l->len = len;
     frame_set(&f, "loop", (jv){.kind = JV_LOOP, .p = l});
     rc = 0;
     for (size_t i = 0; i < len && rc == 0; i++) {
         l->idx = i;
+        // each iteration starts from a fresh scope (jinja2: assignments in the body do not
+        // survive into the next iteration); vars[0] is `loop`
+        for (int k = 1; k < f.n; k++) jv_drop(&f.vars[k].v);
+        f.n = 1;
         if (bind_targets(e, n, json_array_get(items, i), &f)) { rc = -1; break; }
         rc = exec(e, n->b);
         if (rc == 2) rc = 0; // continue

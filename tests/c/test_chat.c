@@ -25,7 +25,16 @@ static char *template_source(const char *name) {
     if (!strcmp(name, "qwen2.5")) override = QWEN_DIR "/qwen2.5-chat-template.jinja";
     else if (!strcmp(name, "llama3.1")) override = FIX "/llama3.1-chat-template.jinja";
     else if (!strcmp(name, "smollm2")) override = FIX "/smollm2-chat-template.jinja";
-    else if (strcmp(name, "qwen3")) return strdup(name); // inline template
+    else if (strcmp(name, "qwen3")) {
+        char path[256];
+        snprintf(path, sizeof path, FIX "/extra/%s.jinja", name);
+        if (strchr(name, '{') || strchr(name, '\n') || !pg_file_exists(path)) return strdup(name); // inline
+        override = path;
+        if (chat_template_load(NULL, override, &info, err)) return NULL;
+        char *s = strdup(info.source);
+        chat_template_info_free(&info);
+        return s;
+    }
     if (chat_template_load(override ? NULL : QWEN_DIR, override, &info, err)) {
         print_error("%s\n", err);
         return NULL;

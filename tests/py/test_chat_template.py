@@ -298,3 +298,66 @@ def test_random_expressions_match_jinja2():
               "kwargs": kwargs} for i in range(3000)]
     bad = compare(cases)
     assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:8])
+
+
+# ---- seeded random whitespace layouts: the lexer's trim_blocks/lstrip_blocks/-/+ rules ----
+TEXTS = ["\n", "  ", "\t", "x", " \n  ", "a b", "\n\n", "  \t\n", "\u3000", "\r\n", "y\n   "]
+
+
+def rand_layout(rng):
+    out, stack = [], []
+    for _ in range(rng.randint(1, 14)):
+        r = rng.random()
+        lsign = rng.choice(["", "", "-", "+"])
+        rsign = rng.choice(["", "", "-", "+"])
+        if r < 0.4:
+            out.append(rng.choice(TEXTS))
+        elif r < 0.55:
+            out.append("{{" + lsign.replace("+", "") + " 'v' " + rsign.replace("+", "") + "}}")
+        elif r < 0.65:
+            out.append("{#" + lsign + " c " + rsign + "#}")
+        elif r < 0.8:
+            kind = rng.choice(["if true", "if false", "for i in [1, 2]"])
+            out.append("{%" + lsign + " " + kind + " " + rsign + "%}")
+            stack.append("endif" if kind.startswith("if") else "endfor")
+        elif stack:
+            out.append("{%" + lsign + " " + stack.pop() + " " + rsign + "%}")
+        else:
+            out.append("{%" + lsign + " set z = 1 " + rsign + "%}")
+    while stack:
+        out.append(rng.choice(["", "\n", "  "]) + "{% " + stack.pop() + " %}")
+    return "".join(out)
+
+
+def test_random_whitespace_layouts_match_jinja2():
+    rng = random.Random(99)
+    cases = [{"name": f"ws{i}", "template": rand_layout(rng), "messages": []} for i in range(3000)]
+    bad = compare(cases)
+    assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:8])
+
+
+# ---- seeded random statement structures: scoping of set/for/if/macro ----
+def rand_stmt(rng, d):
+    r = rng.random()
+    v = rng.choice(["a", "b", "c"])
+    if d > 2 or r < 0.3:
+        return "{{ %s }}" % v
+    if r < 0.35:
+        return "{{ m(%s) }}" % v
+    if r < 0.6:
+        val = rng.choice(["1", "a ~ 'x'", "loop.index if loop is defined else 0", "'s'"])
+        return "{%% set %s = %s %%}" % (v, val)
+    body = "".join(rand_stmt(rng, d + 1) for _ in range(rng.randint(1, 3)))
+    if r < 0.8:
+        return "{% for i in [1, 2] %}" + body + "{% endfor %}"
+    return "{% if " + rng.choice(["true", "a is defined", "false"]) + " %}" + body + "{% endif %}"
+
+
+def test_random_scoping_matches_jinja2():
+    rng = random.Random(5)
+    head = ("{% set a = 'A' %}{% macro m(p, q=a) %}[{{ p }}{{ q }}{{ a }}{{ b }}{% set a = 'm' %}"
+            "{{ a }}]{% endmacro %}")
+    cases = [{"name": f"scope{i}", "messages": [],
+              "template": head + "".join(rand_stmt(rng, 0) for _ in range(4))} for i in range(2000)]
+    bad = compare(cases)
+    assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:8])
