@@ -248,6 +248,54 @@ const char *jinja_is_method(json_t *self, const char *name) {
     return NULL;
 }
 
+static int str_split(struct jctx *c, const jv *self, bool right, jv *P, jv *out) {
+    long long maxs = -1;
+    if (GIVEN(P[1]) && !jint(P[1].j, &maxs)) return jerr(c, "maxsplit must be an integer");
+    if (is_str(&P[0]) && L_(&P[0]) == 0) return jerr(c, "empty separator");
+    if (right && maxs >= 0 && is_str(&P[0])) { // split from the right
+        json_t *all = split(self, &P[0], -1);
+        size_t k = json_array_size(all);
+        if ((long long)k - 1 > maxs) {
+            size_t keep = (size_t)(k - 1 - (size_t)maxs);
+            struct jbuf head = {0};
+            for (size_t i = 0; i <= keep; i++) {
+                if (i) jbuf_put(&head, S_(&P[0]), L_(&P[0]));
+                json_t *x = json_array_get(all, i);
+                jbuf_put(&head, json_string_value(x), json_string_length(x));
+            }
+            json_t *r = json_array();
+            json_array_append_new(r, from_buf(&head).j);
+            for (size_t i = keep + 1; i < k; i++) json_array_append(r, json_array_get(all, i));
+            json_decref(all);
+            all = r;
+        }
+        *out = jv_json(all);
+    } else {
+        *out = jv_json(split(self, &P[0], maxs));
+    }
+    return 0;
+}
+
+static json_t *splitlines(const jv *self) {
+    const char *s = S_(self);
+    size_t n = L_(self), st = 0;
+    json_t *r = json_array();
+    for (size_t i = 0; i < n;) {
+        uint32_t cp;
+        int k = utf8_dec(s + i, n - i, &cp);
+        bool nl = cp == '\n' || cp == '\r' || cp == 0x0b || cp == 0x0c || (cp >= 0x1c && cp <= 0x1e) ||
+                  cp == 0x85 || cp == 0x2028 || cp == 0x2029;
+        if (nl) {
+            json_array_append_new(r, json_stringn_nocheck(s + st, i - st));
+            if (cp == '\r' && i + 1 < n && s[i + 1] == '\n') k++;
+            st = i + (size_t)k;
+        }
+        i += (size_t)k;
+    }
+    if (st < n) json_array_append_new(r, json_stringn_nocheck(s + st, n - st));
+    return r;
+}
+
 static int str_method(struct jctx *c, jv *self, const char *m, struct jargs *a, jv *out) {
     BIND(c, m, a, 3, "a", "b", "c");
     int rc = bind_rc_;
@@ -255,30 +303,7 @@ static int str_method(struct jctx *c, jv *self, const char *m, struct jargs *a, 
     if (!strcmp(m, "strip") || !strcmp(m, "lstrip") || !strcmp(m, "rstrip")) {
         *out = strip(self, &P[0], m[0] != 'r', m[0] != 'l');
     } else if (!strcmp(m, "split") || !strcmp(m, "rsplit")) {
-        long long maxs = -1;
-        if (GIVEN(P[1]) && !jint(P[1].j, &maxs)) { rc = jerr(c, "maxsplit must be an integer"); goto done; }
-        if (is_str(&P[0]) && L_(&P[0]) == 0) { rc = jerr(c, "empty separator"); goto done; }
-        if (m[0] == 'r' && maxs >= 0 && is_str(&P[0])) { // split from the right
-            json_t *all = split(self, &P[0], -1);
-            size_t k = json_array_size(all);
-            if ((long long)k - 1 > maxs) {
-                size_t keep = (size_t)(k - 1 - (size_t)maxs);
-                struct jbuf head = {0};
-                for (size_t i = 0; i <= keep; i++) {
-                    if (i) jbuf_put(&head, S_(&P[0]), L_(&P[0]));
-                    json_t *x = json_array_get(all, i);
-                    jbuf_put(&head, json_string_value(x), json_string_length(x));
-                }
-                json_t *r = json_array();
-                json_array_append_new(r, from_buf(&head).j);
-                for (size_t i = keep + 1; i < k; i++) json_array_append(r, json_array_get(all, i));
-                json_decref(all);
-                all = r;
-            }
-            *out = jv_json(all);
-        } else {
-            *out = jv_json(split(self, &P[0], maxs));
-        }
+        rc = str_split(c, self, m[0] == 'r', P, out);
     } else if (!strcmp(m, "startswith") || !strcmp(m, "endswith")) {
         bool r = false;
         if (jv_is(&P[0], JSON_ARRAY)) {
@@ -327,23 +352,7 @@ static int str_method(struct jctx *c, jv *self, const char *m, struct jargs *a, 
         }
         *out = from_buf(&b);
     } else if (!strcmp(m, "splitlines")) {
-        const char *s = S_(self);
-        size_t n = L_(self), st = 0;
-        json_t *r = json_array();
-        for (size_t i = 0; i < n;) {
-            uint32_t cp;
-            int k = utf8_dec(s + i, n - i, &cp);
-            bool nl = cp == '\n' || cp == '\r' || cp == 0x0b || cp == 0x0c || (cp >= 0x1c && cp <= 0x1e) ||
-                      cp == 0x85 || cp == 0x2028 || cp == 0x2029;
-            if (nl) {
-                json_array_append_new(r, json_stringn_nocheck(s + st, i - st));
-                if (cp == '\r' && i + 1 < n && s[i + 1] == '\n') k++;
-                st = i + (size_t)k;
-            }
-            i += (size_t)k;
-        }
-        if (st < n) json_array_append_new(r, json_stringn_nocheck(s + st, n - st));
-        *out = jv_json(r);
+        *out = jv_json(splitlines(self));
     } else {
         static const char *const preds[] = {"isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower",
                                             "isnumeric", "isdecimal"};

@@ -590,6 +590,72 @@ fail:
     return -1;
 }
 
+static int eval_test(struct ectx *e, const struct jnode *n, jv *out) {
+    struct jargs args = {0};
+    jv a = {0};
+    bool r;
+    int rc = -1;
+    if (eval(e, n->a, &a) == 0 && eval_args(e, n, &args) == 0) {
+        e->c.line = n->line;
+        rc = jinja_test(&e->c, n->str, &a, &args, &r);
+        if (!rc) *out = jv_json(json_boolean(n->op ? !r : r));
+    }
+    args_free(&args);
+    jv_drop(&a);
+    return rc;
+}
+
+static int eval_unary(struct ectx *e, const struct jnode *n, jv *out) {
+    jv a;
+    long long x;
+    int rc = 0;
+    if (eval(e, n->a, &a)) return -1;
+    if (a.kind == JV_UNDEF) rc = jerr_undefined(&e->c, &a);
+    else if (!jv_isnum(&a))
+        rc = jerr(&e->c, "bad operand type for unary %c: '%s'", n->kind == JN_NEG ? '-' : '+', jv_type_name(&a));
+    else if (n->kind == JN_POS && !json_is_boolean(a.j)) *out = jv_dup(&a);
+    else if (!jint(a.j, &x)) *out = jv_json(json_real(-json_real_value(a.j)));
+    else if (n->kind == JN_NEG && x == LLONG_MIN) rc = jerr(&e->c, "integer overflow");
+    else *out = jv_json(json_integer(n->kind == JN_NEG ? -x : x));
+    jv_drop(&a);
+    return rc;
+}
+
+static int eval_compare(struct ectx *e, const struct jnode *n, jv *out) { // a < b < c chains
+    jv a, b = {0};
+    bool r = true;
+    int rc = -1;
+    if (eval(e, n->a, &a)) return -1;
+    for (int i = 0; i < n->n_kids && r; i++) {
+        if (eval(e, n->kids[i], &b)) goto done;
+        e->c.line = n->line;
+        if (compare(e, n->ops[i], &a, &b, &r)) goto done;
+        jv_drop(&a);
+        a = b;
+        b = (jv){0};
+    }
+    *out = jv_json(json_boolean(r));
+    rc = 0;
+done:
+    jv_drop(&a);
+    jv_drop(&b);
+    return rc;
+}
+
+static int eval_concat(struct ectx *e, const struct jnode *n, jv *out) {
+    struct jbuf buf = {0};
+    for (int i = 0; i < n->n_kids; i++) {
+        jv a;
+        if (eval(e, n->kids[i], &a)) { free(buf.p); return -1; }
+        jv_to_str(&a, &buf);
+        jv_drop(&a);
+        if (buf.len > JINJA_MAX_STR) { free(buf.p); return jerr(&e->c, "string too long"); }
+    }
+    *out = jv_str_new(buf.p ? buf.p : "", buf.len);
+    free(buf.p);
+    return 0;
+}
+
 static int eval_inner(struct ectx *e, const struct jnode *n, jv *out) {
     jv a = {0}, b = {0};
     int rc = -1;
@@ -615,32 +681,8 @@ static int eval_inner(struct ectx *e, const struct jnode *n, jv *out) {
     case JN_FILTER:
         if (eval(e, n->a, &a)) return -1;
         return eval_filter(e, n, &a, out);
-    case JN_TEST: {
-        struct jargs args = {0};
-        bool r;
-        if (eval(e, n->a, &a) || eval_args(e, n, &args)) { args_free(&args); break; }
-        e->c.line = n->line;
-        rc = jinja_test(&e->c, n->str, &a, &args, &r);
-        args_free(&args);
-        if (!rc) *out = jv_json(json_boolean(n->op ? !r : r));
-        break;
-    }
-    case JN_NEG: case JN_POS:
-        if (eval(e, n->a, &a)) return -1;
-        if (a.kind == JV_UNDEF) { rc = jerr_undefined(&e->c, &a); break; }
-        if (!jv_isnum(&a)) { rc = jerr(&e->c, "bad operand type for unary %c: '%s'", n->kind == JN_NEG ? '-' : '+', jv_type_name(&a)); break; }
-        if (n->kind == JN_POS && !json_is_boolean(a.j)) { *out = jv_dup(&a); rc = 0; break; }
-        {
-            long long x;
-            if (jint(a.j, &x)) {
-                if (n->kind == JN_NEG && x == LLONG_MIN) { rc = jerr(&e->c, "integer overflow"); break; }
-                *out = jv_json(json_integer(n->kind == JN_NEG ? -x : x));
-            } else {
-                *out = jv_json(json_real(-json_real_value(a.j)));
-            }
-        }
-        rc = 0;
-        break;
+    case JN_TEST: return eval_test(e, n, out);
+    case JN_NEG: case JN_POS: return eval_unary(e, n, out);
     case JN_NOT:
         if (eval(e, n->a, &a)) return -1;
         *out = jv_json(json_boolean(!jv_truthy(&a)));
@@ -656,21 +698,7 @@ static int eval_inner(struct ectx *e, const struct jnode *n, jv *out) {
         if (jv_truthy(&a) == (n->kind == JN_OR)) { *out = a; return 0; }
         jv_drop(&a);
         return eval(e, n->b, out);
-    case JN_COMPARE: {
-        if (eval(e, n->a, &a)) return -1;
-        bool r = true;
-        for (int i = 0; i < n->n_kids && r; i++) {
-            if (eval(e, n->kids[i], &b)) goto out;
-            e->c.line = n->line;
-            if (compare(e, n->ops[i], &a, &b, &r)) goto out;
-            jv_drop(&a);
-            a = b;
-            b = (jv){0};
-        }
-        *out = jv_json(json_boolean(r));
-        rc = 0;
-        break;
-    }
+    case JN_COMPARE: return eval_compare(e, n, out);
     case JN_COND:
         if (eval(e, n->a, &a)) return -1;
         if (jv_truthy(&a)) rc = eval(e, n->b, out);
@@ -678,21 +706,9 @@ static int eval_inner(struct ectx *e, const struct jnode *n, jv *out) {
         else { *out = jv_undef("conditional expression", NULL); rc = 0; }
         break;
     case JN_LIST: case JN_TUPLE: case JN_DICT: return eval_collection(e, n, out);
-    case JN_CONCAT: {
-        struct jbuf buf = {0};
-        for (int i = 0; i < n->n_kids; i++) {
-            if (eval(e, n->kids[i], &a)) { free(buf.p); return -1; }
-            jv_to_str(&a, &buf);
-            jv_drop(&a);
-            if (buf.len > JINJA_MAX_STR) { free(buf.p); return jerr(&e->c, "string too long"); }
-        }
-        *out = jv_str_new(buf.p ? buf.p : "", buf.len);
-        free(buf.p);
-        return 0;
-    }
+    case JN_CONCAT: return eval_concat(e, n, out);
     default: return jerr(&e->c, "internal error: statement used as expression");
     }
-out:
     jv_drop(&a);
     jv_drop(&b);
     return rc;
