@@ -82,6 +82,25 @@ static jv strip(const jv *v, const jv *chars, bool left, bool right) {
     return jv_str_new(s + a, b - a);
 }
 
+// Python's full (one-to-many) upper/lower mappings for the common cases utf8proc's simple
+// mapping gets wrong; NULL if the simple mapping is right.
+static const char *special_case(uint32_t cp, bool upper) {
+    if (upper) {
+        switch (cp) {
+        case 0xDF: return "SS";
+        case 0xFB00: return "FF";
+        case 0xFB01: return "FI";
+        case 0xFB02: return "FL";
+        case 0xFB03: return "FFI";
+        case 0xFB04: return "FFL";
+        case 0xFB05: case 0xFB06: return "ST";
+        case 0x149: return "\xCA\xBCN";
+        }
+        return NULL;
+    }
+    return cp == 0x130 ? "i\xCC\x87" : NULL;
+}
+
 static jv map_case(const jv *v, int mode) { // 0 lower, 1 upper, 2 capitalize, 3 title, 4 swapcase
     const char *s = S_(v);
     size_t n = L_(v);
@@ -91,18 +110,23 @@ static jv map_case(const jv *v, int mode) { // 0 lower, 1 upper, 2 capitalize, 3
         uint32_t cp;
         i += (size_t)utf8_dec(s + i, n - i, &cp);
         utf8proc_int32_t c = (utf8proc_int32_t)cp, r = c;
-        bool up = utf8proc_toupper(c) != c || utf8proc_tolower(c) != c;
-        switch (mode) {
-        case 0: r = utf8proc_tolower(c); break;
-        case 1: r = utf8proc_toupper(c); break;
-        case 2: r = first ? utf8proc_toupper(c) : utf8proc_tolower(c); break;
-        case 3: r = prev_cased ? utf8proc_tolower(c) : utf8proc_toupper(c); break;
-        default: r = utf8proc_toupper(c) != c ? utf8proc_toupper(c) : utf8proc_tolower(c);
+        bool is_title = utf8proc_category(c) == UTF8PROC_CATEGORY_LT;
+        bool is_up = !is_title && utf8proc_tolower(c) != c, is_lo = !is_title && utf8proc_toupper(c) != c;
+        bool to_upper = mode == 1 || (mode == 4 && is_lo);
+        bool to_title = (mode == 2 && first) || (mode == 3 && !prev_cased);
+        bool to_lower = mode == 0 || (mode == 2 && !first) || (mode == 3 && prev_cased) || (mode == 4 && is_up);
+        const char *sp = to_title && cp == 0xDF ? "Ss" : special_case(cp, !to_lower);
+        if ((to_upper || to_lower || to_title) && sp) {
+            jbuf_put(&b, sp, strlen(sp));
+        } else {
+            if (to_title) r = utf8proc_totitle(c);
+            else if (to_upper) r = utf8proc_toupper(c);
+            else if (to_lower) r = utf8proc_tolower(c);
+            char o[4];
+            jbuf_put(&b, o, (size_t)utf8_enc((uint32_t)r, o));
         }
-        prev_cased = up;
+        prev_cased = is_up || is_lo || is_title;
         first = false;
-        char o[4];
-        jbuf_put(&b, o, (size_t)utf8_enc((uint32_t)r, o));
     }
     return from_buf(&b);
 }
@@ -248,8 +272,46 @@ const char *jinja_is_method(json_t *self, const char *name) {
     return NULL;
 }
 
+static json_t *rsplit_space(const jv *v, long long maxsplit) {
+    const char *s = S_(v);
+    size_t e = L_(v);
+    json_t *r = json_array();
+    for (;;) {
+        uint32_t cp;
+        while (e > 0) { // skip trailing whitespace
+            size_t p = e - 1;
+            while (p > 0 && ((unsigned char)s[p] & 0xC0) == 0x80) p--;
+            utf8_dec(s + p, e - p, &cp);
+            if (!py_isspace(cp)) break;
+            e = p;
+        }
+        if (e == 0) break;
+        size_t st = e;
+        while (st > 0 && maxsplit != 0) { // word start
+            size_t p = st - 1;
+            while (p > 0 && ((unsigned char)s[p] & 0xC0) == 0x80) p--;
+            utf8_dec(s + p, st - p, &cp);
+            if (py_isspace(cp)) break;
+            st = p;
+        }
+        if (maxsplit == 0) st = 0;
+        else if (st > 0 || maxsplit > 0) maxsplit--;
+        json_array_insert_new(r, 0, json_stringn_nocheck(s + st, e - st));
+        e = st;
+    }
+    return r;
+}
+
 static int str_split(struct jctx *c, const jv *self, bool right, jv *P, jv *out) {
     long long maxs = -1;
+    if (GIVEN(P[0]) && !is_str(&P[0]) && !jv_is(&P[0], JSON_NULL))
+        return jerr(c, "must be str or None, not %s", jv_type_name(&P[0]));
+    if (right && maxs < 0 && GIVEN(P[1]) && P[1].kind == JV_JSON) jint(P[1].j, &maxs);
+    if (right && maxs >= 0 && !is_str(&P[0])) {
+        *out = jv_json(rsplit_space(self, maxs));
+        return 0;
+    }
+    maxs = -1;
     if (GIVEN(P[1]) && !jint(P[1].j, &maxs)) return jerr(c, "maxsplit must be an integer");
     if (is_str(&P[0]) && L_(&P[0]) == 0) return jerr(c, "empty separator");
     if (right && maxs >= 0 && is_str(&P[0])) { // split from the right
@@ -276,7 +338,7 @@ static int str_split(struct jctx *c, const jv *self, bool right, jv *P, jv *out)
     return 0;
 }
 
-static json_t *splitlines(const jv *self) {
+static json_t *splitlines(const jv *self, bool keepends) {
     const char *s = S_(self);
     size_t n = L_(self), st = 0;
     json_t *r = json_array();
@@ -286,8 +348,8 @@ static json_t *splitlines(const jv *self) {
         bool nl = cp == '\n' || cp == '\r' || cp == 0x0b || cp == 0x0c || (cp >= 0x1c && cp <= 0x1e) ||
                   cp == 0x85 || cp == 0x2028 || cp == 0x2029;
         if (nl) {
-            json_array_append_new(r, json_stringn_nocheck(s + st, i - st));
             if (cp == '\r' && i + 1 < n && s[i + 1] == '\n') k++;
+            json_array_append_new(r, json_stringn_nocheck(s + st, (keepends ? i + (size_t)k : i) - st));
             st = i + (size_t)k;
         }
         i += (size_t)k;
@@ -296,28 +358,140 @@ static json_t *splitlines(const jv *self) {
     return r;
 }
 
+// Parameters of each str method (Python's positional order) and how many are required.
+struct str_sig {
+    const char *name;
+    int n_req, n;
+    const char *params[3];
+};
+static const struct str_sig STR_SIGS[] = {
+    {"strip", 0, 1, {"chars"}}, {"lstrip", 0, 1, {"chars"}}, {"rstrip", 0, 1, {"chars"}},
+    {"split", 0, 2, {"sep", "maxsplit"}}, {"rsplit", 0, 2, {"sep", "maxsplit"}},
+    {"startswith", 1, 3, {"prefix", "start", "end"}}, {"endswith", 1, 3, {"suffix", "start", "end"}},
+    {"replace", 2, 3, {"old", "new", "count"}}, {"find", 1, 3, {"sub", "start", "end"}},
+    {"rfind", 1, 3, {"sub", "start", "end"}}, {"index", 1, 3, {"sub", "start", "end"}},
+    {"rindex", 1, 3, {"sub", "start", "end"}}, {"count", 1, 3, {"sub", "start", "end"}},
+    {"join", 1, 1, {"iterable"}}, {"splitlines", 0, 1, {"keepends"}},
+};
+
+// self[start:end] by code points (Python slice rules); *off gets start in code points.
+// *empty is set when the range is empty in Python's sense (start > end or start > len):
+// then nothing matches, not even "".
+static int sub_range(struct jctx *c, const jv *self, const jv *st, const jv *en, jv *out, long long *off,
+                     bool *empty) {
+    long long n = (long long)utf8_count(S_(self), L_(self)), a = 0, b = n;
+    *empty = false;
+    for (int k = 0; k < 2; k++) {
+        const jv *v = k ? en : st;
+        long long x;
+        if (!GIVEN(*v) || jv_is(v, JSON_NULL)) continue;
+        if (v->kind != JV_JSON || !jint(v->j, &x))
+            return jerr(c, "slice indices must be integers or None");
+        if (x < 0) x += n;
+        if (x < 0) x = 0;
+        if (x > n) {
+            if (!k) *empty = true;
+            x = n;
+        }
+        *(k ? &b : &a) = x;
+    }
+    *off = a;
+    if (b < a) *empty = true, b = a;
+    const char *s = S_(self);
+    size_t i = 0, ia = 0, ib = L_(self);
+    for (long long cp = 0; i <= L_(self); cp++) {
+        if (cp == a) ia = i;
+        if (cp == b) { ib = i; break; }
+        if (i == L_(self)) break;
+        i++;
+        while (i < L_(self) && ((unsigned char)s[i] & 0xC0) == 0x80) i++;
+    }
+    *out = jv_str_new(s + ia, ib - ia);
+    return 0;
+}
+
+static int str_search(struct jctx *c, const jv *self, const char *m, jv *P, jv *out) {
+    jv sub;
+    long long off = 0;
+    bool affix_m = !strcmp(m, "startswith") || !strcmp(m, "endswith");
+    if (affix_m && !is_str(&P[0]) && !jv_is(&P[0], JSON_ARRAY))
+        return jerr(c, "%s first arg must be str or a tuple of str, not %s", m, jv_type_name(&P[0]));
+    if (!affix_m && !is_str(&P[0])) return jerr(c, "must be str, not %s", jv_type_name(&P[0]));
+    bool empty;
+    if (sub_range(c, self, &P[1], &P[2], &sub, &off, &empty)) return -1;
+    if (empty) {
+        jv_drop(&sub);
+        if (strstr(m, "index")) return jerr(c, "substring not found");
+        *out = affix_m ? jv_json(json_false()) : jv_json(json_integer(!strcmp(m, "count") ? 0 : -1));
+        return 0;
+    }
+    if (affix_m) {
+        bool r = false;
+        if (is_str(&P[0])) r = affix(&sub, &P[0], m[0] == 's');
+        for (size_t i = 0; jv_is(&P[0], JSON_ARRAY) && i < json_array_size(P[0].j); i++) {
+            jv x = jv_json(json_array_get(P[0].j, i));
+            r |= affix(&sub, &x, m[0] == 's');
+        }
+        *out = jv_json(json_boolean(r));
+    } else if (!strcmp(m, "count")) {
+        json_t *parts = L_(&P[0]) ? split(&sub, &P[0], -1) : NULL;
+        long long k = parts ? (long long)json_array_size(parts) - 1 : (long long)utf8_count(S_(&sub), L_(&sub)) + 1;
+        json_decref(parts);
+        *out = jv_json(json_integer(k));
+    } else {
+        int r = find(&sub, &P[0], m[0] == 'r');
+        if (r < 0 && strstr(m, "index")) { jv_drop(&sub); return jerr(c, "substring not found"); }
+        *out = jv_json(json_integer(r < 0 ? -1 : r + off));
+    }
+    jv_drop(&sub);
+    return 0;
+}
+
+static int str_join(struct jctx *c, const jv *self, const jv *it, jv *out) {
+    json_t *items = NULL;
+    if (is_str(it) || jv_is(it, JSON_OBJECT)) {
+        struct jargs none = {0};
+        jv l;
+        if (jinja_filter(c, "list", (jv *)it, &none, &l)) return -1;
+        items = l.j;
+    } else if (jv_is(it, JSON_ARRAY)) {
+        items = json_incref(it->j);
+    } else {
+        return jerr(c, "can only join an iterable");
+    }
+    struct jbuf b = {0};
+    for (size_t i = 0; i < json_array_size(items); i++) {
+        json_t *x = json_array_get(items, i);
+        if (!json_is_string(x)) {
+            free(b.p);
+            json_decref(items);
+            return jerr(c, "sequence item %zu: expected str instance", i);
+        }
+        if (i) jbuf_put(&b, S_(self), L_(self));
+        jbuf_put(&b, json_string_value(x), json_string_length(x));
+    }
+    json_decref(items);
+    *out = from_buf(&b);
+    return 0;
+}
+
 static int str_method(struct jctx *c, jv *self, const char *m, struct jargs *a, jv *out) {
-    BIND(c, m, a, 3, "a", "b", "c");
-    int rc = bind_rc_;
+    const struct str_sig *sig = NULL;
+    for (size_t i = 0; i < sizeof STR_SIGS / sizeof STR_SIGS[0]; i++)
+        if (!strcmp(STR_SIGS[i].name, m)) sig = &STR_SIGS[i];
+    jv P[3] = {jv_undef(NULL, NULL), jv_undef(NULL, NULL), jv_undef(NULL, NULL)};
+    jv *S[3] = {&P[0], &P[1], &P[2]};
+    int rc = jargs_bind(c, m, a, sig ? sig->params : NULL, sig ? sig->n : 0, S);
     if (rc) goto done;
+    if (sig && sig->n_req > 0 && (!GIVEN(P[sig->n_req - 1]))) {
+        rc = jerr(c, "%s() takes at least %d argument(s)", m, sig->n_req);
+        goto done;
+    }
     if (!strcmp(m, "strip") || !strcmp(m, "lstrip") || !strcmp(m, "rstrip")) {
+        if (GIVEN(P[0]) && !is_str(&P[0]) && !jv_is(&P[0], JSON_NULL)) { rc = jerr(c, "%s arg must be None or str", m); goto done; }
         *out = strip(self, &P[0], m[0] != 'r', m[0] != 'l');
     } else if (!strcmp(m, "split") || !strcmp(m, "rsplit")) {
         rc = str_split(c, self, m[0] == 'r', P, out);
-    } else if (!strcmp(m, "startswith") || !strcmp(m, "endswith")) {
-        bool r = false;
-        if (jv_is(&P[0], JSON_ARRAY)) {
-            for (size_t i = 0; i < json_array_size(P[0].j); i++) {
-                jv x = jv_json(json_array_get(P[0].j, i));
-                r |= affix(self, &x, m[0] == 's');
-            }
-        } else if (is_str(&P[0])) {
-            r = affix(self, &P[0], m[0] == 's');
-        } else {
-            rc = jerr(c, "%s first arg must be str or a tuple of str, not %s", m, jv_type_name(&P[0]));
-            goto done;
-        }
-        *out = jv_json(json_boolean(r));
     } else if (!strcmp(m, "upper") || !strcmp(m, "lower") || !strcmp(m, "casefold")) {
         *out = map_case(self, m[0] == 'u');
     } else if (!strcmp(m, "capitalize") || !strcmp(m, "title") || !strcmp(m, "swapcase")) {
@@ -327,32 +501,13 @@ static int str_method(struct jctx *c, jv *self, const char *m, struct jargs *a, 
         if (!is_str(&P[0]) || !is_str(&P[1])) { rc = jerr(c, "replace() arguments must be str"); goto done; }
         if (GIVEN(P[2]) && !jint(P[2].j, &cnt)) { rc = jerr(c, "replace() count must be an integer"); goto done; }
         *out = replace(self, &P[0], &P[1], cnt);
-    } else if (!strcmp(m, "find") || !strcmp(m, "rfind") || !strcmp(m, "index") || !strcmp(m, "rindex") ||
-               !strcmp(m, "count")) {
-        if (!is_str(&P[0])) { rc = jerr(c, "%s() argument must be str", m); goto done; }
-        if (!strcmp(m, "count")) {
-            json_t *parts = L_(&P[0]) ? split(self, &P[0], -1) : NULL;
-            long long k = parts ? (long long)json_array_size(parts) - 1 : (long long)utf8_count(S_(self), L_(self)) + 1;
-            json_decref(parts);
-            *out = jv_json(json_integer(k));
-        } else {
-            int r = find(self, &P[0], m[0] == 'r');
-            if (r < 0 && strstr(m, "index")) { rc = jerr(c, "substring not found"); goto done; }
-            *out = jv_json(json_integer(r));
-        }
+    } else if (sig && !strcmp(sig->params[1] ? sig->params[1] : "", "start")) {
+        rc = str_search(c, self, m, P, out);
     } else if (!strcmp(m, "join")) {
-        jv it = P[0];
-        if (!jv_is(&it, JSON_ARRAY)) { rc = jerr(c, "join() argument must be a list"); goto done; }
-        struct jbuf b = {0};
-        for (size_t i = 0; i < json_array_size(it.j); i++) {
-            json_t *x = json_array_get(it.j, i);
-            if (!json_is_string(x)) { free(b.p); rc = jerr(c, "sequence item %zu: expected str instance", i); goto done; }
-            if (i) jbuf_put(&b, S_(self), L_(self));
-            jbuf_put(&b, json_string_value(x), json_string_length(x));
-        }
-        *out = from_buf(&b);
+        rc = str_join(c, self, &P[0], out);
     } else if (!strcmp(m, "splitlines")) {
-        *out = jv_json(splitlines(self));
+        if (GIVEN(P[0]) && !jv_isnum(&P[0])) { rc = jerr(c, "splitlines() keepends must be an integer"); goto done; }
+        *out = jv_json(splitlines(self, jv_truthy(&P[0])));
     } else {
         static const char *const preds[] = {"isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower",
                                             "isnumeric", "isdecimal"};
@@ -363,7 +518,7 @@ static int str_method(struct jctx *c, jv *self, const char *m, struct jargs *a, 
         *out = jv_json(json_boolean(all_cat(self, k >= 6 ? 0 : k)));
     }
 done:
-    UNBIND(3);
+    for (int i = 0; i < 3; i++) jv_drop(&P[i]);
     return rc;
 }
 

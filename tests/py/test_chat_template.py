@@ -361,3 +361,25 @@ def test_random_scoping_matches_jinja2():
               "template": head + "".join(rand_stmt(rng, 0) for _ in range(4))} for i in range(1200)]
     bad = compare(cases)
     assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:8])
+
+
+# ---- seeded random str method calls (valid and invalid arguments) ----
+M_STRS = ["''", "' a  b '", "'a,b,,c'", "'中文，标点。中文'", "'\\n\\tx\\u3000y\\n'", "'aaa'",
+          "'Hello World'", "'ß straße'", "'x<think>y</think>z'", "'ǅungla'", "'ⅷ 12 ½'"]
+M_ARGS = ["", "','", "'a'", "' '", "''", "'中文'", "'</think>'", "none", "1", "-1", "0",
+          "('a', 'H')", "'\\n'"]
+M_METHODS = ["strip", "lstrip", "rstrip", "split", "rsplit", "startswith", "endswith", "upper",
+             "lower", "title", "capitalize", "swapcase", "replace", "find", "rfind", "count",
+             "join", "isdigit", "isalpha", "isalnum", "isspace", "isupper", "islower",
+             "splitlines", "index", "rindex", "isnumeric", "isdecimal"]
+
+
+def test_random_str_methods_match_jinja2():
+    rng = random.Random(7)
+    cases = []
+    for i in range(1500):
+        args = ", ".join(rng.choice(M_ARGS) for _ in range(rng.randint(0, 3)))
+        t = "{{ %s.%s(%s) }}" % (rng.choice(M_STRS), rng.choice(M_METHODS), args)
+        cases.append({"name": f"meth{i}", "template": t, "messages": []})
+    bad = compare(cases)
+    assert not bad, f"{len(bad)} mismatches:\n" + "\n".join(bad[:8])
