@@ -21,7 +21,7 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures", "chat")
 QWEN = os.path.join(ROOT, "..", "shared", "models", "qwen-tokenizer")
-PAGODA = os.path.join(ROOT, "build", "pagoda")
+PAGODA = os.environ.get("PAGODA_BIN", os.path.join(ROOT, "build", "pagoda"))  # e.g. build-san/pagoda
 
 
 def hf_env():
