@@ -259,7 +259,7 @@ static void test_execute_greedy(void **state) {
     fixture_free(&fx);
 }
 
-#define FX(n) cmocka_unit_test_prestate(run_fixture, (void *)n)
+#define FX(n) {n, run_fixture, NULL, NULL, (void *)n}
 
 int main(void) {
     const struct CMUnitTest tests[] = {
