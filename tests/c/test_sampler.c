@@ -1,0 +1,158 @@
+// Host sampler: greedy, logprobs, masks, bias, penalties, temperature/top-k/top-p/min-p and
+// seeded determinism.
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+
+#include "backend/sampling.h"
+
+#define V 8
+
+static struct sampling_params greedy_params(void) {
+    return (struct sampling_params){.temperature = 0, .top_p = 1, .repetition_penalty = 1, .logprobs = -1};
+}
+
+static struct sample_output run(const float *lg0, const struct sampling_params *p, struct sample_input in) {
+    float lg[V];
+    memcpy(lg, lg0, sizeof lg);
+    in.params = p;
+    void *scratch = malloc(sampler_scratch_size(V));
+    struct sample_output o;
+    sampler_sample(lg, V, &in, scratch, &o);
+    free(scratch);
+    return o;
+}
+
+static const float L[V] = {1.0f, 3.0f, 2.5f, 3.0f, -1.0f, 0.5f, 0.0f, 2.0f};
+
+static void test_greedy_logprobs(void **state) {
+    (void)state;
+    struct sampling_params p = greedy_params();
+    p.logprobs = 3;
+    struct sample_output o = run(L, &p, (struct sample_input){0});
+    assert_int_equal(o.token, 1); // tie 1 vs 3: lowest id
+    double lse = 0;
+    for (int i = 0; i < V; i++) lse += exp(L[i]);
+    lse = log(lse);
+    assert_float_equal(o.logprob, L[1] - lse, 1e-5);
+    assert_int_equal(o.n_top, 3);
+    assert_int_equal(o.top_ids[0], 1);
+    assert_int_equal(o.top_ids[1], 3);
+    assert_int_equal(o.top_ids[2], 2);
+    assert_float_equal(o.top_logprobs[2], L[2] - lse, 1e-5);
+}
+
+static void test_masks_bias(void **state) {
+    (void)state;
+    struct sampling_params p = greedy_params();
+    int32_t banned[2] = {1, 3};
+    struct sample_output o = run(L, &p, (struct sample_input){.banned = banned, .n_banned = 2});
+    assert_int_equal(o.token, 2);
+    uint32_t allowed[1] = {(1u << 4) | (1u << 6)};
+    o = run(L, &p, (struct sample_input){.allowed = allowed});
+    assert_int_equal(o.token, 6);
+    assert_float_equal(o.logprob, -log1p(exp(-1.0)), 1e-5); // softmax over {4, 6} only
+    int32_t ids[1] = {5};
+    float vals[1] = {10};
+    p.n_logit_bias = 1;
+    p.logit_bias_ids = ids;
+    p.logit_bias_vals = vals;
+    o = run(L, &p, (struct sample_input){0});
+    assert_int_equal(o.token, 5);
+}
+
+static void test_penalties(void **state) {
+    (void)state;
+    struct sampling_params p = greedy_params();
+    p.repetition_penalty = 1.3f; // 3.0 / 1.3 = 2.31 < 2.5
+    int32_t prompt[2] = {1, 1}, out[1] = {3};
+    struct sample_output o = run(L, &p, (struct sample_input){.prompt = prompt, .n_prompt = 2, .output = out, .n_output = 1});
+    assert_int_equal(o.token, 2);
+    float neg[V] = {-1, -1.2f, -5, -5, -5, -5, -5, -5};
+    int32_t pr[1] = {0}; // -1 * 1.3 = -1.3 < -1.2
+    o = run(neg, &p, (struct sample_input){.prompt = pr, .n_prompt = 1});
+    assert_int_equal(o.token, 1);
+    p = greedy_params();
+    p.frequency_penalty = 0.2f;
+    int32_t outs[3] = {1, 1, 3}; // 1: 3 - 0.4 = 2.6; 3: 2.8
+    o = run(L, &p, (struct sample_input){.output = outs, .n_output = 3});
+    assert_int_equal(o.token, 3);
+    p.frequency_penalty = 0;
+    p.presence_penalty = 0.6f; // both 2.4 < 2.5
+    o = run(L, &p, (struct sample_input){.output = outs, .n_output = 3});
+    assert_int_equal(o.token, 2);
+    p.presence_penalty = 0; // prompt tokens are not penalized by presence/frequency
+    p.frequency_penalty = 5;
+    o = run(L, &p, (struct sample_input){.prompt = outs, .n_prompt = 3});
+    assert_int_equal(o.token, 1);
+}
+
+// Draws n tokens with steps 0..n-1 and counts them.
+static void histogram(const float *lg, const struct sampling_params *p, int n, int *cnt) {
+    memset(cnt, 0, V * sizeof *cnt);
+    for (int s = 0; s < n; s++) {
+        struct sample_output o = run(lg, p, (struct sample_input){.step = (uint64_t)s});
+        cnt[o.token]++;
+    }
+}
+
+static void test_random(void **state) {
+    (void)state;
+    struct sampling_params p = {.temperature = 1, .top_p = 1, .repetition_penalty = 1, .logprobs = -1, .seed = 7};
+    int cnt[V], n = 20000;
+    histogram(L, &p, n, cnt);
+    double z = 0;
+    for (int i = 0; i < V; i++) z += exp(L[i]);
+    for (int i = 0; i < V; i++) { // within 5 sigma of the softmax probability
+        double q = exp(L[i]) / z, sd = sqrt(n * q * (1 - q));
+        if (fabs(cnt[i] - n * q) > 5 * sd + 1) fail_msg("token %d: %d draws, expected %.0f", i, cnt[i], n * q);
+    }
+    // same (seed, step) -> same token; another seed -> a different sequence
+    struct sample_output a = run(L, &p, (struct sample_input){.step = 3}), b = run(L, &p, (struct sample_input){.step = 3});
+    assert_int_equal(a.token, b.token);
+    int diff = 0;
+    struct sampling_params p2 = p;
+    p2.seed = 8;
+    for (int s = 0; s < 50; s++)
+        diff += run(L, &p, (struct sample_input){.step = (uint64_t)s}).token != run(L, &p2, (struct sample_input){.step = (uint64_t)s}).token;
+    assert_true(diff > 5);
+    // top_k = 2: only the two best (1 and 3)
+    p.top_k = 2;
+    histogram(L, &p, 2000, cnt);
+    assert_int_equal(cnt[1] + cnt[3], 2000);
+    assert_true(cnt[1] > 800 && cnt[3] > 800);
+    // top_p: probs of 1, 3, 2 are ~.29, .29, .18; top_p .5 keeps {1, 3}
+    p.top_k = 0;
+    p.top_p = 0.5f;
+    histogram(L, &p, 2000, cnt);
+    assert_int_equal(cnt[1] + cnt[3], 2000);
+    // min_p .5: keeps tokens with p >= .5 * max: 1, 3, 2 (e^-0.5 = .61) and 7 (e^-1 = .37 < .5 no)
+    p.top_p = 1;
+    p.min_p = 0.5f;
+    histogram(L, &p, 3000, cnt);
+    assert_int_equal(cnt[1] + cnt[3] + cnt[2], 3000);
+    assert_true(cnt[2] > 300);
+    // low temperature concentrates on the maxima
+    p.min_p = 0;
+    p.temperature = 0.05f;
+    histogram(L, &p, 500, cnt);
+    assert_int_equal(cnt[1] + cnt[3], 500);
+    // logprob of a sampled token is from the pre-temperature distribution
+    struct sample_output o = run(L, &p, (struct sample_input){.step = 1});
+    assert_float_equal(o.logprob, L[o.token] - log(z), 1e-5);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_greedy_logprobs),
+        cmocka_unit_test(test_masks_bias),
+        cmocka_unit_test(test_penalties),
+        cmocka_unit_test(test_random),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
