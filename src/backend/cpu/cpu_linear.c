@@ -4,7 +4,7 @@
 #include <cblas.h>
 #include <stdlib.h>
 #include <string.h>
-#if defined(__AVX2__) && defined(__FMA__)
+#if defined(__AVX2__) && defined(__FMA__) && !defined(PG_NO_SIMD)
 #include <immintrin.h>
 #define CPU_AVX2 1
 #endif
