@@ -81,9 +81,9 @@ static void check_linear(const struct linear *l, const char *what) {
 
 static void test_dense(void **state) {
     (void)state;
-    enum pg_dtype ts[] = {PG_F32, PG_F16, PG_BF16};
-    for (int k = 0; k < 3; k++) {
-        int in = 75, out = 37;
+    enum pg_dtype ts[] = {PG_F32, PG_F16, PG_BF16, PG_F32, PG_F16, PG_BF16};
+    for (int k = 0; k < 6; k++) { // 75 x 37: vector tails; 4100 x 600: several sgemm tiles
+        int in = k < 3 ? 75 : 4100, out = k < 3 ? 37 : 600;
         struct linear l = {.in = in, .out = out};
         size_t es = pg_dtype_size(ts[k]);
         uint8_t *w = pg_malloc((size_t)in * out * es);
@@ -143,6 +143,7 @@ static void test_gptq(void **state) {
     gptq_case(8, 256, 40, 64, false);
     gptq_case(8, 100, 12, 32, true);
     gptq_case(4, 64, 8, 24, true); // groups not aligned to 32: scalar edges
+    gptq_case(4, 4352, 520, 128, false); // several sgemm tiles
 }
 
 // Paged attention vs a contiguous reference, with out-of-order blocks.

@@ -208,7 +208,7 @@ struct lin_job {
     const struct cpu_linear *cl;
     const float *x;     // (n, k): input (dense) or gathered x' (quantized)
     const float *xsum;  // (n, n_groups) quantized only
-    int n, k, rows_per_task, r0;
+    int n, k, rows_per_task, r0, r1; // r0/r1: the current tile's rows (tile path)
     float *y;           // (n, out)
     float *tile;        // tile path: (tile rows, k)
 };
@@ -242,7 +242,7 @@ static void tile_task(void *arg, int task) {
     const struct lin_job *j = arg;
     const struct cpu_linear *cl = j->cl;
     int r0 = j->r0 + task * j->rows_per_task, r1 = r0 + j->rows_per_task;
-    if (r1 > cl->out) r1 = cl->out;
+    if (r1 > j->r1) r1 = j->r1;
     if (r0 >= r1) return;
     float *dst = j->tile + (size_t)(r0 - j->r0) * j->k;
     if (cl->quantized) q_rows_sorted(cl, r0, r1, dst);
@@ -265,6 +265,7 @@ static void forward_gemm(struct cpu_pool *p, struct lin_job *j) {
     for (int r0 = 0; r0 < cl->out; r0 += tile_rows) {
         int rows = cl->out - r0 < tile_rows ? cl->out - r0 : tile_rows;
         j->r0 = r0;
+        j->r1 = r0 + rows;
         cpu_pool_run(p, (rows + j->rows_per_task - 1) / j->rows_per_task, tile_task, j);
         cblas_sgemm(CblasRowMajor, CblasNoTrans, CblasTrans, j->n, rows, j->k, 1.0f, j->x, j->k,
                     j->tile, j->k, 0.0f, j->y + r0, cl->out);
