@@ -23,6 +23,7 @@ out=bench/results/cpu_decode-$(date -u +%Y%m%d-%H%M).txt
   echo "machine: $(lscpu | sed -n 's/^Model name: *//p') x $(nproc) cores, $(free -g | awk '/Mem:/{print $2}') GiB RAM"
   echo "commit: $(git rev-parse --short HEAD)$(git diff --quiet HEAD -- src || echo '+dirty')"
   echo "command: bash bench/cpu_decode.sh $THREADS $N"
+  echo "load: $(uptime | sed "s/.*load average/load average/") (the machine is shared; numbers vary with load)"
   echo "threads: $THREADS, prompt 16 tokens, $N decode steps (first decode step excluded as warm-up)"
   ./build/bench_membw 1
   ./build/bench_membw "$THREADS"
