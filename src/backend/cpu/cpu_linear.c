@@ -27,33 +27,41 @@ static inline __m256 load_bf16x8(const uint16_t *p) {
 }
 #endif
 
+// Converts n stored values (F32/F16/BF16) to f32.
+static void row_to_f32(enum pg_dtype t, const void *w, float *dst, size_t n) {
+    size_t i = 0;
+#ifdef CPU_AVX2
+    const uint16_t *p = w;
+    if (t == PG_BF16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, load_bf16x8(p + i));
+    else if (t == PG_F16)
+        for (; i + 8 <= n; i += 8) _mm256_storeu_ps(dst + i, _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i))));
+#endif
+    if (t == PG_F32) memcpy(dst, w, n * sizeof *dst);
+    else if (i < n) pg_to_f32(t, (const uint16_t *)w + i, dst + i, n - i);
+}
+
+#ifdef CPU_AVX2
+static inline __m256 load_w8(enum pg_dtype t, const void *w, int i) {
+    if (t == PG_F32) return _mm256_loadu_ps((const float *)w + i);
+    if (t == PG_BF16) return load_bf16x8((const uint16_t *)w + i);
+    return _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)((const uint16_t *)w + i)));
+}
+#endif
+
 static float dot_dense(enum pg_dtype t, const void *w, const float *x, int n) {
     int i = 0;
     float s = 0;
 #ifdef CPU_AVX2
-    __m256 a0 = _mm256_setzero_ps(), a1 = _mm256_setzero_ps();
-    if (t == PG_F32) {
-        const float *p = w;
-        for (; i + 16 <= n; i += 16) {
-            a0 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(_mm256_loadu_ps(p + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        }
-    } else if (t == PG_BF16) {
-        const uint16_t *p = w;
-        for (; i + 16 <= n; i += 16) {
-            a0 = _mm256_fmadd_ps(load_bf16x8(p + i), _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(load_bf16x8(p + i + 8), _mm256_loadu_ps(x + i + 8), a1);
-        }
-    } else {
-        const uint16_t *p = w;
-        for (; i + 16 <= n; i += 16) {
-            __m256 w0 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i)));
-            __m256 w1 = _mm256_cvtph_ps(_mm_loadu_si128((const __m128i *)(p + i + 8)));
-            a0 = _mm256_fmadd_ps(w0, _mm256_loadu_ps(x + i), a0);
-            a1 = _mm256_fmadd_ps(w1, _mm256_loadu_ps(x + i + 8), a1);
-        }
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0; // independent FMA chains
+    for (; i + 32 <= n; i += 32) {
+        a0 = _mm256_fmadd_ps(load_w8(t, w, i), _mm256_loadu_ps(x + i), a0);
+        a1 = _mm256_fmadd_ps(load_w8(t, w, i + 8), _mm256_loadu_ps(x + i + 8), a1);
+        a2 = _mm256_fmadd_ps(load_w8(t, w, i + 16), _mm256_loadu_ps(x + i + 16), a2);
+        a3 = _mm256_fmadd_ps(load_w8(t, w, i + 24), _mm256_loadu_ps(x + i + 24), a3);
     }
-    s = hsum8(_mm256_add_ps(a0, a1));
+    for (; i + 8 <= n; i += 8) a0 = _mm256_fmadd_ps(load_w8(t, w, i), _mm256_loadu_ps(x + i), a0);
+    s = hsum8(_mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3)));
 #endif
     for (; i < n; i++) {
         float wi = t == PG_F32    ? ((const float *)w)[i]
@@ -104,6 +112,41 @@ static float dot_q(const uint8_t *row, int bits, const float *x, int a, int b) {
     return s;
 }
 
+#ifdef CPU_AVX2
+// sum_g scale[g] * sum_{j in g} q[j] x[j] over a whole row when every group boundary is a
+// multiple of 32: four independent accumulators (FMA latency), one horizontal sum per row.
+static float row_dot_q_aligned(const uint8_t *row, int bits, const float *x, const int32_t *gstart,
+                               const float *sc, int ng) {
+    __m256 tot = _mm256_setzero_ps();
+    const __m128i m = _mm_set1_epi8(0x0f);
+    for (int g = 0; g < ng; g++) {
+        __m256 a0 = _mm256_setzero_ps(), a1 = a0, a2 = a0, a3 = a0;
+        for (int j = gstart[g]; j < gstart[g + 1]; j += 32) {
+            __m128i lo, hi, l8, h8;
+            if (bits == 4) {
+                __m128i v = _mm_loadu_si128((const __m128i *)(row + (j >> 5) * 16));
+                lo = _mm_and_si128(v, m);
+                hi = _mm_and_si128(_mm_srli_epi16(v, 4), m);
+                l8 = _mm_srli_si128(lo, 8);
+                h8 = _mm_srli_si128(hi, 8);
+            } else {
+                lo = _mm_loadl_epi64((const __m128i *)(row + j));
+                l8 = _mm_loadl_epi64((const __m128i *)(row + j + 8));
+                hi = _mm_loadl_epi64((const __m128i *)(row + j + 16));
+                h8 = _mm_loadl_epi64((const __m128i *)(row + j + 24));
+            }
+            a0 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(lo)), _mm256_loadu_ps(x + j), a0);
+            a1 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(l8)), _mm256_loadu_ps(x + j + 8), a1);
+            a2 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(hi)), _mm256_loadu_ps(x + j + 16), a2);
+            a3 = _mm256_fmadd_ps(_mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(h8)), _mm256_loadu_ps(x + j + 24), a3);
+        }
+        __m256 acc = _mm256_add_ps(_mm256_add_ps(a0, a1), _mm256_add_ps(a2, a3));
+        tot = _mm256_fmadd_ps(_mm256_set1_ps(sc[g]), acc, tot);
+    }
+    return hsum8(tot);
+}
+#endif
+
 // ---- init ----------------------------------------------------------------------------------
 static void repack_gptq(struct cpu_linear *cl, const struct linear *l) {
     int in = l->in, out = l->out, ng = l->n_groups, pack = 32 / l->bits;
@@ -114,6 +157,8 @@ static void repack_gptq(struct cpu_linear *cl, const struct linear *l) {
     cl->gstart = pg_calloc((size_t)ng + 1, sizeof *cl->gstart);
     for (int i = 0; i < in; i++) cl->gstart[l->g_idx[i] + 1]++;
     for (int g = 0; g < ng; g++) cl->gstart[g + 1] += cl->gstart[g];
+    cl->aligned = true;
+    for (int g = 0; g <= ng; g++) cl->aligned &= cl->gstart[g] % 32 == 0;
     int32_t *fill = pg_malloc((size_t)ng * sizeof *fill);
     memcpy(fill, cl->gstart, (size_t)ng * sizeof *fill);
     cl->perm = pg_malloc((size_t)cl->in_pad * sizeof *cl->perm);
@@ -181,8 +226,25 @@ static void q_rows_sorted(const struct cpu_linear *cl, int r0, int r1, float *ds
         memset(d, 0, (size_t)cl->in_pad * sizeof *d);
         for (int g = 0; g < cl->n_groups; g++) {
             float s = cl->scale[(size_t)o * cl->n_groups + g], z = cl->zs[(size_t)o * cl->n_groups + g];
-            for (int j = cl->gstart[g]; j < cl->gstart[g + 1]; j++)
-                d[j] = (float)q_get(row, cl->bits, j) * s - z;
+            int j = cl->gstart[g];
+#ifdef CPU_AVX2
+            if (cl->aligned) {
+                __m256 vs = _mm256_set1_ps(s), vz = _mm256_set1_ps(z);
+                for (; j < cl->gstart[g + 1]; j += 8) {
+                    __m128i v;
+                    if (cl->bits == 8) {
+                        v = _mm_loadl_epi64((const __m128i *)(row + j));
+                    } else { // 8 nibbles of one half of a 32-block
+                        __m128i b = _mm_loadl_epi64((const __m128i *)(row + (j >> 5) * 16 + (j & 15)));
+                        v = (j & 16) ? _mm_srli_epi16(b, 4) : b;
+                        v = _mm_and_si128(v, _mm_set1_epi8(0x0f));
+                    }
+                    __m256 f = _mm256_cvtepi32_ps(_mm256_cvtepu8_epi32(v));
+                    _mm256_storeu_ps(d + j, _mm256_fmsub_ps(f, vs, vz));
+                }
+            }
+#endif
+            for (; j < cl->gstart[g + 1]; j++) d[j] = (float)q_get(row, cl->bits, j) * s - z;
         }
     }
 }
@@ -190,8 +252,8 @@ static void q_rows_sorted(const struct cpu_linear *cl, int r0, int r1, float *ds
 void cpu_linear_rows_f32(const struct cpu_linear *cl, int r0, int r1, float *dst) {
     if (!cl->quantized) {
         size_t es = pg_dtype_size(cl->wdtype);
-        pg_to_f32(cl->wdtype, (const char *)cl->w + (size_t)r0 * cl->in * es, dst,
-                  (size_t)(r1 - r0) * cl->in);
+        row_to_f32(cl->wdtype, (const char *)cl->w + (size_t)r0 * cl->in * es, dst,
+                   (size_t)(r1 - r0) * cl->in);
         return;
     }
     float *tmp = pg_malloc((size_t)cl->in_pad * sizeof *tmp);
@@ -230,6 +292,12 @@ static void gemv_task(void *arg, int task) {
                 const float *sc = cl->scale + (size_t)o * cl->n_groups, *zs = cl->zs + (size_t)o * cl->n_groups;
                 const float *xs = j->xsum + (size_t)t * cl->n_groups;
                 acc = 0;
+#ifdef CPU_AVX2
+                if (cl->aligned) {
+                    acc = row_dot_q_aligned(row, cl->bits, x, cl->gstart, sc, cl->n_groups);
+                    for (int g = 0; g < cl->n_groups; g++) acc -= zs[g] * xs[g];
+                } else
+#endif
                 for (int g = 0; g < cl->n_groups; g++)
                     acc += sc[g] * dot_q(row, cl->bits, x, cl->gstart[g], cl->gstart[g + 1]) - zs[g] * xs[g];
             }

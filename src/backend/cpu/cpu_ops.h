@@ -34,6 +34,7 @@ struct cpu_linear {
     int bits, n_groups, in_pad, row_bytes;
     int32_t *perm;           // [in_pad]: sorted position -> original input (-1: padding)
     int32_t *gstart;         // [n_groups + 1]: sorted group boundaries
+    bool aligned;            // every boundary is a multiple of 32 (the fast kernel applies)
     uint8_t *q;              // [out, row_bytes]
     float *scale;            // [out, n_groups]
     float *zs;               // [out, n_groups]: zero * scale
