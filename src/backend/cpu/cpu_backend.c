@@ -63,6 +63,15 @@ static void cpu_free(void *vctx) {
     free(c);
 }
 
+static void init_linear_task(void *arg, int task) {
+    struct cpu_ctx *c = arg;
+    const struct layer_weights *lw = &c->w->layers[task / 7];
+    struct cpu_layer *L = &c->layers[task / 7];
+    struct cpu_linear *dst[] = {&L->q, &L->k, &L->v, &L->o, &L->gate, &L->up, &L->down};
+    const struct linear *src[] = {&lw->q, &lw->k, &lw->v, &lw->o, &lw->gate, &lw->up, &lw->down};
+    cpu_linear_init(dst[task % 7], src[task % 7]);
+}
+
 static int cpu_init(void **out, const struct model_weights *w, const struct backend_config *bc,
                     int *num_blocks, char *err) {
     const struct model_config *mc = &w->cfg;
@@ -109,16 +118,10 @@ static int cpu_init(void **out, const struct model_weights *w, const struct back
         struct cpu_layer *L = &c->layers[i];
         L->attn_norm = vec_f32(&lw->attn_norm, (size_t)mc->hidden);
         L->ffn_norm = vec_f32(&lw->ffn_norm, (size_t)mc->hidden);
-        cpu_linear_init(&L->q, &lw->q);
-        cpu_linear_init(&L->k, &lw->k);
-        cpu_linear_init(&L->v, &lw->v);
-        cpu_linear_init(&L->o, &lw->o);
-        cpu_linear_init(&L->gate, &lw->gate);
-        cpu_linear_init(&L->up, &lw->up);
-        cpu_linear_init(&L->down, &lw->down);
         char *base = (char *)c->kv_mem + 2 * (size_t)i * layer_bytes;
         L->kv = (struct cpu_kv_layer){base, base + layer_bytes, kvt, c->block_size, mc->n_kv_heads, mc->head_dim};
     }
+    cpu_pool_run(c->pool, mc->n_layers * 7, init_linear_task, c); // GPTQ repacking in parallel
     c->final_norm = vec_f32(&w->final_norm, (size_t)mc->hidden);
     cpu_linear_init(&c->lm_head, &w->lm_head);
     c->smp_scratch = pg_malloc(sampler_scratch_size(mc->vocab));

@@ -168,15 +168,39 @@ static void repack_gptq(struct cpu_linear *cl, const struct linear *l) {
     cl->q = pg_calloc((size_t)out, (size_t)cl->row_bytes);
     const uint32_t *qw = (const uint32_t *)l->qweight;
     uint32_t mask = (1u << l->bits) - 1;
-    for (int o = 0; o < out; o++) {
-        uint8_t *row = cl->q + (size_t)o * cl->row_bytes;
-        for (int j = 0; j < in; j++) {
-            int i = cl->perm[j];
-            uint32_t v = (qw[(size_t)(i / pack) * out + o] >> (l->bits * (i % pack))) & mask;
-            if (l->bits == 8) row[j] = (uint8_t)v;
-            else row[(j >> 5) * 16 + (j & 15)] |= (uint8_t)((j & 16) ? v << 4 : v);
+    int32_t *inv = pg_malloc((size_t)in * sizeof *inv); // original input -> sorted position
+    for (int j = 0; j < in; j++) inv[cl->perm[j]] = j;
+    enum { OB = 64 }; // output rows per block: qweight read row-wise, 64 destination rows hot
+    bool identity = true;
+    for (int j = 0; j < in && identity; j++) identity = cl->perm[j] == j;
+    for (int o0 = 0; o0 < out; o0 += OB) {
+        int o1 = o0 + OB < out ? o0 + OB : out;
+        if (identity && l->bits == 4 && in % 32 == 0) { // common case: whole 32-input blocks
+            for (int r = 0; r < in / 8; r += 4)
+                for (int o = o0; o < o1; o++) {
+                    uint32_t w0 = qw[(size_t)r * out + o], w1 = qw[(size_t)(r + 1) * out + o],
+                             w2 = qw[(size_t)(r + 2) * out + o], w3 = qw[(size_t)(r + 3) * out + o];
+                    uint8_t *b = cl->q + (size_t)o * cl->row_bytes + (r / 4) * 16;
+                    for (int k = 0; k < 8; k++) { // byte k: inputs k and k+16; byte 8+k: 8+k and 24+k
+                        b[k] = (uint8_t)(((w0 >> (4 * k)) & 15) | (((w2 >> (4 * k)) & 15) << 4));
+                        b[8 + k] = (uint8_t)(((w1 >> (4 * k)) & 15) | (((w3 >> (4 * k)) & 15) << 4));
+                    }
+                }
+            continue;
         }
+        for (int r = 0; r < in / pack; r++)
+            for (int o = o0; o < o1; o++) {
+                uint32_t word = qw[(size_t)r * out + o];
+                uint8_t *row = cl->q + (size_t)o * cl->row_bytes;
+                for (int k = 0; k < pack; k++, word >>= l->bits) {
+                    int j = inv[r * pack + k];
+                    uint8_t v = (uint8_t)(word & mask);
+                    if (l->bits == 8) row[j] = v;
+                    else row[(j >> 5) * 16 + (j & 15)] |= (uint8_t)((j & 16) ? v << 4 : v);
+                }
+            }
     }
+    free(inv);
     float *sc = pg_malloc((size_t)ng * out * sizeof *sc);
     pg_to_f32(l->scales.dtype, l->scales.data, sc, (size_t)ng * out);
     cl->scale = pg_malloc((size_t)ng * out * sizeof *cl->scale);
