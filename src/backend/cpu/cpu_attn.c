@@ -1,6 +1,10 @@
 // Normalization, RoPE, SwiGLU and paged attention on the CPU (f32 math).
 #include <math.h>
 #include <string.h>
+#if defined(__AVX2__) && defined(__FMA__) && !defined(PG_NO_SIMD)
+#include <immintrin.h>
+#define ATTN_AVX2 1
+#endif
 
 #include "backend/cpu/cpu_ops.h"
 
@@ -70,6 +74,13 @@ static void kv_load(const struct cpu_kv_layer *kv, const void *base, size_t idx,
     else pg_to_f32(PG_BF16, (const uint16_t *)base + idx, dst, (size_t)kv->head_dim);
 }
 
+// A cache row as f32: a pointer into the cache (f32) or into tmp after conversion (bf16).
+static inline const float *kv_row(const struct cpu_kv_layer *kv, const void *base, size_t idx, float *tmp) {
+    if (kv->dtype == PG_F32) return (const float *)base + idx;
+    kv_load(kv, base, idx, tmp);
+    return tmp;
+}
+
 void cpu_kv_write(const struct cpu_kv_layer *kv, const int32_t *block_table, int pos0, int n,
                   const float *k, const float *v) {
     for (int t = 0; t < n; t++)
@@ -79,6 +90,35 @@ void cpu_kv_write(const struct cpu_kv_layer *kv, const int32_t *block_table, int
             kv_store(kv, kv->k, idx, k + src);
             kv_store(kv, kv->v, idx, v + src);
         }
+}
+
+static inline float vdot(const float *a, const float *b, int n) {
+    int i = 0;
+    float s = 0;
+#ifdef ATTN_AVX2
+    __m256 a0 = _mm256_setzero_ps(), a1 = a0;
+    for (; i + 16 <= n; i += 16) {
+        a0 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), a0);
+        a1 = _mm256_fmadd_ps(_mm256_loadu_ps(a + i + 8), _mm256_loadu_ps(b + i + 8), a1);
+    }
+    __m256 t = _mm256_add_ps(a0, a1);
+    __m128 h = _mm_add_ps(_mm256_castps256_ps128(t), _mm256_extractf128_ps(t, 1));
+    h = _mm_add_ps(h, _mm_movehl_ps(h, h));
+    s = _mm_cvtss_f32(_mm_add_ss(h, _mm_shuffle_ps(h, h, 1)));
+#endif
+    for (; i < n; i++) s += a[i] * b[i];
+    return s;
+}
+
+// y = y * r + e * x
+static inline void vscale_add(float *y, float r, float e, const float *x, int n) {
+    int i = 0;
+#ifdef ATTN_AVX2
+    __m256 vr = _mm256_set1_ps(r), ve = _mm256_set1_ps(e);
+    for (; i + 8 <= n; i += 8)
+        _mm256_storeu_ps(y + i, _mm256_fmadd_ps(ve, _mm256_loadu_ps(x + i), _mm256_mul_ps(vr, _mm256_loadu_ps(y + i))));
+#endif
+    for (; i < n; i++) y[i] = y[i] * r + e * x[i];
 }
 
 struct attn_job {
@@ -103,20 +143,15 @@ static void attn_task(void *arg, int task) {
         int c1 = c0 + ATTN_CHUNK < n_keys ? c0 + ATTN_CHUNK : n_keys;
         float cm = -INFINITY;
         for (int p = c0; p < c1; p++) {
-            kv_load(kv, kv->k, kv_index(kv, j->bt, p, kvh), row);
-            float d = 0;
-            for (int i = 0; i < hd; i++) d += q[i] * row[i];
-            s[p - c0] = d * scale;
+            s[p - c0] = vdot(q, kv_row(kv, kv->k, kv_index(kv, j->bt, p, kvh), row), hd) * scale;
             if (s[p - c0] > cm) cm = s[p - c0];
         }
         float mn = cm > m ? cm : m, r = expf(m - mn);
         l *= r;
-        for (int i = 0; i < hd; i++) o[i] *= r;
         for (int p = c0; p < c1; p++) {
             float e = expf(s[p - c0] - mn);
             l += e;
-            kv_load(kv, kv->v, kv_index(kv, j->bt, p, kvh), row);
-            for (int i = 0; i < hd; i++) o[i] += e * row[i];
+            vscale_add(o, p == c0 ? r : 1.0f, e, kv_row(kv, kv->v, kv_index(kv, j->bt, p, kvh), row), hd);
         }
         m = mn;
     }
