@@ -196,6 +196,16 @@ static void chunked(struct fixture *fx, void *ctx, double tol) {
         done += chunks[c];
     }
     assert_int_equal(done, n);
+    // prefix caching: a new sequence with the same prompt shares the first two blocks
+    // (8 positions) computed above and only computes the rest, into fresh blocks
+    int32_t bt3[8] = {bt[0], bt[1], 40, 45, 41, 44, 42, 43};
+    struct step_seq s3 = {.n_new = n - 2 * BS, .tokens = toks + 2 * BS, .pos0 = 2 * BS, .block_table = bt3, .n_blocks = 8};
+    struct step_batch b3 = {1, &s3, s3.n_new};
+    float *lg3 = pg_malloc((size_t)n * fx->vocab * sizeof *lg3);
+    if (backend_cpu.logits(ctx, &b3, true, lg3, err)) fail_msg("%s", err);
+    for (int t = 0; t < s3.n_new; t++)
+        check_row(lg3 + (size_t)t * fx->vocab, fx->fullref + (size_t)(2 * BS + t) * fx->vocab, fx->vocab, tol, "prefix-cached", fx->dir);
+    free(lg3);
     free(lg);
 }
 
