@@ -6,9 +6,12 @@
 //   -> logprobs are the log-softmax of the logits at this point (before temperature and
 //      before top-k/top-p/min-p filtering), for the chosen token and the top-k list.
 //   4. temperature == 0 (or < 1e-5): argmax, ties to the lowest id.
-//   5. otherwise logits / temperature, top_k, softmax, top_p (smallest prefix of the sorted
-//      distribution with mass >= top_p), min_p (prob >= min_p * max prob), renormalize, and
-//      draw with u = pg_uniform(seed, step, 0) by walking the sorted distribution.
+//   5. otherwise logits / temperature; the kept set is defined on the distribution sorted by
+//      probability (ties: lower id first): top_k best, then top_p (smallest prefix whose mass,
+//      normalized over the top_k set, is >= top_p), then min_p (prob >= min_p * max prob).
+//      Draw: u = pg_uniform(seed, step, 0) * (sum of kept probs); walk the kept tokens in
+//      ascending id order and take the first whose cumulative prob exceeds u.
+//      (Nothing is sorted: top_k by quickselect, top_p by a weighted quickselect.)
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -69,7 +72,7 @@ static int argmax(const float *lg, int vocab) {
 static float logsumexp(const float *lg, int vocab, float mx) {
     if (mx == -INFINITY) return -INFINITY;
     double s = 0;
-    for (int i = 0; i < vocab; i++) s += exp((double)(lg[i] - mx));
+    for (int i = 0; i < vocab; i++) s += expf(lg[i] - mx);
     return mx + (float)log(s);
 }
 
@@ -89,46 +92,96 @@ static void top_logprobs(const float *lg, int vocab, int k, float lse, struct sa
     for (int i = 0; i < n; i++) out->top_logprobs[i] = lg[out->top_ids[i]] - lse;
 }
 
-static int cmp_desc(const void *a, const void *b, void *ctx) {
-    const float *v = ctx;
-    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
-    if (v[x] > v[y]) return -1;
-    if (v[x] < v[y]) return 1;
-    return (x > y) - (x < y);
+// Order: higher logit first, ties to the lower id.
+static inline bool before(const float *v, int32_t x, int32_t y) { return v[x] > v[y] || (v[x] == v[y] && x < y); }
+
+// Reorders idx[0, n) so that its first m entries are the m best (in any order): quickselect.
+static void select_top(int32_t *idx, int n, int m, const float *v) {
+    int lo = 0, hi = n - 1;
+    while (lo < hi) {
+        int32_t piv = idx[lo + (hi - lo) / 2];
+        int i = lo, j = hi;
+        while (i <= j) {
+            while (before(v, idx[i], piv)) i++;
+            while (before(v, piv, idx[j])) j--;
+            if (i <= j) {
+                int32_t t = idx[i]; idx[i] = idx[j]; idx[j] = t;
+                i++, j--;
+            }
+        }
+        if (m - 1 <= j) hi = j;
+        else if (m - 1 >= i) lo = i;
+        else return;
+    }
 }
 
-static int sample_random(float *lg, int vocab, const struct sample_input *in, float *probs, int32_t *idx) {
+// idx[0, n): candidates with weights exp(v - mx). Reorders idx so that its first c entries
+// are the best c, for the smallest c whose weight reaches target (at least 1; n when the
+// target is never reached through rounding). Weighted quickselect: expected O(n).
+static int select_mass(int32_t *idx, int n, const float *v, float mx, double target) {
+    int lo = 0, hi = n; // kept: [0, lo) with weight acc < target; the answer is in (lo, hi]
+    double acc = 0;
+    while (lo < hi) {
+        int mid = lo + (hi - lo) / 2, k = lo;
+        int32_t piv = idx[mid];
+        idx[mid] = idx[hi - 1], idx[hi - 1] = piv;
+        double mb = 0;
+        for (int i = lo; i < hi - 1; i++)
+            if (before(v, idx[i], piv)) {
+                int32_t t = idx[i]; idx[i] = idx[k]; idx[k] = t;
+                mb += expf(v[idx[k]] - mx);
+                k++;
+            }
+        idx[hi - 1] = idx[k], idx[k] = piv; // better: [lo, k), pivot at k, worse: (k, hi)
+        if (acc + mb >= target) {
+            hi = k;
+            continue;
+        }
+        acc += mb + expf(v[piv] - mx);
+        if (acc >= target) return k + 1;
+        lo = k + 1;
+    }
+    return hi > 0 ? hi : 1;
+}
+
+// Temperature; the kept set (top_k best, then the top_p nucleus of those, then min_p), all
+// by selection without sorting; then a draw walking the kept tokens in id order.
+static int sample_random(float *lg, int vocab, const struct sample_input *in, float *e, int32_t *idx) {
     const struct sampling_params *p = in->params;
     int n = 0;
+    float mx = -INFINITY;
     for (int i = 0; i < vocab; i++)
-        if (lg[i] > -INFINITY) idx[n++] = i;
-    if (n == 0) return 0;
-    for (int i = 0; i < n; i++) lg[idx[i]] /= p->temperature;
-    qsort_r(idx, (size_t)n, sizeof *idx, cmp_desc, lg);
-    if (p->top_k > 0 && p->top_k < n) n = p->top_k;
-    double sum = 0;
-    float mx = lg[idx[0]];
-    for (int i = 0; i < n; i++) sum += probs[i] = expf(lg[idx[i]] - mx);
-    if (p->top_p > 0 && p->top_p < 1) {
-        double cum = 0;
-        for (int i = 0; i < n; i++) {
-            cum += probs[i] / sum;
-            if (cum >= p->top_p) { n = i + 1; break; }
+        if (lg[i] > -INFINITY) {
+            idx[n++] = i;
+            lg[i] /= p->temperature;
+            if (lg[i] > mx) mx = lg[i];
         }
+    if (n == 0) return 0;
+    if (p->top_k > 0 && p->top_k < n) {
+        select_top(idx, n, p->top_k, lg);
+        n = p->top_k;
     }
-    if (p->min_p > 0) { // probs[0] is the max
-        int m = 1;
-        while (m < n && probs[m] >= p->min_p * probs[0]) m++;
-        n = m;
+    if (p->top_p > 0 && p->top_p < 1) {
+        double z = 0;
+        for (int i = 0; i < n; i++) z += expf(lg[idx[i]] - mx);
+        n = select_mass(idx, n, lg, mx, p->top_p * z);
     }
-    sum = 0;
-    for (int i = 0; i < n; i++) sum += probs[i];
-    double u = pg_uniform(p->seed, in->step, 0) * sum, cum = 0;
+    memset(e, 0, (size_t)vocab * sizeof *e); // e[id]: weight of each kept token
+    double sum = 0;
     for (int i = 0; i < n; i++) {
-        cum += probs[i];
-        if (u < cum) return idx[i];
+        float w = expf(lg[idx[i]] - mx); // the max has w = 1, so min_p keeps at least one
+        if (p->min_p > 0 && w < p->min_p) continue;
+        sum += e[idx[i]] = w;
     }
-    return idx[n - 1];
+    double u = pg_uniform(p->seed, in->step, 0) * sum, cum = 0;
+    int last = 0;
+    for (int i = 0; i < vocab; i++) {
+        if (e[i] == 0) continue;
+        cum += e[i];
+        last = i;
+        if (u < cum) return i;
+    }
+    return last;
 }
 
 void sampler_sample(float *logits, int vocab, const struct sample_input *in, void *scratch,
