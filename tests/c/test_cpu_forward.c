@@ -248,6 +248,20 @@ static void test_execute_greedy(void **state) {
         assert_int_equal(r.top_ids[0], r.token);
         assert_true(r.logprob <= 0 && r.logprob == r.top_logprobs[0]);
     }
+    // a mixed batch: a prefill chunk that does not sample, then two sampling sequences
+    int32_t bt2[64];
+    for (int i = 0; i < 64; i++) bt2[i] = i;
+    struct step_seq ms[3] = {
+        {.n_new = 5, .tokens = fx.prompts[3], .block_table = bt2, .n_blocks = 20},
+        {.n_new = fx.lens[2], .tokens = fx.prompts[2], .block_table = bt2 + 20, .n_blocks = 20, .sample = true},
+        {.n_new = fx.lens[1], .tokens = fx.prompts[1], .block_table = bt2 + 40, .n_blocks = 20, .sample = true}};
+    ms[1].smp = (struct sample_input){.params = &sp};
+    ms[2].smp = (struct sample_input){.params = &sp};
+    struct step_batch mb = {3, ms, 5 + fx.lens[2] + fx.lens[1]};
+    struct step_result mr[3];
+    if (backend_cpu.execute(ctx, &mb, err) || backend_cpu.collect(ctx, mr, err)) fail_msg("%s", err);
+    assert_int_equal(mr[0].token, fx.greedy[2]);
+    assert_int_equal(mr[1].token, fx.greedy[1]);
     // bad batches: a clear error, no crash
     int32_t bad_tok = 5000, tok = 1, bad_bt = 64;
     struct step_seq s = {.n_new = 1, .tokens = &bad_tok, .block_table = bt, .n_blocks = 64};

@@ -219,13 +219,17 @@ static void layer_forward(struct cpu_ctx *c, int li, const struct step_batch *b)
     add_into(c->x, c->tmp, (size_t)T * m->hidden);
 }
 
-// Runs the batch and writes logits for the last token of each sequence (or every token)
-// into c->logits. Returns the number of rows.
-static int forward(struct cpu_ctx *c, const struct step_batch *b, bool all_positions, char *err) {
+enum rows_mode { ROWS_ALL_POSITIONS, ROWS_LAST, ROWS_LAST_SAMPLING };
+
+// Runs the batch and writes logits into c->logits for: every token (ROWS_ALL_POSITIONS), the
+// last token of every sequence (ROWS_LAST), or the last token of each sampling sequence
+// only (ROWS_LAST_SAMPLING: prefill chunks that do not sample skip the lm_head). Returns
+// the number of rows.
+static int forward(struct cpu_ctx *c, const struct step_batch *b, enum rows_mode mode, char *err) {
     if (check_batch(c, b, err)) return -1;
     const struct model_config *m = &c->c;
-    int T = b->n_tokens, rows = all_positions ? T : b->n_seqs;
-    grow(c, T, rows);
+    int T = b->n_tokens;
+    grow(c, T, mode == ROWS_ALL_POSITIONS ? T : b->n_seqs);
     int t = 0;
     for (int s = 0; s < b->n_seqs; s++)
         for (int i = 0; i < b->seqs[s].n_new; i++, t++) {
@@ -233,13 +237,18 @@ static int forward(struct cpu_ctx *c, const struct step_batch *b, bool all_posit
             cpu_embed_row(&c->w->embed, b->seqs[s].tokens[i], m->hidden, c->x + (size_t)t * m->hidden);
         }
     for (int l = 0; l < m->n_layers; l++) layer_forward(c, l, b);
-    if (!all_positions) { // keep the last row of each sequence
+    int rows = T;
+    if (mode != ROWS_ALL_POSITIONS) { // gather the wanted last rows to the front
         int off = 0;
+        rows = 0;
         for (int s = 0; s < b->n_seqs; s++) {
             off += b->seqs[s].n_new;
-            memmove(c->x + (size_t)s * m->hidden, c->x + (size_t)(off - 1) * m->hidden, (size_t)m->hidden * sizeof(float));
+            if (mode == ROWS_LAST_SAMPLING && !b->seqs[s].sample) continue;
+            memmove(c->x + (size_t)rows++ * m->hidden, c->x + (size_t)(off - 1) * m->hidden,
+                    (size_t)m->hidden * sizeof(float));
         }
     }
+    if (rows == 0) return 0;
     cpu_rmsnorm(c->xn, c->x, c->final_norm, rows, m->hidden, m->rms_eps);
     cpu_linear_forward(c->pool, &c->lm_head, c->xn, rows, c->logits);
     return rows;
@@ -247,7 +256,7 @@ static int forward(struct cpu_ctx *c, const struct step_batch *b, bool all_posit
 
 static int cpu_logits(void *vctx, const struct step_batch *b, bool all_positions, float *out, char *err) {
     struct cpu_ctx *c = vctx;
-    int rows = forward(c, b, all_positions, err);
+    int rows = forward(c, b, all_positions ? ROWS_ALL_POSITIONS : ROWS_LAST, err);
     if (rows < 0) return -1;
     memcpy(out, c->logits, (size_t)rows * c->c.vocab * sizeof(float));
     return 0;
@@ -261,7 +270,7 @@ static int cpu_execute(void *vctx, const struct step_batch *b, char *err) {
             pg_seterr(err, "cpu backend: sequence %d: sample without sampling parameters", s);
             return -1;
         }
-    if (forward(c, b, false, err) < 0) return -1;
+    if (forward(c, b, ROWS_LAST_SAMPLING, err) < 0) return -1;
     if (b->n_seqs > c->cap_results) {
         c->cap_results = b->n_seqs;
         c->results = pg_realloc(c->results, (size_t)b->n_seqs * sizeof *c->results);
@@ -269,7 +278,7 @@ static int cpu_execute(void *vctx, const struct step_batch *b, char *err) {
     for (int s = 0; s < b->n_seqs; s++) {
         if (!b->seqs[s].sample) continue;
         struct sample_output so;
-        sampler_sample(c->logits + (size_t)s * c->c.vocab, c->c.vocab, &b->seqs[s].smp, c->smp_scratch, &so);
+        sampler_sample(c->logits + (size_t)c->n_results * c->c.vocab, c->c.vocab, &b->seqs[s].smp, c->smp_scratch, &so);
         struct step_result *r = &c->results[c->n_results++];
         r->token = so.token;
         r->logprob = so.logprob;
