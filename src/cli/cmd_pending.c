@@ -14,8 +14,6 @@ static int pending(const char *name) {
 
 PENDING(cmd_generate, "generate")
 PENDING(cmd_serve, "serve")
-PENDING(cmd_tokenize, "tokenize")
-PENDING(cmd_detokenize, "detokenize")
 PENDING(cmd_chat_template, "chat-template")
 PENDING(cmd_make_model, "make-model")
 PENDING(cmd_bench, "bench")
