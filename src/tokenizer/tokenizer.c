@@ -120,12 +120,14 @@ static bool cp_is_space(int32_t c) { // Rust char::is_whitespace (Unicode White_
            c == 0x205F || c == 0x3000;
 }
 
-static bool cp_is_word(int32_t c) { // Rust char::is_alphanumeric, approximately (L*, N*)
+static bool cp_is_word(int32_t c) { // \w of the Rust regex crate: Alphabetic, M, Nd, Pc, ZWJ/ZWNJ
     if (c < 0) return false;
-    if (c < 128) return (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z');
+    if (c < 128) return (c >= '0' && c <= '9') || ((c | 32) >= 'a' && (c | 32) <= 'z') || c == '_';
+    if (c == 0x200C || c == 0x200D) return true;
     utf8proc_category_t k = utf8proc_category(c);
     return (k >= UTF8PROC_CATEGORY_LU && k <= UTF8PROC_CATEGORY_LO) ||
-           (k >= UTF8PROC_CATEGORY_ND && k <= UTF8PROC_CATEGORY_NO);
+           (k >= UTF8PROC_CATEGORY_MN && k <= UTF8PROC_CATEGORY_ME) || k == UTF8PROC_CATEGORY_ND ||
+           k == UTF8PROC_CATEGORY_NL || k == UTF8PROC_CATEGORY_PC;
 }
 
 // True when NFC leaves s unchanged for sure: every code point is below U+0300 or in a block
@@ -212,11 +214,10 @@ static void pretok(struct enc *e, int step, const char *s, size_t n) {
 
 // Finds the next added token of set in s[from..n) (leftmost, then longest). Matches that are
 // rejected (special with !parse_special, single_word inside a word) are skipped and the
-// search resumes after them, as Hugging Face does. floor: lstrip never crosses it.
-// Returns the token or NULL; *ms/*me: the span to replace (incl. stripped whitespace).
+// search resumes after them, as Hugging Face does. Returns the token or NULL; *ms/*me: the
+// match, *me extended over whitespace for rstrip (lstrip is applied by the caller).
 static const struct tok_added *added_next(const struct enc *e, const struct tok_added_set *set,
-                                          const char *s, size_t n, size_t from, size_t floor,
-                                          size_t *ms, size_t *me) {
+                                          const char *s, size_t n, size_t from, size_t *ms, size_t *me) {
     const struct tokenizer *t = e->t;
     for (size_t i = from; i < n; i++) {
         if (!set->first[(uint8_t)s[i]]) continue;
@@ -229,33 +230,47 @@ static const struct tok_added *added_next(const struct enc *e, const struct tok_
             }
         }
         if (!hit) continue;
-        size_t a0 = i, b0 = i + hit->len;
+        size_t b0 = i + hit->len;
         bool ok = !hit->special || e->parse_special;
         if (ok && hit->single_word) {
             int kl;
-            ok = !cp_is_word(cp_before(s, a0)) && !cp_is_word(cp_at(s, n, b0, &kl));
+            ok = !cp_is_word(cp_before(s, i)) && !cp_is_word(cp_at(s, n, b0, &kl));
         }
         if (!ok) {
             i = b0 - 1;
             continue;
         }
-        if (hit->lstrip)
-            while (a0 > floor) {
-                int32_t c = cp_before(s, a0);
-                if (!cp_is_space(c)) break;
-                a0 -= c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
-            }
-        if (hit->rstrip)
-            for (int kl; b0 < n;) {
-                int32_t c = cp_at(s, n, b0, &kl);
-                if (!cp_is_space(c)) break;
-                b0 += (size_t)kl;
-            }
-        *ms = a0;
+        *ms = i;
         *me = b0;
         return hit;
     }
     return NULL;
+}
+
+typedef void (*gap_fn)(struct enc *e, const char *s, size_t n);
+
+// Splits s on the added tokens of set, like Hugging Face's AddedVocabulary::find_matches:
+// lstrip/rstrip widen a match over whitespace, the search continues after the unwidened
+// match, and a gap is emitted only where the previous (widened) match ended before this one.
+static void split_added(struct enc *e, const struct tok_added_set *set, const char *s, size_t n, gap_fn gap) {
+    size_t search = 0, done = 0, ms, me;
+    const struct tok_added *a;
+    while (!e->failed && set->n && (a = added_next(e, set, s, n, search, &ms, &me))) {
+        search = me;
+        size_t start = ms, stop = me;
+        if (a->lstrip) {
+            for (int32_t c; start > 0 && cp_is_space(c = cp_before(s, start));)
+                start -= c < 0x80 ? 1 : c < 0x800 ? 2 : c < 0x10000 ? 3 : 4;
+            if (start < done) start = done;
+        }
+        if (a->rstrip)
+            for (int kl; stop < n && cp_is_space(cp_at(s, n, stop, &kl));) stop += (size_t)kl;
+        if (start > stop) start = stop;
+        if (done < start) gap(e, s + done, start - done);
+        tok_ids_push(&e->out, a->id);
+        done = stop;
+    }
+    if (done < n) gap(e, s + done, n - done);
 }
 
 static void encode_normalized(struct enc *e, const char *s, size_t n);
@@ -280,16 +295,10 @@ static void encode_valid(struct enc *e, const char *s, size_t n) {
     free(nfc);
 }
 
+static void pretok_all(struct enc *e, const char *s, size_t n) { pretok(e, 0, s, n); }
+
 static void encode_normalized(struct enc *e, const char *s, size_t n) {
-    const struct tokenizer *t = e->t;
-    size_t pos = 0, ms, me;
-    const struct tok_added *a;
-    while (t->added_norm.n && (a = added_next(e, &t->added_norm, s, n, pos, pos, &ms, &me))) {
-        pretok(e, 0, s + pos, ms - pos);
-        tok_ids_push(&e->out, a->id);
-        pos = me;
-    }
-    pretok(e, 0, s + pos, n - pos);
+    split_added(e, &e->t->added_norm, s, n, pretok_all);
 }
 
 // A gap between raw added tokens: valid runs go through the pipeline, every byte of an
@@ -322,15 +331,7 @@ int tok_encode(const struct tokenizer *t, const char *text, size_t len, bool par
     }
     struct enc e = {.t = t, .parse_special = parse_special, .err = err};
     e.md = pcre2_match_data_create(1, NULL);
-    size_t pos = 0, ms, me;
-    const struct tok_added *a;
-    while (t->added_raw.n && !e.failed &&
-           (a = added_next(&e, &t->added_raw, text, len, pos, pos, &ms, &me))) {
-        encode_gap(&e, text + pos, ms - pos);
-        tok_ids_push(&e.out, a->id);
-        pos = me;
-    }
-    if (len) encode_gap(&e, text + pos, len - pos);
+    split_added(&e, &t->added_raw, text, len, encode_gap);
     pcre2_match_data_free(e.md);
     if (e.failed) {
         free(e.out.v);
