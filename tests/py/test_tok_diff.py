@@ -228,4 +228,5 @@ def test_decode_matches_hf(model):
     for skip in (False, True):
         r = run(["detokenize", "--model", TOKENIZERS[model], "--ids", ",".join(map(str, all_ids))] +
                 (["--skip-special"] if skip else []))
-        assert r.stdout.decode() == hf.decode(all_ids, skip_special_tokens=skip)
+        # HF decodes lossily (U+FFFD); pagoda returns the raw bytes (docs/tokenizer.md)
+        assert r.stdout.decode(errors="replace") == hf.decode(all_ids, skip_special_tokens=skip)
