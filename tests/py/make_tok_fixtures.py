@@ -1,7 +1,8 @@
 """Builds the small byte-level BPE tokenizer.json fixtures in tests/fixtures/tok/ with the
 Hugging Face `tokenizers` package (offline training on local text). Run from the repo root:
     python3 tests/py/make_tok_fixtures.py
-The outputs are committed; this script documents how they were made.
+The outputs are committed; this script documents how they were made. It also writes
+golden.jsonl (HF ids for a few texts under each tokenizer) for the C tests.
 
   gpt2.json    GPT-2 style: ByteLevel(use_regex, no prefix space), <|endoftext|>, merges as "a b"
   smollm.json  SmolLM style: Sequence[Digits(individual), ByteLevel(use_regex)], ChatML specials
@@ -85,5 +86,39 @@ def main():
     t.save(f"{OUT}/edge.json")
 
 
+
+
+GOLDEN_TEXTS = [
+    "Hello, world! It's a test. I'll we've they're DON'T",
+    "你好，我在你们家买的那件长款羽绒服，订单LT2312083309，12月8号签收的，699元。",
+    "emoji 😀👍🏽👨‍👩‍👧‍👦 🏳️‍🌈 and combining e\u0301 a\u0308 \u212b",
+    "full-width 【测试】（括号）：“引号” ＡＢＣ１２３　全角",
+    "code:\n\tint main(void) {\n\t\treturn 0;   // done\n\t}\n\n\n",
+    "mixed Привет мир Γειά σου مرحبا नमस्ते こんにちは 안녕하세요",
+    "<|im_start|>user\nhi<|im_end|>\n<|im_start|>assistant\n<think>\nok</think>",
+    "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
+    "edge: a <mask> b   <mask>c [SEP]  d fooword xfooword é! <tool>x  y",
+    "   spaces   and\ttabs\r\n\r\n  ",
+]
+
+
+def golden():
+    """tests/fixtures/tok/golden.jsonl: HF ids for GOLDEN_TEXTS under every fixture tokenizer
+    (and the Qwen one), read by tests/c/test_tok.c."""
+    models = {"qwen": "../shared/models/qwen-tokenizer/tokenizer.json"}
+    for name in ("gpt2", "smollm", "llama3", "edge"):
+        models[name] = f"{OUT}/{name}.json"
+    with open(f"{OUT}/golden.jsonl", "w", encoding="utf-8") as f:
+        for name, path in models.items():
+            tok = Tokenizer.from_file(path)
+            for text in GOLDEN_TEXTS:
+                ids = tok.encode(text, add_special_tokens=False).ids
+                dec = tok.decode(ids, skip_special_tokens=True)
+                f.write(json.dumps({"model": name, "text": text, "ids": ids, "decoded_skip_special": dec},
+                                   ensure_ascii=False) + "\n")
+
+
 if __name__ == "__main__":
-    main()
+    if not os.environ.get("GOLDEN_ONLY"):  # GOLDEN_ONLY=1: keep the tokenizers, redo golden.jsonl
+        main()
+    golden()
