@@ -321,6 +321,18 @@ done:
     return t;
 }
 
+struct tokenizer *tok_from_json(const char *json, size_t len, char *err) {
+    json_error_t je;
+    json_t *root = json_loadb(json, len, 0, &je);
+    if (!root) {
+        pg_seterr(err, "line %d: %s", je.line, je.text);
+        return NULL;
+    }
+    struct tokenizer *t = from_json(root, err);
+    json_decref(root);
+    return t;
+}
+
 struct tokenizer *tok_load(const char *path, char *err) {
     if (!path) {
         pg_seterr(err, "tok_load: no path");
@@ -346,15 +358,10 @@ struct tokenizer *tok_load(const char *path, char *err) {
     size_t len;
     char *text = pg_read_file(file, &len, err);
     if (text) {
-        json_error_t je;
-        json_t *root = json_loadb(text, len, 0, &je);
+        char e2[PG_ERR_LEN];
+        t = tok_from_json(text, len, e2);
+        if (!t) pg_seterr(err, "%s: %s", file, e2);
         free(text);
-        if (!root) {
-            pg_seterr(err, "%s:%d: %s", file, je.line, je.text);
-        } else {
-            t = from_json(root, err);
-            json_decref(root);
-        }
     }
     if (t && load_config(t, dir, err)) {
         tok_free(t);

@@ -9,6 +9,8 @@ struct tokenizer;
 // chat template and special tokens), or a path to a tokenizer.json. NULL + err on failure.
 struct tokenizer *tok_load(const char *path, char *err);
 void tok_free(struct tokenizer *t);
+// The same from tokenizer.json text in memory (no tokenizer_config.json). NULL + err on failure.
+struct tokenizer *tok_from_json(const char *json, size_t len, char *err);
 
 // Encodes UTF-8 text. parse_special: match added/special tokens in the text (true for chat
 // prompts). Invalid UTF-8 bytes are encoded as their byte tokens (documented in README).
