@@ -3,6 +3,8 @@
 //   pagoda tokenize --model DIR --batch F [--decode]
 //       F holds records "<byte length>\n<bytes>"; prints one JSON array per record and, with
 //       --decode, after each a line with tok_decode of those ids in hex (for round-trip tests)
+//   pagoda tokenize --model DIR --file F --bench N
+//       encodes F N times on one thread; prints {"load_s", "bytes", "tokens", "best_s", "mb_per_s"}
 //   pagoda detokenize --model DIR --ids 1,2,3 [--skip-special]          -> text
 #include <errno.h>
 #include <stdio.h>
@@ -60,20 +62,50 @@ static int tokenize_batch(const struct tokenizer *t, const char *path, bool spec
     return rc;
 }
 
+static int tokenize_bench(const struct tokenizer *t, const char *path, int reps, double load_s) {
+    char err[PG_ERR_LEN];
+    size_t len;
+    char *buf = pg_read_file(path, &len, err);
+    if (!buf) {
+        fprintf(stderr, "pagoda tokenize: %s\n", err);
+        return 1;
+    }
+    double best = 1e30;
+    int n = 0;
+    for (int r = 0; r < reps; r++) {
+        int32_t *ids;
+        double t0 = pg_now();
+        if (tok_encode(t, buf, len, true, &ids, &n, err)) {
+            fprintf(stderr, "pagoda tokenize: %s\n", err);
+            free(buf);
+            return 1;
+        }
+        double dt = pg_now() - t0;
+        if (dt < best) best = dt;
+        free(ids);
+    }
+    printf("{\"load_s\": %.4f, \"bytes\": %zu, \"tokens\": %d, \"best_s\": %.5f, \"mb_per_s\": %.2f}\n",
+           load_s, len, n, best, (double)len / 1e6 / best);
+    free(buf);
+    return 0;
+}
+
 int cmd_tokenize(int argc, char **argv) {
     const char *model = NULL, *text = NULL, *file = NULL, *batch = NULL;
     bool special = true, roundtrip = false;
+    int bench = 0;
     for (int i = 1; i < argc; i++) {
         const char *a = argv[i], *v = i + 1 < argc ? argv[i + 1] : NULL;
         if (!strcmp(a, "--model") && v) model = v, i++;
         else if (!strcmp(a, "--text") && v) text = v, i++;
         else if (!strcmp(a, "--file") && v) file = v, i++;
         else if (!strcmp(a, "--batch") && v) batch = v, i++;
+        else if (!strcmp(a, "--bench") && v) bench = atoi(v), i++;
         else if (!strcmp(a, "--no-special")) special = false;
         else if (!strcmp(a, "--decode")) roundtrip = true;
         else {
             fprintf(stderr, "usage: pagoda tokenize --model DIR (--text T | --file F | --batch F) "
-                            "[--no-special] [--decode]\n");
+                            "[--no-special] [--decode] [--bench N]\n");
             return 2;
         }
     }
@@ -82,13 +114,17 @@ int cmd_tokenize(int argc, char **argv) {
         return 2;
     }
     char err[PG_ERR_LEN];
+    double t0 = pg_now();
     struct tokenizer *t = tok_load(model, err);
+    double load_s = pg_now() - t0;
     if (!t) {
         fprintf(stderr, "pagoda tokenize: %s\n", err);
         return 1;
     }
     int rc = 0;
-    if (batch) {
+    if (bench > 0 && file) {
+        rc = tokenize_bench(t, file, bench, load_s);
+    } else if (batch) {
         rc = tokenize_batch(t, batch, special, roundtrip);
     } else {
         size_t len = text ? strlen(text) : 0;
