@@ -26,11 +26,15 @@ uint64_t tok_hash(const void *p, size_t n) {
 
 int32_t tok_strmap_get(const struct tokenizer *t, const struct tok_strmap *m, const char *s, size_t n) {
     if (!m->slots) return -1;
-    uint32_t i = (uint32_t)tok_hash(s, n) & m->mask;
+    uint64_t h = tok_hash(s, n);
+    uint32_t i = (uint32_t)h & m->mask;
     for (;;) {
-        uint32_t v = m->slots[i];
+        uint64_t v = m->slots[i];
         if (!v) return -1;
-        if (m->klen[v - 1] == n && memcmp(t->arena + m->koff[v - 1], s, n) == 0) return m->kid[v - 1];
+        if ((v >> 32) == (h >> 32)) {
+            const struct tok_strkey *k = &m->keys[(uint32_t)v - 1];
+            if (k->len == n && memcmp(t->arena + k->off, s, n) == 0) return k->id;
+        }
         i = (i + 1) & m->mask;
     }
 }

@@ -26,26 +26,24 @@ static void strmap_init(struct tok_strmap *m, int n) {
     while (cap < (uint32_t)n * 2) cap *= 2;
     m->slots = pg_calloc(cap, sizeof *m->slots);
     m->mask = cap - 1;
-    m->koff = pg_malloc(((size_t)n + 1) * sizeof *m->koff);
-    m->klen = pg_malloc(((size_t)n + 1) * sizeof *m->klen);
-    m->kid = pg_malloc(((size_t)n + 1) * sizeof *m->kid);
+    m->keys = pg_malloc(((size_t)n + 1) * sizeof *m->keys);
 }
 
 // Maps the key at arena[off..off+len) to id unless the key is present (capacity: the n given
 // to strmap_init); returns the id that holds the key.
 static int32_t strmap_put(struct tokenizer *t, struct tok_strmap *m, uint32_t off, uint32_t len, int32_t id) {
     const char *s = t->arena + off;
-    uint32_t i = (uint32_t)tok_hash(s, len) & m->mask;
+    uint64_t h = tok_hash(s, len);
+    uint32_t i = (uint32_t)h & m->mask;
     for (;;) {
-        uint32_t v = m->slots[i];
+        uint64_t v = m->slots[i];
         if (!v) {
-            m->koff[m->n] = off;
-            m->klen[m->n] = len;
-            m->kid[m->n] = id;
-            m->slots[i] = (uint32_t)++m->n;
+            m->keys[m->n] = (struct tok_strkey){off, len, id};
+            m->slots[i] = (h >> 32 << 32) | (uint32_t)++m->n;
             return id;
         }
-        if (m->klen[v - 1] == len && memcmp(t->arena + m->koff[v - 1], s, len) == 0) return m->kid[v - 1];
+        const struct tok_strkey *k = &m->keys[(uint32_t)v - 1];
+        if ((v >> 32) == (h >> 32) && k->len == len && memcmp(t->arena + k->off, s, len) == 0) return k->id;
         i = (i + 1) & m->mask;
     }
 }

@@ -8,11 +8,14 @@
 #include "tokenizer/tokenizer.h"
 
 // Open-addressing map from a byte string (stored in the tokenizer arena) to an id.
+struct tok_strkey {
+    uint32_t off, len; // key in the arena
+    int32_t id;
+};
 struct tok_strmap {
-    uint32_t *slots; // entry + 1, 0 = empty
+    uint64_t *slots; // (hash >> 32) << 32 | (entry + 1); 0 = empty
     uint32_t mask;
-    uint32_t *koff, *klen; // per entry: key in the arena
-    int32_t *kid;          // per entry: the id
+    struct tok_strkey *keys;
     int n;
 };
 

@@ -1,5 +1,5 @@
-// tok_load: reads a Hugging Face tokenizer.json (+ tokenizer_config.json, chat_template.jinja)
-// into a tok_bpe_spec and builds it with tok_new_bpe.
+// tok_load: reads a Hugging Face tokenizer.json (tok_jsonlite, fast) + tokenizer_config.json and
+// chat_template.jinja (jansson) into a tok_bpe_spec and builds it with tok_new_bpe.
 #include <jansson.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -7,6 +7,7 @@
 #include <sys/stat.h>
 
 #include "tokenizer/tok_impl.h"
+#include "tokenizer/tok_jsonlite.h"
 
 #define MAX_STEPS 16
 
@@ -21,62 +22,63 @@ struct spec_buf {
     struct tok_added_token *added;
 };
 
-static const char *jstr(json_t *o, const char *key) {
-    json_t *v = json_object_get(o, key);
-    return json_is_string(v) ? json_string_value(v) : NULL;
-}
+#define D const struct jl_doc *d
+#define N const struct jl_node
 
-static int parse_vocab(struct spec_buf *b, json_t *model, char *err) {
-    json_t *vocab = json_object_get(model, "vocab");
-    if (!json_is_object(vocab)) {
+static const char *jstr(D, N *o, const char *key) { return jl_str(jl_get(d, o, key)); }
+static bool jtrue(D, N *o, const char *key) { return jl_is_true(jl_get(d, o, key)); }
+
+static int parse_vocab(struct spec_buf *b, D, N *model, char *err) {
+    N *vocab = jl_get(d, model, "vocab");
+    if (!vocab || vocab->type != JL_OBJ) {
         pg_seterr(err, "tokenizer.json: model.vocab is not an object");
         return -1;
     }
     int n = 0;
-    const char *key;
-    json_t *v;
-    json_object_foreach(vocab, key, v) {
-        json_int_t id = json_is_integer(v) ? json_integer_value(v) : -1;
-        if (id < 0 || id >= (1 << 26)) {
-            pg_seterr(err, "tokenizer.json: vocab entry '%.60s' has a bad id", key);
+    for (N *k = jl_first(d, vocab); k; k = jl_next(d, jl_next(d, k))) {
+        int64_t id;
+        if (!jl_int(jl_next(d, k), &id) || id < 0 || id >= (1 << 26)) {
+            pg_seterr(err, "tokenizer.json: vocab entry '%.60s' has a bad id", k->s);
             return -1;
         }
         if (id + 1 > n) n = (int)id + 1;
     }
     b->tokens = pg_calloc((size_t)n + 1, sizeof *b->tokens);
-    json_object_foreach(vocab, key, v) {
-        json_int_t id = json_integer_value(v);
+    for (N *k = jl_first(d, vocab); k; k = jl_next(d, jl_next(d, k))) {
+        int64_t id;
+        jl_int(jl_next(d, k), &id);
         if (b->tokens[id]) {
             pg_seterr(err, "tokenizer.json: id %lld appears twice in the vocab", (long long)id);
             return -1;
         }
-        b->tokens[id] = key;
+        b->tokens[id] = k->s;
     }
     b->sp.tokens = b->tokens;
     b->sp.n_tokens = n;
     return 0;
 }
 
-static int parse_merges(struct spec_buf *b, json_t *model, char *err) {
-    json_t *merges = json_object_get(model, "merges");
-    if (!merges || json_is_null(merges)) return 0;
-    if (!json_is_array(merges)) {
+// A merge given as ["a", "b"] becomes "a b": written over the array's own text in the
+// buffer would be fragile, so it is allocated.
+static int parse_merges(struct spec_buf *b, D, N *model, char *err) {
+    N *merges = jl_get(d, model, "merges");
+    if (jl_is_null(merges)) return 0;
+    if (merges->type != JL_ARR) {
         pg_seterr(err, "tokenizer.json: model.merges is not an array");
         return -1;
     }
-    size_t n = json_array_size(merges);
+    size_t n = merges->len, i = 0;
     b->merges = pg_calloc(n + 1, sizeof *b->merges);
     b->owned = pg_calloc(n + 1, sizeof *b->owned);
-    for (size_t i = 0; i < n; i++) {
-        json_t *m = json_array_get(merges, i);
-        if (json_is_string(m)) {
-            b->merges[i] = json_string_value(m);
-        } else if (json_is_array(m) && json_array_size(m) == 2 && json_is_string(json_array_get(m, 0)) &&
-                   json_is_string(json_array_get(m, 1))) {
-            const char *l = json_string_value(json_array_get(m, 0));
-            const char *r = json_string_value(json_array_get(m, 1));
-            char *s = pg_malloc(strlen(l) + strlen(r) + 2);
-            sprintf(s, "%s %s", l, r);
+    for (N *m = jl_first(d, merges); m; m = jl_next(d, m), i++) {
+        N *l = jl_first(d, m), *r = l ? jl_next(d, l) : NULL;
+        if (m->type == JL_STR) {
+            b->merges[i] = m->s;
+        } else if (m->type == JL_ARR && m->len == 2 && jl_str(l) && jl_str(r)) {
+            char *s = pg_malloc(l->len + r->len + 2);
+            memcpy(s, l->s, l->len);
+            s[l->len] = ' ';
+            memcpy(s + l->len + 1, r->s, r->len + 1);
             b->merges[i] = b->owned[b->n_owned++] = s;
         } else {
             pg_seterr(err, "tokenizer.json: merge %zu is neither \"a b\" nor [\"a\", \"b\"]", i);
@@ -88,37 +90,36 @@ static int parse_merges(struct spec_buf *b, json_t *model, char *err) {
     return 0;
 }
 
-static int parse_model(struct spec_buf *b, json_t *model, char *err) {
-    if (!json_is_object(model)) {
+static int parse_model(struct spec_buf *b, D, N *model, char *err) {
+    if (!model || model->type != JL_OBJ) {
         pg_seterr(err, "tokenizer.json: no model");
         return -1;
     }
-    const char *type = jstr(model, "type");
+    const char *type = jstr(d, model, "type");
     if (type && strcmp(type, "BPE") != 0) {
         pg_seterr(err, "tokenizer.json: model type '%s' is not supported (BPE only)", type);
         return -1;
     }
-    const char *p = jstr(model, "continuing_subword_prefix"), *s = jstr(model, "end_of_word_suffix");
+    const char *p = jstr(d, model, "continuing_subword_prefix"), *s = jstr(d, model, "end_of_word_suffix");
     if ((p && *p) || (s && *s)) {
         pg_seterr(err, "tokenizer.json: BPE continuing_subword_prefix/end_of_word_suffix are not supported");
         return -1;
     }
-    b->sp.ignore_merges = json_is_true(json_object_get(model, "ignore_merges"));
-    if (parse_vocab(b, model, err) || parse_merges(b, model, err)) return -1;
+    b->sp.ignore_merges = jtrue(d, model, "ignore_merges");
+    if (parse_vocab(b, d, model, err) || parse_merges(b, d, model, err)) return -1;
     return 0;
 }
 
-static int parse_normalizer(struct spec_buf *b, json_t *n, char *err) {
-    if (!n || json_is_null(n)) return 0;
-    const char *type = jstr(n, "type");
+static int parse_normalizer(struct spec_buf *b, D, N *n, char *err, int depth) {
+    if (jl_is_null(n)) return 0;
+    const char *type = jstr(d, n, "type");
     if (type && !strcmp(type, "NFC")) {
         b->sp.nfc = true;
         return 0;
     }
-    if (type && !strcmp(type, "Sequence")) {
-        json_t *list = json_object_get(n, "normalizers"), *x;
-        size_t i;
-        json_array_foreach(list, i, x) if (parse_normalizer(b, x, err)) return -1;
+    if (type && !strcmp(type, "Sequence") && depth < 8) {
+        for (N *x = jl_first(d, jl_get(d, n, "normalizers")); x; x = jl_next(d, x))
+            if (parse_normalizer(b, d, x, err, depth + 1)) return -1;
         return 0;
     }
     pg_seterr(err, "tokenizer.json: normalizer '%s' is not supported (NFC, Sequence, none)", type ? type : "?");
@@ -149,35 +150,33 @@ static int add_step(struct spec_buf *b, struct tok_pretok_step st, char *owned_r
     return 0;
 }
 
-static int parse_pretok(struct spec_buf *b, json_t *p, char *err) {
-    const char *type = jstr(p, "type");
+static int parse_pretok(struct spec_buf *b, D, N *p, char *err, int depth) {
+    const char *type = jstr(d, p, "type");
     if (!type) type = "?";
-    if (!strcmp(type, "Sequence")) {
-        json_t *list = json_object_get(p, "pretokenizers"), *x;
-        size_t i;
-        json_array_foreach(list, i, x) if (parse_pretok(b, x, err)) return -1;
+    if (!strcmp(type, "Sequence") && depth < 8) {
+        for (N *x = jl_first(d, jl_get(d, p, "pretokenizers")); x; x = jl_next(d, x))
+            if (parse_pretok(b, d, x, err, depth + 1)) return -1;
         return 0;
     }
     if (!strcmp(type, "ByteLevel")) {
-        json_t *re = json_object_get(p, "use_regex");
-        struct tok_pretok_step st = {.kind = TOK_PRE_BYTELEVEL,
-                                     .add_prefix_space = json_is_true(json_object_get(p, "add_prefix_space")),
-                                     .use_regex = re ? json_is_true(re) : true};
+        N *re = jl_get(d, p, "use_regex");
+        struct tok_pretok_step st = {.kind = TOK_PRE_BYTELEVEL, .add_prefix_space = jtrue(d, p, "add_prefix_space"),
+                                     .use_regex = re ? jl_is_true(re) : true};
         return add_step(b, st, NULL, err);
     }
     if (!strcmp(type, "Digits")) {
-        bool each = json_is_true(json_object_get(p, "individual_digits"));
+        bool each = jtrue(d, p, "individual_digits");
         struct tok_pretok_step st = {.kind = TOK_PRE_SPLIT};
         return add_step(b, st, pg_strdup(each ? "\\p{N}" : "\\p{N}+"), err);
     }
     if (!strcmp(type, "Split")) {
-        const char *beh = jstr(p, "behavior");
+        const char *beh = jstr(d, p, "behavior");
         if (!beh || strcmp(beh, "Isolated") != 0) {
             pg_seterr(err, "tokenizer.json: Split behavior '%s' is not supported (Isolated only)", beh ? beh : "?");
             return -1;
         }
-        json_t *pat = json_object_get(p, "pattern");
-        const char *re = jstr(pat, "Regex"), *lit = jstr(pat, "String");
+        N *pat = jl_get(d, p, "pattern");
+        const char *re = jstr(d, pat, "Regex"), *lit = jstr(d, pat, "String");
         if (!re && !lit) {
             pg_seterr(err, "tokenizer.json: Split without a Regex or String pattern");
             return -1;
@@ -190,47 +189,42 @@ static int parse_pretok(struct spec_buf *b, json_t *p, char *err) {
     return -1;
 }
 
-static int parse_added(struct spec_buf *b, json_t *list, char *err) {
-    if (!list || json_is_null(list)) return 0;
-    if (!json_is_array(list)) {
+static int parse_added(struct spec_buf *b, D, N *list, char *err) {
+    if (jl_is_null(list)) return 0;
+    if (list->type != JL_ARR) {
         pg_seterr(err, "tokenizer.json: added_tokens is not an array");
         return -1;
     }
-    size_t n = json_array_size(list), i;
-    json_t *a;
-    b->added = pg_calloc(n + 1, sizeof *b->added);
-    json_array_foreach(list, i, a) {
-        json_t *id = json_object_get(a, "id");
-        const char *c = jstr(a, "content");
-        if (!json_is_integer(id) || !c) {
+    b->added = pg_calloc((size_t)list->len + 1, sizeof *b->added);
+    size_t i = 0;
+    for (N *a = jl_first(d, list); a; a = jl_next(d, a), i++) {
+        int64_t id;
+        const char *c = jstr(d, a, "content");
+        if (!jl_int(jl_get(d, a, "id"), &id) || !c) {
             pg_seterr(err, "tokenizer.json: added token %zu lacks id or content", i);
             return -1;
         }
-        b->added[i] = (struct tok_added_token){
-            .id = (int32_t)json_integer_value(id), .content = c,
-            .special = json_is_true(json_object_get(a, "special")),
-            .lstrip = json_is_true(json_object_get(a, "lstrip")),
-            .rstrip = json_is_true(json_object_get(a, "rstrip")),
-            .single_word = json_is_true(json_object_get(a, "single_word")),
-            .normalized = json_is_true(json_object_get(a, "normalized"))};
-        if (json_integer_value(id) < 0 || json_integer_value(id) >= (1 << 26)) {
+        if (id < 0 || id >= (1 << 26)) {
             pg_seterr(err, "tokenizer.json: added token '%.60s' has a bad id", c);
             return -1;
         }
+        b->added[i] = (struct tok_added_token){
+            .id = (int32_t)id, .content = c, .special = jtrue(d, a, "special"), .lstrip = jtrue(d, a, "lstrip"),
+            .rstrip = jtrue(d, a, "rstrip"), .single_word = jtrue(d, a, "single_word"),
+            .normalized = jtrue(d, a, "normalized")};
     }
     b->sp.added = b->added;
-    b->sp.n_added = (int)n;
+    b->sp.n_added = (int)list->len;
     return 0;
 }
 
-static int check_decoder(json_t *d, char *err) {
-    if (!d || json_is_null(d)) return 0;
-    const char *type = jstr(d, "type");
+static int check_decoder(D, N *dec, char *err, int depth) {
+    if (jl_is_null(dec)) return 0;
+    const char *type = jstr(d, dec, "type");
     if (type && !strcmp(type, "ByteLevel")) return 0;
-    if (type && !strcmp(type, "Sequence")) {
-        json_t *list = json_object_get(d, "decoders"), *x;
-        size_t i;
-        json_array_foreach(list, i, x) if (check_decoder(x, err)) return -1;
+    if (type && !strcmp(type, "Sequence") && depth < 8) {
+        for (N *x = jl_first(d, jl_get(d, dec, "decoders")); x; x = jl_next(d, x))
+            if (check_decoder(d, x, err, depth + 1)) return -1;
         return 0;
     }
     pg_seterr(err, "tokenizer.json: decoder '%s' is not supported (ByteLevel only)", type ? type : "?");
@@ -250,7 +244,8 @@ static char *config_template(json_t *cfg) {
     size_t i;
     json_t *x;
     json_array_foreach(v, i, x) { // [{"name": "default", "template": "..."}, ...]
-        const char *name = jstr(x, "name"), *tpl = jstr(x, "template");
+        const char *name = json_string_value(json_object_get(x, "name"));
+        const char *tpl = json_string_value(json_object_get(x, "template"));
         if (name && tpl && !strcmp(name, "default")) return pg_strdup(tpl);
     }
     return NULL;
@@ -295,20 +290,21 @@ static void spec_buf_free(struct spec_buf *b) {
 }
 
 // Builds a tokenizer from a parsed tokenizer.json document.
-static struct tokenizer *from_json(json_t *root, char *err) {
+static struct tokenizer *from_doc(D, char *err) {
     struct spec_buf b = {0};
     b.sp.bos_id = b.sp.eos_id = -1;
     struct tokenizer *t = NULL;
-    if (!json_is_object(root)) {
+    N *root = &d->nodes[0];
+    if (root->type != JL_OBJ) {
         pg_seterr(err, "tokenizer.json: not a JSON object");
         return NULL;
     }
-    json_t *pre = json_object_get(root, "pre_tokenizer");
-    if (parse_model(&b, json_object_get(root, "model"), err) ||
-        parse_normalizer(&b, json_object_get(root, "normalizer"), err) ||
-        (pre && !json_is_null(pre) && parse_pretok(&b, pre, err)) ||
-        parse_added(&b, json_object_get(root, "added_tokens"), err) ||
-        check_decoder(json_object_get(root, "decoder"), err))
+    N *pre = jl_get(d, root, "pre_tokenizer");
+    if (parse_model(&b, d, jl_get(d, root, "model"), err) ||
+        parse_normalizer(&b, d, jl_get(d, root, "normalizer"), err, 0) ||
+        (!jl_is_null(pre) && parse_pretok(&b, d, pre, err, 0)) ||
+        parse_added(&b, d, jl_get(d, root, "added_tokens"), err) ||
+        check_decoder(d, jl_get(d, root, "decoder"), err, 0))
         goto done;
     b.sp.pretok = b.steps;
     if (b.sp.n_pretok == 0) {
@@ -321,15 +317,21 @@ done:
     return t;
 }
 
+// Parses buf in place (it is modified).
+static struct tokenizer *from_buffer(char *buf, size_t len, char *err) {
+    struct jl_doc d;
+    if (jl_parse(&d, buf, len, err)) return NULL;
+    struct tokenizer *t = from_doc(&d, err);
+    jl_free(&d);
+    return t;
+}
+
 struct tokenizer *tok_from_json(const char *json, size_t len, char *err) {
-    json_error_t je;
-    json_t *root = json_loadb(json, len, 0, &je);
-    if (!root) {
-        pg_seterr(err, "line %d: %s", je.line, je.text);
-        return NULL;
-    }
-    struct tokenizer *t = from_json(root, err);
-    json_decref(root);
+    char *buf = pg_malloc(len + 1);
+    memcpy(buf, json, len);
+    buf[len] = 0;
+    struct tokenizer *t = from_buffer(buf, len, err);
+    free(buf);
     return t;
 }
 
@@ -359,7 +361,7 @@ struct tokenizer *tok_load(const char *path, char *err) {
     char *text = pg_read_file(file, &len, err);
     if (text) {
         char e2[PG_ERR_LEN];
-        t = tok_from_json(text, len, e2);
+        t = from_buffer(text, len, e2);
         if (!t) pg_seterr(err, "%s: %s", file, e2);
         free(text);
     }

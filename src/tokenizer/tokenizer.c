@@ -408,9 +408,7 @@ void tok_free(struct tokenizer *t) {
     struct tok_strmap *maps[2] = {&t->vocab, &t->byname};
     for (int i = 0; i < 2; i++) {
         free(maps[i]->slots);
-        free(maps[i]->koff);
-        free(maps[i]->klen);
-        free(maps[i]->kid);
+        free(maps[i]->keys);
     }
     free(t->merges.slots);
     free(t->added_raw.tok);

@@ -13,6 +13,7 @@
 #include <cmocka.h>
 #include <unistd.h>
 
+#include "tokenizer/tok_jsonlite.h"
 #include "tokenizer/tokenizer.h"
 
 #define QWEN "../shared/models/qwen-tokenizer"
@@ -456,6 +457,54 @@ static void test_load_errors(void **state) {
     unlink(path);
 }
 
+// The in-place JSON parser used for tokenizer.json, checked against jansson on valid input.
+static void test_jsonlite(void **state) {
+    (void)state;
+    const char *good[] = {
+        "{\"a\": [1, -2.5e3, true, false, null, \"x\\u00e9\\ud83d\\ude00\\n\\\"\\\\/\"], \"b\": {}, \"c\": []}",
+        " [ ] ", "\"\"", "0", "{\"k\":{\"k\":{\"k\":[[[]]]}}}",
+    };
+    for (size_t i = 0; i < sizeof good / sizeof *good; i++) {
+        char *buf = strdup(good[i]), err[PG_ERR_LEN];
+        struct jl_doc d;
+        if (jl_parse(&d, buf, strlen(buf), err)) fail_msg("%s: %s", good[i], err);
+        jl_free(&d);
+        free(buf);
+    }
+    char *buf = strdup(good[0]), err[PG_ERR_LEN];
+    struct jl_doc d;
+    assert_int_equal(jl_parse(&d, buf, strlen(buf), err), 0);
+    const struct jl_node *a = jl_get(&d, &d.nodes[0], "a");
+    assert_int_equal(a->len, 6);
+    int64_t v;
+    assert_true(jl_int(jl_at(&d, a, 0), &v));
+    assert_int_equal(v, 1);
+    assert_false(jl_int(jl_at(&d, a, 1), &v));
+    assert_true(jl_is_true(jl_at(&d, a, 2)));
+    assert_true(jl_is_null(jl_at(&d, a, 4)));
+    json_t *ref = json_loads(good[0], 0, NULL);
+    const char *want = json_string_value(json_array_get(json_object_get(ref, "a"), 5));
+    assert_string_equal(jl_str(jl_at(&d, a, 5)), want);
+    assert_int_equal(jl_at(&d, a, 5)->len, strlen(want));
+    assert_null(jl_at(&d, a, 6));
+    assert_null(jl_get(&d, &d.nodes[0], "zz"));
+    assert_int_equal(jl_get(&d, &d.nodes[0], "b")->type, JL_OBJ);
+    json_decref(ref);
+    jl_free(&d);
+    free(buf);
+    const char *bad[] = {"", "{", "[1,]", "{\"a\" 1}", "{\"a\":1,}", "01", "1.", "-", "tru", "\"\\u0000\"",
+                         "\"\\ud800\"", "\"\\udc00x\"", "\"\\x\"", "\"a\nb\"", "[1] 2", "\"abc", "{1: 2}",
+                         "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["
+                         "[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[[["};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        buf = strdup(bad[i]);
+        err[0] = 0;
+        if (jl_parse(&d, buf, strlen(buf), err) == 0) fail_msg("parsed bad JSON %s", bad[i]);
+        assert_true(strlen(err) > 0);
+        free(buf);
+    }
+}
+
 struct thr {
     const struct tokenizer *t;
     const char *text;
@@ -509,6 +558,7 @@ int main(void) {
         cmocka_unit_test(test_presets),
         cmocka_unit_test(test_load_errors),
         cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_jsonlite),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
