@@ -63,13 +63,15 @@ int tok_cp_to_byte(uint32_t cp) {
     return -1;
 }
 
+static int16_t cp_map[324]; // code point -> byte, -1 if none
+static pthread_once_t cp_map_once = PTHREAD_ONCE_INIT;
+static void cp_map_init(void) {
+    for (uint32_t c = 0; c < 324; c++) cp_map[c] = (int16_t)tok_cp_to_byte(c);
+}
+
 long tok_gpt2_to_bytes(const char *s, size_t n, char *out) {
-    static int16_t map[324];
-    static bool ready; // benign race: every thread computes the same table
-    if (!ready) {
-        for (uint32_t c = 0; c < 324; c++) map[c] = (int16_t)tok_cp_to_byte(c);
-        ready = true;
-    }
+    pthread_once(&cp_map_once, cp_map_init);
+    const int16_t *map = cp_map;
     const unsigned char *u = (const unsigned char *)s;
     long k = 0;
     for (size_t i = 0; i < n;) {
@@ -123,9 +125,12 @@ static int merge_short(const struct tokenizer *t, int32_t *ids, int n) {
             if (rank[i] < br) br = rank[i], best = i;
         if (best < 0) break;
         ids[best] = merged[best];
-        memmove(ids + best + 1, ids + best + 2, (size_t)(n - best - 2) * sizeof *ids);
-        memmove(rank + best + 1, rank + best + 2, (size_t)(n - best - 2 > 0 ? n - best - 2 : 0) * sizeof *rank);
-        memmove(merged + best + 1, merged + best + 2, (size_t)(n - best - 2 > 0 ? n - best - 2 : 0) * sizeof *merged);
+        size_t tail = (size_t)(n - best - 2); // ids after the pair (best <= n - 2)
+        memmove(ids + best + 1, ids + best + 2, tail * sizeof *ids);
+        if (tail > 1) { // pairs after the pair's right neighbour: rank[best + 2 .. n - 2]
+            memmove(rank + best + 1, rank + best + 2, (tail - 1) * sizeof *rank);
+            memmove(merged + best + 1, merged + best + 2, (tail - 1) * sizeof *merged);
+        }
         n--;
         if (best > 0) rank[best - 1] = rank_of(t, ids[best - 1], ids[best], &merged[best - 1]);
         if (best + 1 < n) rank[best] = rank_of(t, ids[best], ids[best + 1], &merged[best]);
