@@ -280,6 +280,6 @@ void bpe_encode_word(const struct tokenizer *t, const char *w, size_t n, struct 
     }
     k = k <= 64 ? merge_short(t, ids, k) : merge_long(t, ids, k);
     for (int i = 0; i < k; i++) tok_ids_push(o, ids[i]);
-    if (cacheable && k <= TOK_CACHE_IDS) cache_put(t, h, w, n, ids, k);
+    if (cacheable && k <= TOK_CACHE_IDS && k > 0) cache_put(t, h, w, n, ids, k);
     if (ids != stack) free(ids);
 }

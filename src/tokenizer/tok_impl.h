@@ -60,8 +60,8 @@ struct tok_step {
 // Word cache: direct-mapped, sharded with try-locks so that concurrent encoders never wait.
 #define TOK_CACHE_SHARDS 16
 #define TOK_CACHE_SLOTS 4096 // per shard
-#define TOK_CACHE_WORD 22
-#define TOK_CACHE_IDS 8
+#define TOK_CACHE_WORD 54 // bytes (18 CJK characters)
+#define TOK_CACHE_IDS 16
 struct tok_cache_entry {
     uint64_t hash;
     uint8_t wlen, nids;
