@@ -261,8 +261,10 @@ static int admit(struct sched *s, struct sched_plan *plan, int wi, int budget) {
     if (need > kv_pool_num_free(s->pool)) return 0;
     reserve_blocks(q, blocks_for(s, q->n_tokens) + 1);
     kv_pool_ref(s->pool, s->scratch_ids, n_hit);
-    memcpy(q->blocks, s->scratch_ids, (size_t)n_hit * sizeof *q->blocks);
-    memcpy(q->hashes, s->scratch_hashes, (size_t)n_hit * sizeof *q->hashes);
+    if (n_hit) {
+        memcpy(q->blocks, s->scratch_ids, (size_t)n_hit * sizeof *q->blocks);
+        memcpy(q->hashes, s->scratch_hashes, (size_t)n_hit * sizeof *q->hashes);
+    }
     q->n_blocks = q->n_hashed = n_hit;
     q->num_computed = computed;
     PG_CHECK(alloc_for(s, q, computed + n_new) == 0);
