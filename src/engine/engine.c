@@ -98,6 +98,12 @@ struct engine *engine_create(const struct engine_config *cfg, const struct model
 void engine_free(struct engine *e) {
     if (!e) return;
     if (e->has_thread) engine_stop(e, 0);
+    if (e->inflight) {
+        char err[PG_ERR_LEN];
+        e->be->collect(e->be_ctx, e->results, err);
+    }
+    free(e->cur.items);
+    free(e->next.items);
     for (struct ereq *q = e->active, *n; q; q = n) {
         n = q->next;
         ereq_free(q);
@@ -161,7 +167,9 @@ static void finish_req(struct engine *e, struct ereq *q, enum finish_reason why)
 static void reap(struct engine *e) {
     for (struct ereq **pp = &e->active; *pp;) {
         struct ereq *q = *pp;
-        if (q->n_unfinished == 0) {
+        bool pinned = false; // a batch in flight still points into it
+        for (int i = 0; i < q->r.n; i++) pinned = pinned || q->seqs[i].in_batch || q->seqs[i].pend;
+        if (q->n_unfinished == 0 && !pinned) {
             *pp = q->next;
             ereq_free(q);
             e->n_active--;
@@ -207,41 +215,67 @@ static void intake(struct engine *e) {
     reap(e);
 }
 
-static void build_batch(struct engine *e, const struct sched_plan *plan, struct step_batch *b) {
-    if (plan->n_items > e->cap_bseqs) {
-        e->cap_bseqs = plan->n_items * 2;
+// Copies a plan's items into an engine-owned array (the scheduler's is overwritten by the
+// next sched_schedule, which async scheduling calls while this plan is in flight).
+static void keep_plan(struct step_plan *dst, const struct sched_plan *p) {
+    if (p->n_items > dst->cap) {
+        dst->cap = p->n_items * 2;
+        dst->items = pg_realloc(dst->items, (size_t)dst->cap * sizeof *dst->items);
+    }
+    if (p->n_items) memcpy(dst->items, p->items, (size_t)p->n_items * sizeof *p->items);
+    dst->n = p->n_items;
+}
+
+// Builds the backend batch from a plan, leaving out sequences that finished since it was
+// scheduled (also from the plan: afterwards plan item i is batch sequence i). Returns the
+// number of sequences in it.
+static int build_batch(struct engine *e, struct step_plan *plan, struct step_batch *b) {
+    if (plan->n > e->cap_bseqs) {
+        e->cap_bseqs = plan->n * 2;
         e->bseqs = pg_realloc(e->bseqs, (size_t)e->cap_bseqs * sizeof *e->bseqs);
         e->results = pg_realloc(e->results, (size_t)e->cap_bseqs * sizeof *e->results);
     }
     double now = pg_now();
-    for (int i = 0; i < plan->n_items; i++) {
+    int n = 0, n_tokens = 0;
+    for (int i = 0; i < plan->n; i++) {
         const struct sched_item *it = &plan->items[i];
         struct sched_seq *q = it->seq;
         struct eseq *s = q->owner;
+        if (s->finished) continue;
         struct ereq *r = s->req;
         if (!r->t_scheduled) r->t_scheduled = now;
         int n_out = q->n_tokens - q->n_prompt;
         bool ban = n_out < r->r.min_tokens && r->n_banned > 0;
         if (it->sample && s->gm) grammar_fill_mask(s->gm, s->mask);
-        e->bseqs[i] = (struct step_seq){
+        s->in_batch = true;
+        n_tokens += it->n_new;
+        plan->items[n] = *it;
+        e->bseqs[n++] = (struct step_seq){
             .n_new = it->n_new, .tokens = q->tokens + it->pos0, .pos0 = it->pos0,
-            .block_table = q->blocks, .n_blocks = q->n_blocks, .sample = it->sample,
+            .block_table = q->blocks, .n_blocks = (it->pos0 + it->n_new + e->cfg.block_size - 1) /
+                                                  e->cfg.block_size,
+            .sample = it->sample,
             .smp = {.params = &s->sp, .step = (uint64_t)n_out, .prompt = q->tokens,
                     .n_prompt = q->n_prompt, .output = q->tokens + q->n_prompt, .n_output = n_out,
                     .allowed = s->gm ? s->mask : NULL, .banned = ban ? r->banned : NULL,
                     .n_banned = ban ? r->n_banned : 0}};
     }
-    b->n_seqs = plan->n_items;
+    plan->n = n;
+    b->n_seqs = n;
     b->seqs = e->bseqs;
-    b->n_tokens = plan->n_tokens;
+    b->n_tokens = n_tokens;
+    return n;
 }
 
 static void fail_all(struct engine *e, const char *msg) {
     pg_error("engine: backend step failed: %s", msg);
     for (struct ereq *q = e->active; q; q = q->next)
-        for (int i = 0; i < q->r.n; i++)
+        for (int i = 0; i < q->r.n; i++) {
+            q->seqs[i].in_batch = false;
+            q->seqs[i].placeholder = -1;
             if (q->seqs[i].s.status == SEQ_RUNNING) eseq_finish_now(e, &q->seqs[i], FINISH_ERROR);
-    reap(e);
+        }
+    e->inflight = false; // finished requests are reaped at the end of the step
 }
 
 static void publish_stats(struct engine *e) {
@@ -258,46 +292,111 @@ static void publish_stats(struct engine *e) {
     s->generation_tokens = e->generation_tokens;
     s->num_preemptions = sched_num_preemptions(e->sched);
     memcpy(s->finished, e->finished, sizeof s->finished);
-    e->n_active_shared = e->n_active;
+    e->n_active_shared = e->n_active + e->inflight;
     pthread_mutex_unlock(&e->mu);
 }
 
-// One schedule / execute / update round. Returns the number of sequences computed, or -1.
-static int run_once(struct engine *e) {
-    struct sched_plan plan;
-    sched_schedule(e->sched, &plan);
-    if (plan.n_items == 0) return 0;
-    struct step_batch b;
-    build_batch(e, &plan, &b);
+// After execute: the plan's tokens count as computed (their KV is being written, in stream
+// order before any later step), and with async scheduling each sampling sequence gets a
+// placeholder for the token being sampled, so the next schedule can already include it.
+static void launched(struct engine *e, const struct step_plan *p, bool placeholders) {
+    struct sched_plan sp = {.items = p->items, .n_items = p->n};
+    sched_update(e->sched, &sp);
+    if (!placeholders) return;
+    for (int i = 0; i < p->n; i++) {
+        struct eseq *s = p->items[i].seq->owner;
+        if (!p->items[i].sample || s->finished) continue;
+        s->placeholder = s->s.n_tokens;
+        sched_seq_append(&s->s, -1);
+    }
+}
+
+// Collects the batch in flight and accepts its tokens (phase 1). Returns 0 or -1.
+static int collect(struct engine *e, const struct step_plan *p) {
     char err[PG_ERR_LEN] = "";
-    if (e->be->execute(e->be_ctx, &b, err) || e->be->collect(e->be_ctx, e->results, err)) {
+    e->inflight = false;
+    if (e->be->collect(e->be_ctx, e->results, err)) {
         fail_all(e, err);
         return -1;
     }
-    sched_update(e->sched, &plan);
     int k = 0;
-    for (int i = 0; i < plan.n_items; i++) {
-        if (!plan.items[i].sample) continue;
-        struct eseq *s = plan.items[i].seq->owner;
+    for (int i = 0; i < p->n; i++) {
+        struct eseq *s = p->items[i].seq->owner;
+        s->in_batch = false;
+        if (!p->items[i].sample) continue;
         const struct step_result *res = &e->results[k++];
-        if (s->finished) continue; // aborted from a callback meanwhile
+        if (s->finished) continue; // aborted or stopped meanwhile: the token is dropped
         if (res->token < 0 || res->token >= e->vocab) {
             pg_error("engine: backend returned token %d outside the vocabulary", res->token);
+            s->placeholder = -1;
             eseq_finish_now(e, s, FINISH_ERROR);
             continue;
         }
-        eseq_apply(e, s, res);
+        eseq_accept(e, s, res);
     }
-    return plan.n_items;
+    return 0;
+}
+
+static void emit_plan(struct engine *e, const struct step_plan *p) {
+    for (int i = 0; i < p->n; i++)
+        if (p->items[i].sample) eseq_emit(e, p->items[i].seq->owner);
+}
+
+// Starts the step in e->next (already scheduled). Returns 1 if launched, 0 if empty, -1.
+static int launch(struct engine *e) {
+    struct step_batch *b = &e->batch; // must outlive this call: the backend reads it until collect
+    if (build_batch(e, &e->next, b) == 0) return 0;
+    char err[PG_ERR_LEN] = "";
+    if (e->be->execute(e->be_ctx, b, err)) {
+        fail_all(e, err);
+        return -1;
+    }
+    e->inflight = true;
+    launched(e, &e->next, e->cfg.async_scheduling);
+    struct step_plan t = e->cur;
+    e->cur = e->next;
+    e->next = t;
+    return 1;
+}
+
+// One round, synchronous: schedule, execute, collect, accept, emit.
+static int round_sync(struct engine *e) {
+    struct sched_plan plan;
+    sched_schedule(e->sched, &plan);
+    keep_plan(&e->next, &plan);
+    int r = launch(e);
+    if (r <= 0) return r;
+    if (collect(e, &e->cur)) return -1;
+    emit_plan(e, &e->cur);
+    return 1;
+}
+
+// One round, pipelined: while step n runs, schedule step n+1 (optimistically: each sampling
+// sequence of step n holds a placeholder token); collect n; accept its tokens (dropping
+// sequences that finished from n+1); launch n+1; then detokenize and stream n's tokens while
+// n+1 runs.
+static int round_async(struct engine *e) {
+    struct sched_plan plan;
+    sched_schedule(e->sched, &plan);
+    keep_plan(&e->next, &plan);
+    if (!e->inflight) return launch(e);
+    if (collect(e, &e->cur)) return -1;
+    struct step_plan done = e->cur; // launch swaps cur and next
+    e->cur = (struct step_plan){0};
+    int r = launch(e);
+    emit_plan(e, &done);
+    if (r == 1) e->next = done; // the swap left next empty: reuse the buffer
+    else e->cur = done;
+    return r < 0 ? -1 : 1;
 }
 
 int engine_step(struct engine *e) {
     intake(e);
     int rc = 0;
     for (int i = 0; i < e->cfg.num_scheduler_steps; i++) {
-        int n = run_once(e);
+        int n = e->cfg.async_scheduling ? round_async(e) : round_sync(e);
         if (n < 0) rc = -1;
-        if (n <= 0) break;
+        if (n <= 0 && !e->inflight) break;
     }
     reap(e);
     publish_stats(e);

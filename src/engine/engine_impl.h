@@ -20,6 +20,13 @@ struct eseq {
     struct grammar_matcher *gm;
     uint32_t *mask;            // [ceil(vocab / 32)] when gm
     double t_first_token;
+    int placeholder;           // async: position of the token still being sampled, or -1
+    bool in_batch;             // referenced by the batch in flight (not freed until collected)
+    // accepted but not yet emitted (between eseq_accept and eseq_emit):
+    bool pend, pend_text;
+    struct step_result pend_res;
+    enum finish_reason pend_fin;
+    int32_t pend_stop_token;
 };
 
 struct ereq {
@@ -38,6 +45,11 @@ struct ereq {
     int n_unfinished;
     struct eseq *seqs;         // [r.n]
     struct ereq *next;         // incoming queue / active list
+};
+
+struct step_plan {             // a scheduled step's items, kept while it is in flight
+    struct sched_item *items;
+    int n, cap;
 };
 
 struct engine {
@@ -73,6 +85,9 @@ struct engine {
     int cap_bseqs;
     uint64_t prompt_tokens, generation_tokens, finished[5];
     bool warned_stall;
+    bool inflight;             // a step has been executed and not yet collected
+    struct step_plan cur, next;
+    struct step_batch batch;   // the batch in flight// cur: the step in flight (or last run); next: being built
 };
 
 // engine_req.c
@@ -81,9 +96,12 @@ struct ereq *ereq_new(struct engine *e, const struct gen_request *r, uint64_t id
 void ereq_free(struct ereq *q);
 
 // engine_output.c
-// Applies one sampled token to a running sequence: appends it, checks every stop condition,
-// detokenizes, streams the update. Finished sequences leave the scheduler.
-void eseq_apply(struct engine *e, struct eseq *s, const struct step_result *res);
+// Applies one sampled token in two phases. eseq_accept (between collect and the next
+// execute): the token joins the sequence, eos / stop ids / grammar / length decide whether it
+// finishes (a finished sequence leaves the scheduler at once). eseq_emit (may overlap the
+// next step): detokenization, stop strings (which can finish it too), the streamed update.
+void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res);
+void eseq_emit(struct engine *e, struct eseq *s);
 // Finishes an unfinished sequence with reason (ABORT / ERROR): leaves the scheduler and
 // delivers a final empty update.
 void eseq_finish_now(struct engine *e, struct eseq *s, enum finish_reason reason);

@@ -86,16 +86,24 @@ static void finish(struct engine *e, struct eseq *s, enum finish_reason why) {
 }
 
 void eseq_finish_now(struct engine *e, struct eseq *s, enum finish_reason reason) {
+    if (s->pend) eseq_emit(e, s); // an update not yet delivered goes first
     if (s->finished) return;
     finish(e, s, reason);
     s->held_len = 0;
     emit(e, s, NULL, 0, 0, NULL, reason, NULL, -1);
 }
 
-void eseq_apply(struct engine *e, struct eseq *s, const struct step_result *res) {
+// Phase 1 (on the critical path between collect and the next execute): the token joins the
+// sequence (replacing the async placeholder), token-level stops are decided.
+void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res) {
     struct ereq *q = s->req;
     int32_t t = res->token;
-    sched_seq_append(&s->s, t);
+    if (s->placeholder >= 0) {
+        s->s.tokens[s->placeholder] = t;
+        s->placeholder = -1;
+    } else {
+        sched_seq_append(&s->s, t);
+    }
     e->generation_tokens++;
     if (!s->t_first_token) s->t_first_token = pg_now();
     int n_out = s->s.n_tokens - s->s.n_prompt;
@@ -103,37 +111,59 @@ void eseq_apply(struct engine *e, struct eseq *s, const struct step_result *res)
     bool is_eos = !q->r.ignore_eos && in_list(e->mcfg->eos_ids, e->mcfg->n_eos, t);
     bool is_stop_id = in_list(q->stop_ids, q->r.n_stop_token_ids, t);
     enum finish_reason fin = FINISH_NONE;
-    const char *stop_reason = NULL;
-    int32_t stop_token = -1;
-    bool stop_text = false;
+    s->pend_stop_token = -1;
+    s->pend_text = true;
     if (check_stops && (is_eos || is_stop_id)) {
         fin = FINISH_STOP;
-        stop_token = t;
-    } else {
-        if (s->gm && grammar_accept_token(s->gm, t)) {
-            pg_warn("request %llu: sampled token %d is not allowed by its grammar",
-                    (unsigned long long)q->id, t);
-            fin = FINISH_ERROR;
-        } else if (s->gm && grammar_is_terminated(s->gm)) {
-            fin = FINISH_STOP;
-        }
-        if (s->dt) {
-            const char *d;
-            size_t dl;
-            detok_push(s->dt, t, &d, &dl);
-            held_append(s, d, dl);
-        }
-        size_t pos = 0;
-        int si = check_stops && q->r.n_stop ? find_stop(q, s, &pos) : -1;
-        if (si >= 0) {
-            s->held_len = pos; // the stop string and whatever follows are never emitted
-            fin = FINISH_STOP;
-            stop_reason = q->stops[si];
-            stop_text = true;
-        }
+        s->pend_stop_token = t;
+        s->pend_text = false; // the stop token's text is not part of the output
+    } else if (s->gm && grammar_accept_token(s->gm, t)) {
+        pg_warn("request %llu: sampled token %d is not allowed by its grammar",
+                (unsigned long long)q->id, t);
+        fin = FINISH_ERROR;
+    } else if (s->gm && grammar_is_terminated(s->gm)) {
+        fin = FINISH_STOP;
     }
     if (fin == FINISH_NONE && (n_out >= q->max_tokens || s->s.n_tokens >= e->cfg.max_model_len))
         fin = FINISH_LENGTH;
+    s->pend = true;
+    s->pend_res = *res;
+    s->pend_fin = fin;
+    if (fin != FINISH_NONE) finish(e, s, fin); // blocks free now; the update follows in emit
+}
+
+// Phase 2 (overlapping the next step with async scheduling): detokenize, match stop
+// strings, stream the update.
+void eseq_emit(struct engine *e, struct eseq *s) {
+    if (!s->pend) return;
+    s->pend = false;
+    struct ereq *q = s->req;
+    int32_t t = s->pend_res.token;
+    enum finish_reason fin = s->pend_fin;
+    const char *stop_reason = NULL;
+    bool stop_text = false;
+    if (s->dt && s->pend_text) {
+        const char *d;
+        size_t dl;
+        detok_push(s->dt, t, &d, &dl);
+        held_append(s, d, dl);
+    }
+    int n_out = s->s.n_tokens - s->s.n_prompt;
+    size_t pos = 0;
+    int si = n_out > q->r.min_tokens && q->r.n_stop && (fin == FINISH_NONE || fin == FINISH_LENGTH)
+                 ? find_stop(q, s, &pos) : -1;
+    if (si >= 0) {
+        s->held_len = pos; // the stop string and whatever follows are never emitted
+        stop_reason = q->stops[si];
+        stop_text = true;
+        if (fin == FINISH_NONE) {
+            finish(e, s, FINISH_STOP);
+        } else { // the length limit and a stop string on the same token: report the stop
+            e->finished[fin]--;
+            e->finished[FINISH_STOP]++;
+        }
+        fin = FINISH_STOP;
+    }
     size_t text_len;
     if (fin != FINISH_NONE) {
         if (s->dt && !stop_text) {
@@ -143,18 +173,17 @@ void eseq_apply(struct engine *e, struct eseq *s, const struct step_result *res)
             held_append(s, d, dl);
         }
         text_len = s->held_len;
-        finish(e, s, fin);
     } else {
         text_len = s->held_len - held_back(q, s);
     }
     struct sample_output lp, *lpp = NULL;
     if (q->r.sp.logprobs >= 0) {
         lp.token = t;
-        lp.logprob = res->logprob;
-        lp.n_top = res->n_top;
-        memcpy(lp.top_ids, res->top_ids, sizeof lp.top_ids);
-        memcpy(lp.top_logprobs, res->top_logprobs, sizeof lp.top_logprobs);
+        lp.logprob = s->pend_res.logprob;
+        lp.n_top = s->pend_res.n_top;
+        memcpy(lp.top_ids, s->pend_res.top_ids, sizeof lp.top_ids);
+        memcpy(lp.top_logprobs, s->pend_res.top_logprobs, sizeof lp.top_logprobs);
         lpp = &lp;
     }
-    emit(e, s, &t, 1, text_len, lpp, fin, stop_reason, stop_token);
+    emit(e, s, &t, 1, text_len, lpp, fin, stop_reason, s->pend_stop_token);
 }

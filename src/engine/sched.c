@@ -46,6 +46,16 @@ void sched_seq_append(struct sched_seq *s, int32_t token) {
     s->tokens[s->n_tokens++] = token;
 }
 
+static void reserve_blocks(struct sched_seq *q, int n);
+
+void sched_seq_reserve(struct sched_seq *s, int n_tokens, int block_size) {
+    if (n_tokens > s->cap_tokens) {
+        s->cap_tokens = n_tokens;
+        s->tokens = pg_realloc(s->tokens, (size_t)n_tokens * sizeof *s->tokens);
+    }
+    reserve_blocks(s, (n_tokens + block_size - 1) / block_size + 1);
+}
+
 struct sched *sched_new(const struct sched_config *cfg, struct kv_pool *pool) {
     struct sched *s = pg_calloc(1, sizeof *s);
     s->cfg = *cfg;
@@ -193,7 +203,8 @@ static int schedule_running(struct sched *s, struct sched_plan *plan, int budget
         struct sched_seq *q = s->running[i];
         int n_new = q->n_tokens - q->num_computed;
         if (n_new > budget) n_new = budget;
-        if (n_new <= 0) {
+        int max_len = q->max_len > 0 ? q->max_len : s->cfg.max_model_len;
+        if (n_new <= 0 || q->n_tokens >= max_len) { // complete: about to finish
             i++;
             continue;
         }

@@ -39,6 +39,8 @@ struct sched_seq {
     struct sched_seq *leader; // n > 1: a sibling whose prompt blocks this one waits for
                               // (cleared by sched_remove of the leader), or NULL
     void *owner;              // the engine's sequence
+    int max_len;              // the sequence ends at this many tokens (0: max_model_len);
+                              // one that has them all is not scheduled again
     // scheduler state:
     enum seq_status status;
     int num_computed;         // tokens whose KV is in the blocks
@@ -55,6 +57,10 @@ struct sched_seq {
 void sched_seq_init(struct sched_seq *s, const int32_t *prompt, int n_prompt);
 void sched_seq_destroy(struct sched_seq *s);
 void sched_seq_append(struct sched_seq *s, int32_t token);
+// Reserves room for n_tokens tokens and their block table (block_size tokens per block), so
+// appends and block allocations up to that length never move the arrays: a batch in
+// flight may keep pointing into them (async scheduling).
+void sched_seq_reserve(struct sched_seq *s, int n_tokens, int block_size);
 
 struct sched_config {
     int max_num_seqs;

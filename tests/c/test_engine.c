@@ -162,6 +162,7 @@ static void workload(int n, struct gen_request *reqs, struct coll *c) {
 struct run_opts {
     bool caching, chunked;
     int num_blocks, budget, block_size, max_num_seqs, steps;
+    bool async; // async scheduling, on a backend that computes at collect
 };
 
 // Runs the 32-request workload and checks every output against the oracle.
@@ -176,8 +177,10 @@ static void run_workload(struct run_opts o, struct engine_stats *st_out) {
     cfg.max_num_batched_tokens = o.budget;
     cfg.max_num_seqs = o.max_num_seqs ? o.max_num_seqs : 256;
     cfg.num_scheduler_steps = o.steps ? o.steps : 1;
+    cfg.async_scheduling = o.async;
     struct model_config m = test_mcfg(MML);
     struct tb *t = tb_new(o.num_blocks, cfg.block_size, VOCAB);
+    t->lazy = o.async;
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, t, o.num_blocks, NULL, err);
     if (!e) fail_msg("%s", err);
@@ -237,6 +240,23 @@ static void test_batch_configs(void **state) {
     o.num_blocks = 30;
     o.budget = 40;
     o.steps = 3;
+    run_workload(o, &st);
+    // async scheduling: the same outputs, with and without preemption and chunking
+    o = base;
+    o.async = true;
+    run_workload(o, &st);
+    assert_true(st.prefix_hits > 0);
+    o.num_blocks = 48;
+    run_workload(o, &st);
+    assert_true(st.num_preemptions > 0);
+    o.budget = 16;
+    o.caching = false;
+    run_workload(o, &st);
+    o = base;
+    o.async = true;
+    o.chunked = false;
+    o.budget = 160;
+    o.steps = 4;
     run_workload(o, &st);
 }
 

@@ -23,6 +23,9 @@ struct tb {
     struct step_result *res;
     int n_res, cap_res;
     bool pending;
+    bool lazy;                     // compute at collect, as an asynchronous device would:
+                                   // the batch must still be intact then
+    const struct step_batch *batch;
     int n_steps, max_seqs_seen, max_tokens_seen, fail_at_step;
     long n_tokens_computed;
 };
@@ -52,8 +55,23 @@ static int32_t ref_next(const int32_t *toks, int n, const struct sample_input *i
     return tb_pick(h, in, vocab);
 }
 
+static int tb_run(struct tb *t, const struct step_batch *b, char *err);
+
 static int tb_execute(void *ctx, const struct step_batch *b, char *err) {
     struct tb *t = ctx;
+    if (t->lazy) {
+        if (t->pending) {
+            pg_seterr(err, "test backend: execute twice without collect");
+            return -1;
+        }
+        t->batch = b;
+        t->pending = true;
+        return 0;
+    }
+    return tb_run(t, b, err);
+}
+
+static int tb_run(struct tb *t, const struct step_batch *b, char *err) {
     if (t->pending) {
         pg_seterr(err, "test backend: execute twice without collect");
         return -1;
@@ -130,6 +148,10 @@ static int tb_collect(void *ctx, struct step_result *out, char *err) {
     if (!t->pending) {
         pg_seterr(err, "test backend: collect without execute");
         return -1;
+    }
+    if (t->lazy) {
+        t->pending = false;
+        if (tb_run(t, t->batch, err)) return -1;
     }
     memcpy(out, t->res, (size_t)t->n_res * sizeof *out);
     t->pending = false;

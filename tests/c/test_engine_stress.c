@@ -122,6 +122,8 @@ static void verify(struct oreq *reqs, int n) {
     }
 }
 
+static bool g_async;
+
 static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunked, bool prio,
                          int budget) {
     static struct model_config m;
@@ -139,7 +141,9 @@ static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunk
     cfg.policy = prio ? SCHED_PRIORITY : SCHED_FCFS;
     cfg.max_num_batched_tokens = budget;
     cfg.max_num_seqs = 12;
+    cfg.async_scheduling = g_async;
     *t = tb_new(num_blocks, 4, VOCAB);
+    (*t)->lazy = g_async;
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, *t, num_blocks, NULL, err);
     if (!e) fail_msg("%s", err);
@@ -184,7 +188,6 @@ static void stress_run(uint64_t seed, int num_blocks, bool caching, bool chunked
     engine_stats(e, &st);
     assert_int_equal(st.num_free_blocks, st.num_blocks);
     if (num_blocks < 60) assert_true(st.num_preemptions > 0);
-    fprintf(stderr, "stress seed %llu: %d requests, %llu preemptions, %llu generated, %llu/%llu prefix hits, %d steps\n", (unsigned long long)seed, n_req, (unsigned long long)st.num_preemptions, (unsigned long long)st.generation_tokens, (unsigned long long)st.prefix_hits, (unsigned long long)st.prefix_queries, t->n_steps);
     engine_free(e);
     tb_free(t);
     free(reqs);
@@ -196,7 +199,15 @@ static void test_stress(void **state) {
     stress_run(2, 40, false, true, true, 64);
     stress_run(3, 30, true, false, true, MML);
     stress_run(4, 400, true, true, false, 24);
+    g_async = true;
+    stress_run(5, 40, true, true, false, 64);
+    stress_run(6, 40, false, true, true, 64);
+    stress_run(7, 30, true, false, true, MML);
+    stress_run(8, 400, true, true, false, 24);
+    g_async = false;
 }
+
+
 
 struct producer {
     struct engine *e;
@@ -248,8 +259,8 @@ static void test_threads(void **state) {
     pthread_mutex_lock(&g_mu);
     while (g_finished < total) pthread_cond_wait(&g_cv, &g_mu);
     pthread_mutex_unlock(&g_mu);
+    engine_stop(e, 1.0); // all finished: returns once the loop has reaped them
     assert_false(engine_has_work(e));
-    engine_stop(e, 1.0);
     verify(reqs, NT * PER);
     struct engine_stats st;
     engine_stats(e, &st);
@@ -294,11 +305,19 @@ static void test_stop_aborts(void **state) {
     free(reqs);
 }
 
+static void test_threads_async(void **state) {
+    g_async = true;
+    test_threads(state);
+    test_stop_aborts(state);
+    g_async = false;
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_stress),
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_stop_aborts),
+        cmocka_unit_test(test_threads_async),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
