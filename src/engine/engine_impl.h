@@ -24,6 +24,7 @@ struct eseq {
     bool in_batch;             // referenced by the batch in flight (not freed until collected)
     // accepted but not yet emitted (between eseq_accept and eseq_emit):
     bool pend, pend_text;
+    int pend_n_out;            // outputs including the pending token
     struct step_result pend_res;
     enum finish_reason pend_fin;
     int32_t pend_stop_token;

@@ -67,7 +67,7 @@ static void emit(struct engine *e, struct eseq *s, const int32_t *toks, int n_to
         .req_id = q->id, .index = s->index, .tokens = toks, .n_tokens = n_toks,
         .text = s->held ? s->held : "", .text_len = text_len, .logprobs = lp, .finish = fin,
         .stop_reason = stop_reason, .stop_token = stop_token, .n_prompt_tokens = q->r.n_prompt,
-        .n_output_tokens = s->s.n_tokens - s->s.n_prompt, .n_cached_tokens = s->s.n_cached_prompt,
+        .n_output_tokens = s->pend_n_out, .n_cached_tokens = s->s.n_cached_prompt,
         .t_arrival = q->t_arrival, .t_scheduled = q->t_scheduled, .t_first_token = s->t_first_token,
         .t_now = pg_now()};
     q->r.on_output(q->r.user, &o);
@@ -107,7 +107,7 @@ void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res
     e->generation_tokens++;
     if (!s->t_first_token) s->t_first_token = pg_now();
     int n_out = s->s.n_tokens - s->s.n_prompt;
-    bool check_stops = n_out > q->r.min_tokens; // min_tokens outputs come before any stop
+    bool check_stops = n_out >= q->r.min_tokens; // no stop before min_tokens outputs (vLLM)
     bool is_eos = !q->r.ignore_eos && in_list(e->mcfg->eos_ids, e->mcfg->n_eos, t);
     bool is_stop_id = in_list(q->stop_ids, q->r.n_stop_token_ids, t);
     enum finish_reason fin = FINISH_NONE;
@@ -127,6 +127,7 @@ void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res
     if (fin == FINISH_NONE && (n_out >= q->max_tokens || s->s.n_tokens >= e->cfg.max_model_len))
         fin = FINISH_LENGTH;
     s->pend = true;
+    s->pend_n_out = n_out;
     s->pend_res = *res;
     s->pend_fin = fin;
     if (fin != FINISH_NONE) finish(e, s, fin); // blocks free now; the update follows in emit
@@ -148,9 +149,9 @@ void eseq_emit(struct engine *e, struct eseq *s) {
         detok_push(s->dt, t, &d, &dl);
         held_append(s, d, dl);
     }
-    int n_out = s->s.n_tokens - s->s.n_prompt;
+    int n_out = s->pend_n_out; // n_tokens may already hold the next step's placeholder
     size_t pos = 0;
-    int si = n_out > q->r.min_tokens && q->r.n_stop && (fin == FINISH_NONE || fin == FINISH_LENGTH)
+    int si = n_out >= q->r.min_tokens && q->r.n_stop && (fin == FINISH_NONE || fin == FINISH_LENGTH)
                  ? find_stop(q, s, &pos) : -1;
     if (si >= 0) {
         s->held_len = pos; // the stop string and whatever follows are never emitted

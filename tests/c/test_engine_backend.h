@@ -26,6 +26,8 @@ struct tb {
     bool lazy;                     // compute at collect, as an asynchronous device would:
                                    // the batch must still be intact then
     const struct step_batch *batch;
+    const int32_t *script;         // when set: output token k of every sequence is script[k]
+    int n_script;
     int n_steps, max_seqs_seen, max_tokens_seen, fail_at_step;
     long n_tokens_computed;
 };
@@ -49,7 +51,7 @@ static int32_t tb_pick(uint64_t h, const struct sample_input *in, int vocab) {
 }
 
 // Oracle: the token a sequence with these tokens samples next.
-static int32_t ref_next(const int32_t *toks, int n, const struct sample_input *in, int vocab) {
+static inline int32_t ref_next(const int32_t *toks, int n, const struct sample_input *in, int vocab) {
     uint64_t h = 0;
     for (int i = 0; i < n; i++) h = tb_ctx_hash(h, toks[i]);
     return tb_pick(h, in, vocab);
@@ -131,6 +133,7 @@ static int tb_run(struct tb *t, const struct step_batch *b, char *err) {
         struct step_result *r = &t->res[t->n_res++];
         memset(r, 0, sizeof *r);
         r->token = tb_pick(h, &q->smp, t->vocab);
+        if (t->script && q->smp.step < (uint64_t)t->n_script) r->token = t->script[q->smp.step];
         r->logprob = -0.25f * (float)(r->token % 8);
         int k = q->smp.params->logprobs;
         r->n_top = k > 0 ? k : 0;
