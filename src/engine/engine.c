@@ -92,7 +92,8 @@ struct engine *engine_create(const struct engine_config *cfg, const struct model
     struct sched_config sc = {
         .max_num_seqs = c.max_num_seqs, .max_num_batched_tokens = c.max_num_batched_tokens,
         .max_model_len = c.max_model_len, .chunked_prefill = c.enable_chunked_prefill,
-        .priority_policy = c.policy == SCHED_PRIORITY, .prefix_caching = c.enable_prefix_caching};
+        .priority_policy = c.policy == SCHED_PRIORITY, .prefix_caching = c.enable_prefix_caching,
+        .stable_arrays = c.async_scheduling};
     e->sched = sched_new(&sc, e->pool);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);

@@ -271,6 +271,8 @@ static int admit(struct sched *s, struct sched_plan *plan, int wi, int budget) {
     for (int i = 0; i < n_hit; i++) need += kv_pool_refcount(s->pool, s->scratch_ids[i]) == 0;
     if (need > kv_pool_num_free(s->pool)) return 0;
     reserve_blocks(q, blocks_for(s, q->n_tokens) + 1);
+    if (s->cfg.stable_arrays) // nothing points into q yet: it is not in a batch in flight
+        sched_seq_reserve(q, (q->max_len > 0 ? q->max_len : s->cfg.max_model_len) + 1, bs);
     kv_pool_ref(s->pool, s->scratch_ids, n_hit);
     if (n_hit) {
         memcpy(q->blocks, s->scratch_ids, (size_t)n_hit * sizeof *q->blocks);

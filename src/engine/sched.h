@@ -69,6 +69,9 @@ struct sched_config {
     bool chunked_prefill;
     bool priority_policy;     // false: FCFS
     bool prefix_caching;
+    bool stable_arrays;       // reserve a sequence's token and block arrays for its max_len
+                              // when admitted, so they never move while it runs (async
+                              // scheduling: a batch in flight points into them)
 };
 
 // One sequence's work in a step: compute tokens[pos0 .. pos0 + n_new), with the block table
