@@ -283,6 +283,8 @@ static void fail_all(struct engine *e, const char *msg) {
             if (q->seqs[i].s.status == SEQ_RUNNING) eseq_finish_now(e, &q->seqs[i], FINISH_ERROR);
         }
     e->inflight = false; // finished requests are reaped at the end of the step
+    // blocks registered for the failed step may hold garbage: forget every cached block
+    kv_pool_reset_cache(e->pool);
 }
 
 static void publish_stats(struct engine *e) {
