@@ -137,7 +137,7 @@ void backend_config_defaults(struct backend_config *c) {
     c->block_size = 16;
     c->kv_cache_bytes = 0; // backend default: 4 GiB on the CPU
     c->gpu_memory_utilization = 0.9f;
-    c->kv_dtype = PG_DTYPE_COUNT; // auto
+    c->kv_dtype = PG_F32; // "auto": the CPU keeps f32, CUDA picks bf16 for any non-fp8 type
     c->max_num_seqs = 256;
     c->max_num_batched_tokens = 2048;
     c->tensor_parallel_size = 1;
@@ -147,7 +147,7 @@ static int parse_kv_dtype(const char *val, enum pg_dtype *out, char *err) {
     static const struct {
         const char *name;
         enum pg_dtype t;
-    } names[] = {{"auto", PG_DTYPE_COUNT}, {"fp8", PG_F8_E4M3},      {"fp8_e4m3", PG_F8_E4M3},
+    } names[] = {{"auto", PG_F32}, {"fp8", PG_F8_E4M3},      {"fp8_e4m3", PG_F8_E4M3},
                  {"fp8_e5m2", PG_F8_E5M2}, {"bfloat16", PG_BF16},    {"float16", PG_F16},
                  {"half", PG_F16},         {"float32", PG_F32},      {"float", PG_F32}};
     for (size_t i = 0; val && i < sizeof names / sizeof names[0]; i++)

@@ -41,7 +41,8 @@ int engine_args_parse(struct engine_config *c, const char *flag, const char *val
 int backend_args_parse(struct backend_config *c, const char *flag, const char *value, char *err);
 
 // Defaults for backend_config as the flags document them (block 16, 4 GiB KV on the CPU,
-// gpu_memory_utilization 0.9, kv dtype auto, 1 GPU, all cores).
+// gpu_memory_utilization 0.9, kv dtype auto, 1 GPU, all cores). kv dtype "auto" is
+// PG_F32: the CPU backend stores f32, the CUDA backend bf16 for any non-fp8 type.
 void backend_config_defaults(struct backend_config *c);
 
 // Makes the two configurations agree after parsing (block size, max_num_seqs,
