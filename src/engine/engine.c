@@ -72,7 +72,7 @@ struct engine *engine_create(const struct engine_config *cfg, const struct model
                              const struct tokenizer *tok, char *err) {
     struct engine_config c = *cfg;
     if (check_config(&c, mcfg, num_blocks, err)) return NULL;
-    if (tok && !detok_new) {
+    if (tok && !engine_linked((void (*)(void))detok_new)) {
         pg_seterr(err, "engine: built without the streaming detokenizer (tokenizer/)");
         return NULL;
     }

@@ -148,7 +148,8 @@ int ereq_validate(const struct engine *e, const struct gen_request *r, char *err
                       r->stop_token_ids[i], e->vocab);
             return -1;
         }
-    if (r->grammar && (!grammar_matcher_new || !grammar_retain)) {
+    if (r->grammar && (!engine_linked((void (*)(void))grammar_matcher_new) ||
+                       !engine_linked((void (*)(void))grammar_retain))) {
         pg_seterr(err, "structured outputs are not available in this build");
         return -1;
     }
