@@ -305,6 +305,63 @@ static void test_stop_aborts(void **state) {
     free(reqs);
 }
 
+// engine_stop with a grace period lets running requests finish normally.
+static void test_stop_grace(void **state) {
+    (void)state;
+    struct tb *t;
+    struct engine *e = mk(&t, 100, true, true, false, 64);
+    struct oreq *reqs = calloc(10, sizeof *reqs);
+    uint64_t rs = 11;
+    g_finished = 0;
+    assert_int_equal(engine_start(e), 0);
+    char err[PG_ERR_LEN];
+    for (int i = 0; i < 10; i++) {
+        random_request(&reqs[i], &rs);
+        reqs[i].added = true;
+        assert_int_equal(engine_add(e, &reqs[i].r, &reqs[i].id, err), ENGINE_OK);
+    }
+    engine_stop(e, 60.0); // returns as soon as they are done
+    verify(reqs, 10);     // none aborted (aborted flags are false)
+    struct engine_stats st;
+    engine_stats(e, &st);
+    assert_int_equal(st.finished[FINISH_ABORT], 0);
+    assert_int_equal(st.num_free_blocks, st.num_blocks);
+    engine_free(e);
+    tb_free(t);
+    free(reqs);
+}
+
+// max_waiting: engine_add refuses with ENGINE_EBUSY once that many are queued.
+static void test_max_waiting(void **state) {
+    (void)state;
+    static struct model_config m;
+    memset(&m, 0, sizeof m);
+    m.vocab = VOCAB;
+    m.max_pos = MML;
+    m.eos_ids[0] = EOS;
+    m.n_eos = 1;
+    struct engine_config cfg;
+    engine_config_defaults(&cfg);
+    cfg.block_size = 4;
+    cfg.max_model_len = MML;
+    cfg.max_waiting = 3;
+    struct tb *t = tb_new(100, 4, VOCAB);
+    char err[PG_ERR_LEN];
+    struct engine *e = engine_create(&cfg, &m, &tb_ops, t, 100, NULL, err);
+    struct oreq *reqs = calloc(5, sizeof *reqs);
+    uint64_t rs = 3;
+    for (int i = 0; i < 5; i++) random_request(&reqs[i], &rs);
+    for (int i = 0; i < 3; i++) assert_int_equal(engine_add(e, &reqs[i].r, NULL, err), ENGINE_OK);
+    assert_int_equal(engine_add(e, &reqs[3].r, NULL, err), ENGINE_EBUSY);
+    assert_non_null(strstr(err, "waiting"));
+    while (engine_has_work(e)) engine_step(e);
+    assert_int_equal(engine_add(e, &reqs[4].r, NULL, err), ENGINE_OK);
+    while (engine_has_work(e)) engine_step(e);
+    engine_free(e);
+    tb_free(t);
+    free(reqs);
+}
+
 static void test_threads_async(void **state) {
     g_async = true;
     test_threads(state);
@@ -318,6 +375,8 @@ int main(void) {
         cmocka_unit_test(test_threads),
         cmocka_unit_test(test_stop_aborts),
         cmocka_unit_test(test_threads_async),
+        cmocka_unit_test(test_stop_grace),
+        cmocka_unit_test(test_max_waiting),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
