@@ -14,6 +14,11 @@ struct grammar_matcher;
 // allowed). eos_ids: the tokens that end generation (allowed only where the grammar accepts).
 struct grammar_vocab *grammar_vocab_new(const struct tokenizer *t, int model_vocab,
                                         const int32_t *eos_ids, int n_eos);
+// The same from raw token byte strings: tokens[i] (lens[i] bytes) for ids [0, n_tokens); a NULL
+// or empty entry is never allowed (use it for special tokens). Copies everything. NULL + err.
+struct grammar_vocab *grammar_vocab_new_from_bytes(const char *const *tokens, const size_t *lens,
+                                                   int n_tokens, int model_vocab,
+                                                   const int32_t *eos_ids, int n_eos, char *err);
 void grammar_vocab_free(struct grammar_vocab *v);
 
 enum grammar_kind {
@@ -49,3 +54,5 @@ void grammar_fill_mask(struct grammar_matcher *m, uint32_t *mask);
 int grammar_accept_token(struct grammar_matcher *m, int32_t token);
 // True when the output so far is complete and nothing else may follow (generation must stop).
 bool grammar_is_terminated(const struct grammar_matcher *m);
+// True when the output so far is a complete match (EOS would be accepted now).
+bool grammar_can_end(const struct grammar_matcher *m);
