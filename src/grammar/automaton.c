@@ -390,6 +390,82 @@ static int check_left_recursion(struct grammar *g, char *err, const struct gbuil
     return rc;
 }
 
+// ---- plain-code-point budgets (see struct grammar) ----
+struct u8seq { int n; uint8_t lo[4], hi[4]; };
+static const struct u8seq k_plain_seqs[] = { // valid UTF-8 of code points >= 0x20 except '"' '\\'
+    {1, {0x20}, {0x21}}, {1, {0x23}, {0x5b}}, {1, {0x5d}, {0x7f}},
+    {2, {0xc2, 0x80}, {0xdf, 0xbf}},
+    {3, {0xe0, 0xa0, 0x80}, {0xe0, 0xbf, 0xbf}}, {3, {0xe1, 0x80, 0x80}, {0xec, 0xbf, 0xbf}},
+    {3, {0xed, 0x80, 0x80}, {0xed, 0x9f, 0xbf}}, {3, {0xee, 0x80, 0x80}, {0xef, 0xbf, 0xbf}},
+    {4, {0xf0, 0x90, 0x80, 0x80}, {0xf0, 0xbf, 0xbf, 0xbf}}, {4, {0xf1, 0x80, 0x80, 0x80}, {0xf3, 0xbf, 0xbf, 0xbf}},
+    {4, {0xf4, 0x80, 0x80, 0x80}, {0xf4, 0x8f, 0xbf, 0xbf}},
+};
+enum { SUCC_UNSET = -3, SUCC_MIXED = -2, SUCC_DEAD = -1 };
+
+static void merge_succ(int32_t *acc, int32_t x) {
+    if (*acc == SUCC_UNSET) *acc = x;
+    else if (*acc != x) *acc = SUCC_MIXED;
+}
+
+static void plain_paths(const struct grammar *g, int32_t st, const struct u8seq *q, int pos, int32_t *acc) {
+    if (pos == q->n) { merge_succ(acc, st); return; }
+    const struct grule *r = &g->rules[g->st_rule[st]];
+    uint8_t seen[256] = {0};
+    for (int b = q->lo[pos]; b <= q->hi[pos] && *acc != SUCC_MIXED; b++) {
+        if (seen[r->cls[b]]) continue;
+        seen[r->cls[b]] = 1;
+        int32_t t = g_next(g, st, (uint8_t)b);
+        if (t < 0) merge_succ(acc, SUCC_DEAD);
+        else if (pos + 1 < q->n && g->st_flags[t] != GS_BYTES) *acc = SUCC_MIXED;
+        else plain_paths(g, t, q, pos + 1, acc);
+    }
+}
+
+static int32_t plain_succ(const struct grammar *g, int32_t s) {
+    int32_t acc = SUCC_UNSET;
+    for (size_t i = 0; i < sizeof(k_plain_seqs) / sizeof(k_plain_seqs[0]) && acc != SUCC_MIXED; i++)
+        plain_paths(g, s, &k_plain_seqs[i], 0, &acc);
+    return acc;
+}
+
+static void compute_budgets(struct grammar *g) {
+    enum { UNKNOWN = -3, INF = INT16_MAX };
+    int32_t n = g->n_states;
+    int32_t *bud = pg_malloc((size_t)n * 4 + 4), *path = pg_malloc((size_t)n * 4 + 4);
+    uint8_t *onpath = pg_calloc((size_t)n + 1, 1);
+    for (int32_t i = 0; i < n; i++) bud[i] = UNKNOWN;
+    for (int32_t s = 0; s < n; s++) {
+        if (bud[s] != UNKNOWN) continue;
+        int np = 0;
+        int32_t cur = s, base;
+        for (;;) {
+            if (bud[cur] != UNKNOWN) { base = bud[cur]; break; }
+            if (g->st_flags[cur] != GS_BYTES) { bud[cur] = -1; base = -1; break; }
+            if (onpath[cur]) { base = INF; break; }
+            onpath[cur] = 1;
+            path[np++] = cur;
+            int32_t t = plain_succ(g, cur);
+            if (t == SUCC_DEAD || t == SUCC_MIXED) {
+                bud[cur] = t == SUCC_DEAD ? 0 : -1;
+                onpath[cur] = 0;
+                base = bud[cur];
+                np--;
+                break;
+            }
+            cur = t;
+        }
+        while (np > 0) {
+            int32_t p = path[--np];
+            onpath[p] = 0;
+            base = base < 0 ? -1 : base >= INF - 1 ? INF : base + 1;
+            bud[p] = base;
+        }
+    }
+    g->budget = pg_malloc((size_t)n * sizeof(int16_t) + 2);
+    for (int32_t i = 0; i < n; i++) g->budget[i] = (int16_t)bud[i];
+    free(bud); free(path); free(onpath);
+}
+
 int automaton_build(struct grammar *g, struct gbuild *b, char *err) {
     int nr = b->n_rules;
     bool has_root = false;
@@ -431,10 +507,12 @@ int automaton_build(struct grammar *g, struct gbuild *b, char *err) {
     if (!o.call_off) g->st_call_off = pg_calloc(1, 4);
     if (rc) return -1;
     g->root = gb_rule(b, "root");
-    return check_left_recursion(g, err, b);
+    if (check_left_recursion(g, err, b)) return -1;
+    compute_budgets(g);
+    return 0;
 }
 
 void automaton_free(struct grammar *g) {
     free(g->rules); free(g->st_rule); free(g->st_row); free(g->st_flags); free(g->next);
-    free(g->st_call_off); free(g->calls);
+    free(g->st_call_off); free(g->calls); free(g->budget);
 }

@@ -77,6 +77,16 @@ int schema_compile(struct gbuild *b, const char *spec, size_t len, const char *w
 int choice_compile(struct gbuild *b, const char *spec, size_t len);
 
 // ---- vocab ----
+// Token trie in DFS preorder. Node 0 is the root (empty prefix).
+struct gtrie {
+    int n_nodes;
+    uint8_t *node_byte;
+    uint16_t *node_depth;
+    int32_t *node_end;      // index just past the node's subtree
+    int32_t *node_tok_off;  // CSR: tokens ending at node i are tok_ids[off[i]..off[i+1])
+    int32_t *node_tok_ids;
+};
+
 struct grammar_vocab {
     int n_tokens;    // tokenizer ids [0, n_tokens)
     int model_vocab; // mask covers [0, model_vocab)
@@ -86,13 +96,13 @@ struct grammar_vocab {
     int32_t *eos;
     int n_eos;
     int max_len;     // longest token in bytes
-    // Token trie in DFS preorder. Node 0 is the root (empty prefix).
-    int n_nodes;
-    uint8_t *node_byte;
-    uint16_t *node_depth;
-    int32_t *node_end;      // index just past the node's subtree
-    int32_t *node_tok_off;  // CSR: tokens ending at node i are tok_ids[off[i]..off[i+1])
-    int32_t *node_tok_ids;
+    struct gtrie full;   // every allowed token
+    // Fast path inside string-like states: "plain" tokens are complete UTF-8 of code points
+    // >= 0x20 other than '"' and '\\'; plain_cp[t] = their code point count (-1: not plain).
+    int16_t *plain_cp;
+    int max_plain_cp;
+    uint32_t *plain_le;  // (max_plain_cp + 1) masks: plain tokens with plain_cp <= r
+    struct gtrie rest;   // the tokens that are not plain
 };
 
 // ---- compiled automaton ----
@@ -117,6 +127,10 @@ struct grammar {
     int32_t *st_call_off; // CSR into calls (n_states + 1)
     struct gcall *calls;
     int root;
+    // per state: -1, or the number of plain code points (see grammar_vocab) it accepts in a row
+    // while staying in pure states of its rule, every plain code point leading to one state
+    // (INT16_MAX: unbounded). Lets masks use the precomputed plain-token masks.
+    int16_t *budget;
     // mask cache keyed by the canonical stack set (filled lazily, shared by matchers)
     pthread_mutex_t mu;
     struct mcache *mc;

@@ -297,15 +297,15 @@ static void ss_from_top(const struct grammar *g, const struct sset *in, int32_t 
 
 struct rep { const struct sset *s; int32_t top; };
 
-static void walk_trie(struct grammar_matcher *m, uint32_t *mask) {
+static void walk_trie(struct grammar_matcher *m, const struct gtrie *v, uint32_t *mask) {
     const struct grammar *g = m->g;
-    const struct grammar_vocab *v = g->v;
-    if (m->n_lvl < v->max_len + 1) {
-        m->lvl = pg_realloc(m->lvl, (size_t)(v->max_len + 1) * sizeof(*m->lvl));
-        memset(m->lvl + m->n_lvl, 0, (size_t)(v->max_len + 1 - m->n_lvl) * sizeof(*m->lvl));
-        m->n_lvl = v->max_len + 1;
+    const int max_len = g->v->max_len;
+    if (m->n_lvl < max_len + 1) {
+        m->lvl = pg_realloc(m->lvl, (size_t)(max_len + 1) * sizeof(*m->lvl));
+        memset(m->lvl + m->n_lvl, 0, (size_t)(max_len + 1 - m->n_lvl) * sizeof(*m->lvl));
+        m->n_lvl = max_len + 1;
     }
-    struct rep *r = pg_malloc((size_t)(v->max_len + 2) * sizeof(*r));
+    struct rep *r = pg_malloc((size_t)(max_len + 2) * sizeof(*r));
     r[0] = (struct rep){&m->cur, -1};
     const uint8_t *flags = g->st_flags;
     for (int i = 1; i < v->n_nodes;) {
@@ -352,7 +352,13 @@ void grammar_fill_mask(struct grammar_matcher *m, uint32_t *mask) {
         if (hit) memcpy(mask, hit, mb);
         pthread_mutex_unlock(&g->mu);
         if (!hit) {
-            walk_trie(m, mask);
+            const struct sset *c = &m->cur;
+            int32_t top = c->data[c->off[0] + c->len[0] - 1];
+            if (c->n == 1 && g->budget[top] >= 0) { // plain tokens by count, the rest by walking
+                int r = g->budget[top] < v->max_plain_cp ? g->budget[top] : v->max_plain_cp;
+                memcpy(mask, v->plain_le + (size_t)r * v->mask_words, mb);
+                walk_trie(m, &v->rest, mask);
+            } else walk_trie(m, &v->full, mask);
             pthread_mutex_lock(&g->mu);
             mcache_put(g, h, m->key, klen, mask);
             pthread_mutex_unlock(&g->mu);

@@ -16,22 +16,22 @@ static int cmp_tok(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
-static void build_trie(struct grammar_vocab *v) {
+static void build_trie(struct grammar_vocab *v, struct gtrie *tr, bool rest_only) {
     int32_t *ord = pg_malloc((size_t)v->n_tokens * 4 + 4);
     int n = 0;
     size_t total = 1;
     for (int i = 0; i < v->n_tokens; i++)
-        if (v->tok[i]) { ord[n++] = i; total += v->tok_len[i]; }
+        if (v->tok[i] && (!rest_only || v->plain_cp[i] < 0)) { ord[n++] = i; total += v->tok_len[i]; }
     t_sort_vocab = v;
     qsort(ord, (size_t)n, 4, cmp_tok);
-    v->node_byte = pg_malloc(total);
-    v->node_depth = pg_malloc(total * 2);
-    v->node_end = pg_malloc(total * 4);
+    tr->node_byte = pg_malloc(total);
+    tr->node_depth = pg_malloc(total * 2);
+    tr->node_end = pg_malloc(total * 4);
     int32_t *node_of_tok = pg_malloc((size_t)n * 4 + 4);
     int32_t path[1024];
     int nn = 1, plen = 0; // path[d-1] = node at depth d on the current branch
-    v->node_byte[0] = 0;
-    v->node_depth[0] = 0;
+    tr->node_byte[0] = 0;
+    tr->node_depth[0] = 0;
     const char *prev = NULL;
     size_t prev_len = 0;
     for (int k = 0; k < n; k++) {
@@ -41,31 +41,63 @@ static void build_trie(struct grammar_vocab *v) {
         if ((int)l > plen) l = (size_t)plen;
         plen = (int)l;
         for (size_t j = l; j < len; j++) {
-            v->node_byte[nn] = (uint8_t)t[j];
-            v->node_depth[nn] = (uint16_t)(j + 1);
+            tr->node_byte[nn] = (uint8_t)t[j];
+            tr->node_depth[nn] = (uint16_t)(j + 1);
             path[plen++] = nn++;
         }
         node_of_tok[k] = len ? path[len - 1] : 0;
         prev = t;
         prev_len = len;
     }
-    v->n_nodes = nn;
+    tr->n_nodes = nn;
     // subtree ends: a node's subtree stops at the next node at the same or smaller depth
     int32_t *stk = pg_malloc((size_t)(v->max_len + 2) * 4);
     int sp = 0;
     for (int i = 0; i < nn; i++) {
-        while (sp && v->node_depth[stk[sp - 1]] >= v->node_depth[i]) v->node_end[stk[--sp]] = i;
+        while (sp && tr->node_depth[stk[sp - 1]] >= tr->node_depth[i]) tr->node_end[stk[--sp]] = i;
         stk[sp++] = i;
     }
-    while (sp) v->node_end[stk[--sp]] = nn;
+    while (sp) tr->node_end[stk[--sp]] = nn;
     free(stk);
-    v->node_tok_off = pg_calloc((size_t)nn + 1, 4);
-    v->node_tok_ids = pg_malloc((size_t)n * 4 + 4);
-    for (int k = 0; k < n; k++) v->node_tok_off[node_of_tok[k] + 1]++;
-    for (int i = 0; i < nn; i++) v->node_tok_off[i + 1] += v->node_tok_off[i];
-    for (int k = 0; k < n; k++) v->node_tok_ids[k] = ord[k]; // sorted order = node order
+    tr->node_tok_off = pg_calloc((size_t)nn + 1, 4);
+    tr->node_tok_ids = pg_malloc((size_t)n * 4 + 4);
+    for (int k = 0; k < n; k++) tr->node_tok_off[node_of_tok[k] + 1]++;
+    for (int i = 0; i < nn; i++) tr->node_tok_off[i + 1] += tr->node_tok_off[i];
+    for (int k = 0; k < n; k++) tr->node_tok_ids[k] = ord[k]; // sorted order = node order
     free(node_of_tok);
     free(ord);
+}
+
+// Code points of a plain token (complete valid UTF-8, every code point >= 0x20 and not '"' or
+// '\\'), or -1.
+static int16_t plain_count(const uint8_t *s, size_t n) {
+    int cps = 0;
+    for (size_t i = 0; i < n;) {
+        uint8_t c = s[i];
+        size_t len;
+        uint8_t lo = 0x80, hi = 0xbf; // allowed range of the second byte
+        if (c < 0x80) {
+            if (c < 0x20 || c == '"' || c == '\\') return -1;
+            len = 1;
+        } else if (c >= 0xc2 && c <= 0xdf) len = 2;
+        else if (c >= 0xe0 && c <= 0xef) {
+            len = 3;
+            if (c == 0xe0) lo = 0xa0;
+            if (c == 0xed) hi = 0x9f;
+        } else if (c >= 0xf0 && c <= 0xf4) {
+            len = 4;
+            if (c == 0xf0) lo = 0x90;
+            if (c == 0xf4) hi = 0x8f;
+        } else return -1;
+        if (i + len > n) return -1;
+        for (size_t k = 1; k < len; k++) {
+            uint8_t d = s[i + k];
+            if (d < (k == 1 ? lo : 0x80) || d > (k == 1 ? hi : 0xbf)) return -1;
+        }
+        i += len;
+        cps++;
+    }
+    return (int16_t)cps;
 }
 
 struct grammar_vocab *grammar_vocab_new_from_bytes(const char *const *tokens, const size_t *lens,
@@ -94,7 +126,19 @@ struct grammar_vocab *grammar_vocab_new_from_bytes(const char *const *tokens, co
         v->tok_len[i] = lens[i];
         if ((int)lens[i] > v->max_len) v->max_len = (int)lens[i];
     }
-    build_trie(v);
+    v->plain_cp = pg_malloc((size_t)n_tokens * sizeof(int16_t));
+    for (int i = 0; i < n_tokens; i++) {
+        v->plain_cp[i] = v->tok[i] ? plain_count((const uint8_t *)v->tok[i], v->tok_len[i]) : -1;
+        if (v->plain_cp[i] > v->max_plain_cp) v->max_plain_cp = v->plain_cp[i];
+    }
+    size_t mw = (size_t)v->mask_words;
+    v->plain_le = pg_calloc((size_t)(v->max_plain_cp + 1) * mw, 4);
+    for (int i = 0; i < n_tokens; i++)
+        if (v->plain_cp[i] >= 0) v->plain_le[v->plain_cp[i] * mw + (size_t)(i >> 5)] |= 1u << (i & 31);
+    for (int r = 1; r <= v->max_plain_cp; r++)
+        for (size_t w = 0; w < mw; w++) v->plain_le[r * mw + w] |= v->plain_le[(r - 1) * mw + w];
+    build_trie(v, &v->full, false);
+    build_trie(v, &v->rest, true);
     return v;
 }
 
@@ -102,7 +146,12 @@ void grammar_vocab_free(struct grammar_vocab *v) {
     if (!v) return;
     for (int i = 0; i < v->n_tokens; i++) free(v->tok[i]);
     free(v->tok); free(v->tok_len); free(v->eos);
-    free(v->node_byte); free(v->node_depth); free(v->node_end);
-    free(v->node_tok_off); free(v->node_tok_ids);
+    struct gtrie *tries[2] = {&v->full, &v->rest};
+    for (int k = 0; k < 2; k++) {
+        struct gtrie *tr = tries[k];
+        free(tr->node_byte); free(tr->node_depth); free(tr->node_end);
+        free(tr->node_tok_off); free(tr->node_tok_ids);
+    }
+    free(v->plain_cp); free(v->plain_le);
     free(v);
 }
