@@ -23,7 +23,9 @@ static const int32_t k_eos[2] = {151643, 151645};
 enum { MODEL_VOCAB = 151936 };
 
 struct opts {
-    const char *cmd, *vocab, *kind, *spec, *ws;
+    const char *cmd, *vocab, *kind, *ws;
+    const char *specs[4096];
+    int n_specs;
     int n, max_tokens;
     unsigned long long seed;
 };
@@ -85,12 +87,21 @@ static int walk(const struct grammar_vocab *v, struct grammar *g, uint64_t *rng,
             fprintf(stderr, "dead end: no token allowed after %d tokens\n", step);
             rc = -1;
             goto done;
-        } else if (finish && ns) { // prefer closing punctuation, then any single byte
+        } else if (finish && ns) { // half the time closing punctuation, else any single byte
             pick = short_cand[rng_next(rng) % (uint64_t)ns];
-            for (int k = 0; k < ns; k++) {
+            int ncl = 0;
+            int32_t closers[3];
+            for (int k = 0; k < ns && ncl < 3; k++) {
                 size_t tl;
                 char ch = grammar_vocab_token(v, short_cand[k], &tl)[0];
-                if (ch == '"' || ch == '}' || ch == ']') { pick = short_cand[k]; break; }
+                if (ch == '"' || ch == '}' || ch == ']') closers[ncl++] = short_cand[k];
+            }
+            if (ncl && rng_next(rng) % 2) { // a quote first: inside strings } and ] are content
+                pick = closers[rng_next(rng) % (uint64_t)ncl];
+                for (int k = 0; k < ncl; k++) {
+                    size_t tl;
+                    if (grammar_vocab_token(v, closers[k], &tl)[0] == '"') pick = closers[k];
+                }
             }
         } else if (ns && rng_next(rng) % 5 == 0) pick = short_cand[rng_next(rng) % (uint64_t)ns];
         else pick = cand[rng_next(rng) % (uint64_t)nc];
@@ -129,15 +140,86 @@ static double pct(double *xs, int n, double p) {
     return xs[i];
 }
 
+static int run_spec(const struct opts *o, const struct grammar_vocab *v, enum grammar_kind kind,
+                    const char *path, double vocab_ms) {
+    char err[PG_ERR_LEN] = "";
+    size_t spec_len;
+    char *spec = pg_read_file(path, &spec_len, err);
+    if (!spec) { fprintf(stderr, "%s\n", err); return 2; }
+    int rc = 0;
+    if (!strcmp(o->cmd, "check")) {
+        struct grammar *g = grammar_compile(v, kind, spec, spec_len, o->ws, err);
+        json_t *line = json_pack("{s:s,s:b,s:s}", "spec", path, "ok", g != NULL, "error", g ? "" : err);
+        char *js = json_dumps(line, JSON_COMPACT);
+        printf("%s\n", js);
+        free(js);
+        json_decref(line);
+        grammar_release(g);
+    } else {
+        bool bench = !strcmp(o->cmd, "bench");
+        int ncomp = bench ? 10 : 1;
+        double comp[10];
+        struct grammar *g = NULL;
+        for (int i = 0; i < ncomp; i++) {
+            grammar_release(g);
+            double c0 = pg_now();
+            g = grammar_compile(v, kind, spec, spec_len, o->ws, err);
+            comp[i] = (pg_now() - c0) * 1e3;
+            if (!g) { fprintf(stderr, "compile %s: %s\n", path, err); free(spec); return 1; }
+        }
+        uint64_t rng = o->seed;
+        double *us = malloc((size_t)(o->n * (o->max_tokens + 1) + 1) * sizeof(double));
+        int nus = 0, first_n = 0;
+        for (int s = 0; s < o->n && !rc; s++) {
+            char *text;
+            size_t tl;
+            bool fin = false;
+            int ntok = 0;
+            rc = walk(v, g, &rng, o->max_tokens, bench ? us : NULL, &nus, &text, &tl, &fin, &ntok, !bench);
+            if (rc) fprintf(stderr, "in %s\n", path);
+            if (s == 0) first_n = nus;
+            if (!bench) {
+                json_t *line = json_pack("{s:s,s:s%,s:b,s:i}", "spec", path, "text", text, tl, "finished", fin, "tokens", ntok);
+                char *js = line ? json_dumps(line, JSON_COMPACT) : NULL;
+                if (js) printf("%s\n", js);
+                else printf("{\"spec\": \"%s\", \"text\": null, \"finished\": %s}\n", path, fin ? "true" : "false");
+                free(js);
+                json_decref(line);
+            }
+            free(text);
+        }
+        if (bench) {
+            double *firsts = malloc((size_t)(first_n + 1) * sizeof(double));
+            memcpy(firsts, us, (size_t)first_n * sizeof(double));
+            double f50 = pct(firsts, first_n, 0.5), f99 = pct(firsts, first_n, 0.99);
+            free(firsts);
+            double p50 = pct(us, nus, 0.5), p99 = pct(us, nus, 0.99), mx = pct(us, nus, 1.0);
+            printf("{\"spec\": \"%s\", \"compile_ms_p50\": %.3f, \"compile_ms_max\": %.3f, \"tokens\": %d, "
+                   "\"mask_us_p50\": %.2f, \"mask_us_p99\": %.2f, \"mask_us_max\": %.2f, "
+                   "\"first_gen_mask_us_p50\": %.2f, \"first_gen_mask_us_p99\": %.2f, \"vocab_load_ms\": %.1f}\n",
+                   path, pct(comp, ncomp, 0.5), pct(comp, ncomp, 1.0), nus, p50, p99, mx, f50, f99, vocab_ms);
+            fflush(stdout);
+        }
+        free(us);
+        grammar_release(g);
+    }
+    free(spec);
+    return rc;
+}
+
 int main(int argc, char **argv) {
-    struct opts o = {.vocab = "../shared/models/qwen-tokenizer/tokenizer.json", .n = 10, .max_tokens = 400, .seed = 1};
+    static struct opts o = {.vocab = "../shared/models/qwen-tokenizer/tokenizer.json", .n = 10, .max_tokens = 400, .seed = 1};
     if (argc < 2) { fprintf(stderr, "usage: grammar_bench gen|check|bench [options]\n"); return 2; }
     o.cmd = argv[1];
+    if (strcmp(o.cmd, "gen") && strcmp(o.cmd, "check") && strcmp(o.cmd, "bench")) {
+        fprintf(stderr, "unknown command %s\n", o.cmd);
+        return 2;
+    }
     for (int i = 2; i + 1 < argc; i += 2) {
         const char *k = argv[i], *v = argv[i + 1];
         if (!strcmp(k, "--vocab")) o.vocab = v;
         else if (!strcmp(k, "--kind")) o.kind = v;
-        else if (!strcmp(k, "--spec")) o.spec = v;
+        else if (!strcmp(k, "--spec") && o.n_specs < 4096) o.specs[o.n_specs++] = v;
         else if (!strcmp(k, "--ws")) o.ws = v;
         else if (!strcmp(k, "--n")) o.n = atoi(v);
         else if (!strcmp(k, "--max-tokens")) o.max_tokens = atoi(v);
@@ -145,78 +227,17 @@ int main(int argc, char **argv) {
         else { fprintf(stderr, "unknown option %s\n", k); return 2; }
     }
     enum grammar_kind kind;
-    if (!o.kind || parse_kind(o.kind, &kind) || !o.spec) { fprintf(stderr, "need --kind and --spec\n"); return 2; }
+    if (!o.kind || parse_kind(o.kind, &kind) || !o.n_specs) { fprintf(stderr, "need --kind and --spec\n"); return 2; }
     char err[PG_ERR_LEN] = "";
-    size_t spec_len;
-    char *spec = pg_read_file(o.spec, &spec_len, err);
-    if (!spec) { fprintf(stderr, "%s\n", err); return 2; }
     double t0 = pg_now();
     struct grammar_vocab *v = grammar_vocab_load_hf(o.vocab, MODEL_VOCAB, k_eos, 2, err);
     if (!v) { fprintf(stderr, "%s\n", err); return 2; }
     double vocab_ms = (pg_now() - t0) * 1e3;
     int rc = 0;
-    if (!strcmp(o.cmd, "check")) {
-        struct grammar *g = grammar_compile(v, kind, spec, spec_len, o.ws, err);
-        if (g) printf("ok\n");
-        else printf("error: %s\n", err);
-        rc = g ? 0 : 1;
-        grammar_release(g);
-    } else if (!strcmp(o.cmd, "gen") || !strcmp(o.cmd, "bench")) {
-        bool bench = !strcmp(o.cmd, "bench");
-        int ncomp = bench ? 10 : 1;
-        double *comp = malloc((size_t)ncomp * sizeof(double));
-        struct grammar *g = NULL;
-        for (int i = 0; i < ncomp; i++) {
-            grammar_release(g);
-            double c0 = pg_now();
-            g = grammar_compile(v, kind, spec, spec_len, o.ws, err);
-            comp[i] = (pg_now() - c0) * 1e3;
-            if (!g) { fprintf(stderr, "compile: %s\n", err); return 1; }
-        }
-        uint64_t rng = o.seed;
-        double *us = malloc((size_t)(o.n * (o.max_tokens + 1) + 1) * sizeof(double));
-        int nus = 0, first_n = 0, total_tok = 0;
-        for (int s = 0; s < o.n && !rc; s++) {
-            char *text;
-            size_t tl;
-            bool fin = false;
-            int ntok = 0;
-            rc = walk(v, g, &rng, o.max_tokens, bench ? us : NULL, &nus, &text, &tl, &fin, &ntok, !bench);
-            if (s == 0) first_n = nus;
-            total_tok += ntok;
-            if (!bench) {
-                json_t *line = json_pack("{s:s%,s:b,s:i}", "text", text, tl, "finished", fin, "tokens", ntok);
-                char *js = line ? json_dumps(line, JSON_COMPACT) : NULL;
-                if (js) printf("%s\n", js);
-                else printf("{\"text\": null, \"finished\": %s, \"tokens\": %d}\n", fin ? "true" : "false", ntok);
-                free(js);
-                json_decref(line);
-            }
-            free(text);
-        }
-        if (bench) {
-            double first_p50 = 0, first_p99 = 0;
-            double *firsts = malloc((size_t)(first_n + 1) * sizeof(double));
-            memcpy(firsts, us, (size_t)first_n * sizeof(double));
-            first_p50 = pct(firsts, first_n, 0.5);
-            first_p99 = pct(firsts, first_n, 0.99);
-            free(firsts);
-            double p50 = pct(us, nus, 0.5), p99 = pct(us, nus, 0.99), mx = pct(us, nus, 1.0);
-            printf("{\"spec\": \"%s\", \"compile_ms_p50\": %.3f, \"compile_ms_max\": %.3f, \"tokens\": %d, "
-                   "\"mask_us_p50\": %.2f, \"mask_us_p99\": %.2f, \"mask_us_max\": %.2f, "
-                   "\"first_gen_mask_us_p50\": %.2f, \"first_gen_mask_us_p99\": %.2f, \"vocab_load_ms\": %.1f}\n",
-                   o.spec, pct(comp, ncomp, 0.5), pct(comp, ncomp, 1.0), nus, p50, p99, mx, first_p50,
-                   first_p99, vocab_ms);
-        }
-        (void)total_tok;
-        free(us);
-        free(comp);
-        grammar_release(g);
-    } else {
-        fprintf(stderr, "unknown command %s\n", o.cmd);
-        rc = 2;
+    for (int i = 0; i < o.n_specs; i++) {
+        int r = run_spec(&o, v, kind, o.specs[i], vocab_ms);
+        if (r > rc) rc = r;
     }
     grammar_vocab_free(v);
-    free(spec);
-    return rc ? 1 : 0;
+    return rc;
 }
