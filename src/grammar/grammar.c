@@ -147,3 +147,35 @@ struct grammar *grammar_cache_get(struct grammar_cache *c, enum grammar_kind kin
     pthread_mutex_unlock(&c->mu);
     return g;
 }
+
+int grammar_cache_warmup(struct grammar_cache *c, enum grammar_kind kind, const char *spec,
+                         size_t spec_len, const char *whitespace_pattern, int n_walks,
+                         int max_tokens, char *err) {
+    struct grammar *g = grammar_cache_get(c, kind, spec, spec_len, whitespace_pattern, err);
+    if (!g) return -1;
+    const struct grammar_vocab *v = c->v;
+    uint32_t *mask = pg_malloc((size_t)v->mask_words * 4);
+    int32_t *allowed = pg_malloc((size_t)v->model_vocab * 4);
+    uint64_t seed = 0x853c49e6748fea9bull;
+    for (int w = 0; w < n_walks; w++) {
+        struct grammar_matcher *m = grammar_matcher_new(g);
+        for (int step = 0; step < max_tokens && !grammar_is_terminated(m); step++) {
+            grammar_fill_mask(m, mask);
+            int na = 0;
+            for (int i = 0; i < v->mask_words; i++)
+                for (uint32_t bits = mask[i]; bits; bits &= bits - 1) {
+                    int32_t id = i * 32 + __builtin_ctz(bits);
+                    if (id < v->n_tokens && v->tok[id]) allowed[na++] = id; // EOS has no bytes
+                }
+            seed = seed * 6364136223846793005ull + 1442695040888963407ull;
+            uint64_t r = seed >> 33;
+            if (!na || (grammar_can_end(m) && r % 3 == 0)) break;
+            grammar_accept_token(m, allowed[r % (uint64_t)na]);
+        }
+        grammar_matcher_free(m);
+    }
+    free(mask);
+    free(allowed);
+    grammar_release(g);
+    return 0;
+}

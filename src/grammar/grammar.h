@@ -46,6 +46,14 @@ struct grammar *grammar_cache_get(struct grammar_cache *c, enum grammar_kind kin
                                   const char *spec, size_t spec_len,
                                   const char *whitespace_pattern, char *err);
 
+// Warm-up (e.g. --structured-warmup): gets the grammar through the cache (compiling it if
+// needed) and fills its mask cache with n_walks seeded pseudo-random walks of up to max_tokens
+// tokens each, so that a first real request finds the compiled grammar and the common masks.
+// Thread-safe; run it off the engine thread. Returns 0 or -1 with err (compile error).
+int grammar_cache_warmup(struct grammar_cache *c, enum grammar_kind kind, const char *spec,
+                         size_t spec_len, const char *whitespace_pattern, int n_walks,
+                         int max_tokens, char *err);
+
 struct grammar_matcher *grammar_matcher_new(struct grammar *g); // retains g
 void grammar_matcher_free(struct grammar_matcher *m);
 // mask: ceil(model_vocab / 32) words; bit (id % 32) of word id / 32 set = token allowed next.

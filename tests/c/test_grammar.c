@@ -265,6 +265,21 @@ static void test_cache_lru(void **state) {
     grammar_cache_free(c);
 }
 
+static void test_warmup(void **state) {
+    (void)state;
+    char err[PG_ERR_LEN];
+    struct grammar_cache *c = grammar_cache_new(g_vocab, 2);
+    const char *spec = "{\"type\":\"object\",\"properties\":{\"a\":{\"type\":\"string\",\"maxLength\":5}},\"required\":[\"a\"]}";
+    assert_int_equal(grammar_cache_warmup(c, GRAMMAR_JSON_SCHEMA, spec, strlen(spec), NULL, 4, 50, err), 0);
+    struct grammar *g = grammar_cache_get(c, GRAMMAR_JSON_SCHEMA, spec, strlen(spec), NULL, err);
+    struct grammar *g2 = grammar_cache_get(c, GRAMMAR_JSON_SCHEMA, spec, strlen(spec), NULL, err);
+    assert_ptr_equal(g, g2); // warm-up left it in the cache
+    assert_int_equal(grammar_cache_warmup(c, GRAMMAR_JSON_SCHEMA, "{\"not\":{}}", 10, NULL, 1, 10, err), -1);
+    assert_non_null(strstr(err, "not"));
+    grammar_release(g); grammar_release(g2);
+    grammar_cache_free(c);
+}
+
 struct thr { struct grammar_cache *c; int ok; };
 
 static void *thread_main(void *arg) {
@@ -314,6 +329,7 @@ int main(void) {
         cmocka_unit_test(test_schema_accepts_valid_json),
         cmocka_unit_test(test_cache_lru),
         cmocka_unit_test(test_cache_threads),
+        cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_left_recursion_rejected),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
