@@ -204,8 +204,10 @@ static int run_spec(const struct opts *o, const struct grammar_vocab *v, enum gr
             double p50 = pct(us, nus, 0.5), p99 = pct(us, nus, 0.99), mx = pct(us, nus, 1.0);
             printf("{\"spec\": \"%s\", \"compile_ms_p50\": %.3f, \"compile_ms_max\": %.3f, \"tokens\": %d, "
                    "\"mask_us_p50\": %.2f, \"mask_us_p99\": %.2f, \"mask_us_max\": %.2f, "
-                   "\"first_gen_mask_us_p50\": %.2f, \"first_gen_mask_us_p99\": %.2f, \"vocab_load_ms\": %.1f}\n",
+                   "\"first_gen_mask_us_p50\": %.2f, \"first_gen_mask_us_p99\": %.2f, \"vocab_load_ms\": %.1f, \"mask_us\": [",
                    path, pct(comp, ncomp, 0.5), pct(comp, ncomp, 1.0), nus, p50, p99, mx, f50, f99, vocab_ms);
+            for (int i = 0; i < nus; i++) printf("%s%.2f", i ? "," : "", us[i]);
+            printf("]}\n");
             fflush(stdout);
         }
         free(us);
