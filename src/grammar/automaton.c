@@ -461,6 +461,17 @@ static void compute_budgets(struct grammar *g) {
             bud[p] = base;
         }
     }
+    g->selfloop = pg_calloc((size_t)n + 1, 4);
+    for (int32_t st = 0; st < n; st++) {
+        if (g->st_flags[st] != GS_BYTES) continue;
+        uint32_t bad = 0, seen = 0;
+        for (int c = 0; c < 256; c++) {
+            uint32_t gb = 1u << gtrie_group[c];
+            seen |= gb;
+            if (g_next(g, st, (uint8_t)c) != st) bad |= gb;
+        }
+        g->selfloop[st] = seen & ~bad;
+    }
     g->budget = pg_malloc((size_t)n * sizeof(int16_t) + 2);
     for (int32_t i = 0; i < n; i++) g->budget[i] = (int16_t)bud[i];
     free(bud); free(path); free(onpath);
@@ -514,5 +525,5 @@ int automaton_build(struct grammar *g, struct gbuild *b, char *err) {
 
 void automaton_free(struct grammar *g) {
     free(g->rules); free(g->st_rule); free(g->st_row); free(g->st_flags); free(g->next);
-    free(g->st_call_off); free(g->calls); free(g->budget);
+    free(g->st_call_off); free(g->calls); free(g->budget); free(g->selfloop);
 }

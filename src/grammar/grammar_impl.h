@@ -85,7 +85,11 @@ struct gtrie {
     int32_t *node_end;      // index just past the node's subtree
     int32_t *node_tok_off;  // CSR: tokens ending at node i are tok_ids[off[i]..off[i+1])
     int32_t *node_tok_ids;
+    uint32_t *node_sub;     // byte groups (gtrie_group) of every byte in the node's subtree
 };
+
+// Bytes in 32 groups (digits, a-f, g-z, space, '"', ...); see vocab.c.
+extern const uint8_t gtrie_group[256];
 
 struct grammar_vocab {
     int n_tokens;    // tokenizer ids [0, n_tokens)
@@ -131,6 +135,9 @@ struct grammar {
     // while staying in pure states of its rule, every plain code point leading to one state
     // (INT16_MAX: unbounded). Lets masks use the precomputed plain-token masks.
     int16_t *budget;
+    // per state: the byte groups whose every byte loops a pure state back to itself (0 for
+    // other states). A trie subtree using only those groups is allowed as a whole.
+    uint32_t *selfloop;
     // mask cache keyed by the canonical stack set (filled lazily, shared by matchers)
     pthread_mutex_t mu;
     struct mcache *mc;

@@ -316,6 +316,15 @@ static void walk_trie(struct grammar_matcher *m, const struct gtrie *v, uint32_t
         if (pr->s->n == 1 && !pr->s->accept) {
             const struct sset *s = pr->s;
             int32_t g0 = pr->top >= 0 ? pr->top : s->data[s->off[0] + s->len[0] - 1];
+            uint32_t loop = g->selfloop[g0];
+            if (loop && !(v->node_sub[i] & ~loop)) { // the whole subtree stays in g0: allowed
+                for (int k = v->node_tok_off[i]; k < v->node_tok_off[v->node_end[i]]; k++) {
+                    int32_t id = v->node_tok_ids[k];
+                    mask[id >> 5] |= 1u << (id & 31);
+                }
+                i = v->node_end[i];
+                continue;
+            }
             int32_t t = g_next(g, g0, c);
             if (t < 0) { i = v->node_end[i]; continue; }
             if (flags[t] == GS_BYTES) r[d] = (struct rep){s, t};

@@ -4,6 +4,23 @@
 
 #include "grammar/grammar_impl.h"
 
+// Byte groups for subtree summaries: controls, \t, \n, other spaces, ' ', '"', '\\', digits,
+// a-f, g-z, A-F, G-Z, '_', '-', '.', ',', ':', braces, brackets, other ASCII punctuation,
+// UTF-8 continuation bytes, 2/3/4-byte leads (and invalid bytes).
+const uint8_t gtrie_group[256] = {
+#define R8(x) x, x, x, x, x, x, x, x
+    0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 3, 3, 0, 0, R8(0), R8(0),
+    /* 0x20 */ 4, 19, 5, 19, 19, 19, 19, 19, 19, 19, 19, 19, 15, 13, 14, 19,
+    /* 0x30 */ 7, 7, 7, 7, 7, 7, 7, 7, 7, 7, 16, 19, 19, 19, 19, 19,
+    /* 0x40 */ 19, 10, 10, 10, 10, 10, 10, 11, 11, 11, 11, 11, 11, 11, 11, 11,
+    /* 0x50 */ 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 11, 18, 6, 18, 19, 12,
+    /* 0x60 */ 19, 8, 8, 8, 8, 8, 8, 9, 9, 9, 9, 9, 9, 9, 9, 9,
+    /* 0x70 */ 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 9, 17, 19, 17, 19, 0,
+    R8(20), R8(20), R8(20), R8(20), R8(20), R8(20), R8(20), R8(20),
+    R8(21), R8(21), R8(21), R8(21), R8(22), R8(22), R8(23), R8(23),
+#undef R8
+};
+
 static _Thread_local const struct grammar_vocab *t_sort_vocab;
 
 static int cmp_tok(const void *a, const void *b) {
@@ -66,6 +83,12 @@ static void build_trie(struct grammar_vocab *v, struct gtrie *tr, bool rest_only
     for (int k = 0; k < n; k++) tr->node_tok_ids[k] = ord[k]; // sorted order = node order
     free(node_of_tok);
     free(ord);
+    tr->node_sub = pg_calloc((size_t)nn, 4);
+    for (int i = nn - 1; i >= 1; i--) {
+        uint32_t m = 1u << gtrie_group[tr->node_byte[i]];
+        for (int j = i + 1; j < tr->node_end[i]; j = tr->node_end[j]) m |= tr->node_sub[j];
+        tr->node_sub[i] = m;
+    }
 }
 
 // Code points of a plain token (complete valid UTF-8, every code point >= 0x20 and not '"' or
@@ -150,7 +173,7 @@ void grammar_vocab_free(struct grammar_vocab *v) {
     for (int k = 0; k < 2; k++) {
         struct gtrie *tr = tries[k];
         free(tr->node_byte); free(tr->node_depth); free(tr->node_end);
-        free(tr->node_tok_off); free(tr->node_tok_ids);
+        free(tr->node_tok_off); free(tr->node_tok_ids); free(tr->node_sub);
     }
     free(v->plain_cp); free(v->plain_le);
     free(v);
