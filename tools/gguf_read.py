@@ -11,13 +11,13 @@ import sys
 import numpy as np
 
 # ggml tensor types (ggml.h enum ggml_type)
-F32, F16, Q4_0, Q4_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 8, 12, 13, 14, 30
+F32, F16, Q4_0, Q4_1, Q5_0, Q5_1, Q8_0, Q4_K, Q5_K, Q6_K, BF16 = 0, 1, 2, 3, 6, 7, 8, 12, 13, 14, 30
 TYPE_NAMES = {F32: "F32", F16: "F16", Q4_0: "Q4_0", Q4_1: "Q4_1", Q8_0: "Q8_0",
               Q4_K: "Q4_K", Q5_K: "Q5_K", Q6_K: "Q6_K", BF16: "BF16", 6: "Q5_0", 7: "Q5_1",
               10: "Q2_K", 11: "Q3_K"}
 # (elements per block, bytes per block)
 BLOCK = {F32: (1, 4), F16: (1, 2), BF16: (1, 2), Q4_0: (32, 18), Q4_1: (32, 20),
-         Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
+         Q5_0: (32, 22), Q5_1: (32, 24), Q8_0: (32, 34), Q4_K: (256, 144), Q5_K: (256, 176), Q6_K: (256, 210)}
 
 # metadata value types
 U8, I8, U16, I16, U32, I32, F32V, BOOL, STR, ARR, U64, I64, F64 = range(13)
@@ -108,6 +108,18 @@ def dequant(ttype, raw):
             return ((q - np.float32(8)) * d).reshape(-1)
         m = f16(b[:, 2:4])
         return (q * d + m).reshape(-1)
+    if ttype in (Q5_0, Q5_1):
+        d = f16(b[:, 0:2])
+        o = 2 if ttype == Q5_0 else 4
+        qh = b[:, o:o + 4].copy().view("<u4").astype(np.uint32)  # (nblk, 1)
+        qs = b[:, o + 4:]
+        j = np.arange(16, dtype=np.uint32)
+        h0 = ((qh >> j) & 1) << 4
+        h1 = ((qh >> (j + 16)) & 1) << 4
+        q = np.concatenate([(qs & 0xF) | h0, (qs >> 4) | h1], axis=1).astype(np.float32)
+        if ttype == Q5_0:
+            return ((q - np.float32(16)) * d).reshape(-1)
+        return (q * d + f16(b[:, 2:4])).reshape(-1)
     if ttype in (Q4_K, Q5_K):
         d, dmin = f16(b[:, 0:2]), f16(b[:, 2:4])
         sc, mn = _scale_min_k4(b[:, 4:16])

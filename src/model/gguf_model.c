@@ -1,0 +1,274 @@
+// GGUF -> struct model_weights for the qwen2 and llama architectures. Every tensor is
+// dequantized into an owned dense buffer (the file is closed before returning), so backends
+// see the same form as a Hugging Face checkpoint.
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include "model/gguf.h"
+
+struct gload {
+    struct gguf_file *f;
+    struct model_weights *m;
+    enum pg_dtype wdtype;
+    const char *path;
+    char *err;
+};
+
+static int meta_int(struct gload *g, const char *arch, const char *key, int64_t *out, bool required) {
+    char k[128];
+    snprintf(k, sizeof k, "%s.%s", arch, key);
+    if (!gguf_find_kv(g->f, k) && !required) return 1;
+    if (gguf_get_int(g->f, k, out, g->err)) return -1;
+    if (*out <= 0 || *out > (1 << 24)) {
+        pg_seterr(g->err, "%s: %s = %lld is out of range", g->path, k, (long long)*out);
+        return -1;
+    }
+    return 0;
+}
+
+static void gen_defaults(struct gen_defaults *d) {
+    d->temperature = 1.0f;
+    d->top_p = 1.0f;
+    d->top_k = -1;
+    d->min_p = 0.0f;
+    d->repetition_penalty = 1.0f;
+    d->do_sample = true;
+}
+
+static int read_config(struct gload *g, struct model_config *c) {
+    char *arch = gguf_get_str(g->f, "general.architecture", g->err);
+    if (!arch) return -1;
+    int rc = -1;
+    int64_t v;
+    double fv;
+    memset(c, 0, sizeof *c);
+    if (strcmp(arch, "qwen2") == 0) {
+        c->arch = ARCH_QWEN2;
+        snprintf(c->arch_name, sizeof c->arch_name, "Qwen2ForCausalLM");
+    } else if (strcmp(arch, "llama") == 0) {
+        c->arch = ARCH_LLAMA;
+        snprintf(c->arch_name, sizeof c->arch_name, "LlamaForCausalLM");
+    } else {
+        pg_seterr(g->err, "%s: architecture '%.60s' is not supported (qwen2, llama are)", g->path, arch);
+        goto out;
+    }
+    if (meta_int(g, arch, "block_count", &v, true) < 0) goto out;
+    c->n_layers = (int)v;
+    if (meta_int(g, arch, "embedding_length", &v, true) < 0) goto out;
+    c->hidden = (int)v;
+    if (meta_int(g, arch, "feed_forward_length", &v, true) < 0) goto out;
+    c->intermediate = (int)v;
+    if (meta_int(g, arch, "attention.head_count", &v, true) < 0) goto out;
+    c->n_heads = (int)v;
+    int r = meta_int(g, arch, "attention.head_count_kv", &v, false);
+    if (r < 0) goto out;
+    c->n_kv_heads = r == 0 ? (int)v : c->n_heads;
+    r = meta_int(g, arch, "attention.key_length", &v, false);
+    if (r < 0) goto out;
+    c->head_dim = r == 0 ? (int)v : c->hidden / c->n_heads;
+    r = meta_int(g, arch, "context_length", &v, false);
+    if (r < 0) goto out;
+    c->max_pos = r == 0 ? (int)v : 4096;
+    char k[128];
+    snprintf(k, sizeof k, "%s.attention.layer_norm_rms_epsilon", arch);
+    if (gguf_get_float(g->f, k, &fv, g->err)) goto out;
+    c->rms_eps = (float)fv;
+    snprintf(k, sizeof k, "%s.rope.freq_base", arch);
+    c->rope_theta = gguf_find_kv(g->f, k) && gguf_get_float(g->f, k, &fv, NULL) == 0 ? (float)fv : 10000.0f;
+    snprintf(k, sizeof k, "%s.rope.scaling.type", arch);
+    char *scaling = gguf_find_kv(g->f, k) ? gguf_get_str(g->f, k, NULL) : NULL;
+    bool bad_scaling = scaling && strcmp(scaling, "none") != 0;
+    if (bad_scaling) pg_seterr(g->err, "%s: %s = '%.40s' is not supported", g->path, k, scaling);
+    free(scaling);
+    if (bad_scaling) goto out;
+    if (c->n_kv_heads > c->n_heads || c->n_heads % c->n_kv_heads || c->head_dim % 2) {
+        pg_seterr(g->err, "%s: inconsistent heads (%d heads, %d kv heads, head_dim %d)", g->path, c->n_heads,
+                  c->n_kv_heads, c->head_dim);
+        goto out;
+    }
+    c->dtype = g->wdtype;
+    c->bos_id = -1;
+    if (gguf_get_int(g->f, "tokenizer.ggml.bos_token_id", &v, NULL) == 0) c->bos_id = (int)v;
+    if (gguf_get_int(g->f, "tokenizer.ggml.eos_token_id", &v, NULL) == 0) c->eos_ids[c->n_eos++] = (int)v;
+    if (gguf_get_int(g->f, "tokenizer.ggml.eot_token_id", &v, NULL) == 0 && (c->n_eos == 0 || c->eos_ids[0] != v))
+        c->eos_ids[c->n_eos++] = (int)v;
+    gen_defaults(&c->gen);
+    c->quant.method = QUANT_NONE;
+    rc = 0;
+out:
+    free(arch);
+    return rc;
+}
+
+// Finds a tensor and checks its HF-order shape (rows, cols; cols == 0 for a vector).
+static const struct gguf_tensor *find(struct gload *g, const char *name, int64_t rows, int64_t cols, bool optional) {
+    const struct gguf_tensor *t = gguf_find_tensor(g->f, name);
+    if (!t) {
+        if (!optional) pg_seterr(g->err, "%s: tensor %s is missing", g->path, name);
+        return NULL;
+    }
+    int want_dims = cols ? 2 : 1;
+    bool ok = t->n_dims == want_dims && (cols ? (t->ne[0] == cols && t->ne[1] == rows) : t->ne[0] == rows);
+    if (!ok) {
+        pg_seterr(g->err, "%s: tensor %s has shape ne=[%lld,%lld] (%d dims), expected ne=[%lld,%lld]", g->path,
+                  name, (long long)t->ne[0], (long long)t->ne[1], t->n_dims, (long long)(cols ? cols : rows),
+                  (long long)(cols ? rows : 1));
+        return NULL;
+    }
+    if (ggml_type_block(t->type, NULL, NULL) != 0) {
+        pg_seterr(g->err, "%s: tensor %s has type %s, which is not supported", g->path, name,
+                  ggml_type_name(t->type));
+        return NULL;
+    }
+    return t;
+}
+
+// Undoes llama.cpp's permute(): within each head, GGUF row 2*j+s is Hugging Face row s*hd/2+j.
+static void unpermute_rows(float *x, int64_t rows, int64_t cols, int n_head) {
+    int64_t hd = rows / n_head;
+    float *tmp = pg_malloc((size_t)(hd * cols) * sizeof(float));
+    for (int h = 0; h < n_head; h++) {
+        float *base = x + (size_t)(h * hd * cols);
+        for (int64_t j = 0; j < hd / 2; j++)
+            for (int s = 0; s < 2; s++)
+                memcpy(tmp + (size_t)((s * hd / 2 + j) * cols), base + (size_t)((2 * j + s) * cols),
+                       (size_t)cols * sizeof(float));
+        memcpy(base, tmp, (size_t)(hd * cols) * sizeof(float));
+    }
+    free(tmp);
+}
+
+// Dequantizes t into an owned buffer of dtype (F32 or BF16), optionally un-permuting rows.
+static int load_dense(struct gload *g, const struct gguf_tensor *t, enum pg_dtype dtype, int permute_heads,
+                      struct tensor *out) {
+    bool mat = t->n_dims > 1;
+    int64_t rows = mat ? t->ne[1] : t->ne[0], cols = mat ? t->ne[0] : 1, n = cols * rows;
+    float *f = pg_malloc((size_t)n * sizeof(float));
+    if (ggml_dequant(t->type, t->data, f, n, g->err)) {
+        free(f);
+        return -1;
+    }
+    if (permute_heads) unpermute_rows(f, rows, cols, permute_heads);
+    out->ndim = mat ? 2 : 1;
+    out->shape[0] = rows;
+    out->shape[1] = mat ? cols : 0;
+    out->dtype = dtype;
+    if (dtype == PG_BF16) {
+        uint16_t *b = pg_malloc((size_t)n * sizeof(uint16_t));
+        for (int64_t i = 0; i < n; i++) b[i] = pg_f32_to_bf16(f[i]);
+        free(f);
+        out->data = b;
+    } else {
+        out->data = f;
+    }
+    model_own(g->m, (void *)out->data);
+    return 0;
+}
+
+static int load_linear(struct gload *g, const char *name, int64_t out_dim, int64_t in_dim, int permute_heads,
+                       bool want_bias, struct linear *l) {
+    char nm[96];
+    snprintf(nm, sizeof nm, "%s.weight", name);
+    const struct gguf_tensor *t = find(g, nm, out_dim, in_dim, false);
+    if (!t || load_dense(g, t, g->wdtype, permute_heads, &l->w)) return -1;
+    l->in = (int)in_dim;
+    l->out = (int)out_dim;
+    l->quantized = false;
+    snprintf(nm, sizeof nm, "%s.bias", name);
+    const struct gguf_tensor *b = find(g, nm, out_dim, 0, true);
+    if (!b && gguf_find_tensor(g->f, nm)) return -1; // present with the wrong shape
+    if (b && load_dense(g, b, PG_F32, permute_heads, &l->bias)) return -1;
+    if (want_bias && !b) {
+        pg_seterr(g->err, "%s: tensor %s is missing", g->path, nm);
+        return -1;
+    }
+    return 0;
+}
+
+static int load_layer(struct gload *g, int i, struct layer_weights *L) {
+    const struct model_config *c = &g->m->cfg;
+    char p[64], nm[96];
+    snprintf(p, sizeof p, "blk.%d", i);
+    int perm = c->arch == ARCH_LLAMA;
+    int64_t qd = (int64_t)c->n_heads * c->head_dim, kd = (int64_t)c->n_kv_heads * c->head_dim;
+    const struct gguf_tensor *t;
+    snprintf(nm, sizeof nm, "%s.attn_norm.weight", p);
+    if (!(t = find(g, nm, c->hidden, 0, false)) || load_dense(g, t, PG_F32, 0, &L->attn_norm)) return -1;
+    snprintf(nm, sizeof nm, "%s.ffn_norm.weight", p);
+    if (!(t = find(g, nm, c->hidden, 0, false)) || load_dense(g, t, PG_F32, 0, &L->ffn_norm)) return -1;
+    snprintf(nm, sizeof nm, "%s.attn_q", p);
+    if (load_linear(g, nm, qd, c->hidden, perm ? c->n_heads : 0, c->qkv_bias, &L->q)) return -1;
+    snprintf(nm, sizeof nm, "%s.attn_k", p);
+    if (load_linear(g, nm, kd, c->hidden, perm ? c->n_kv_heads : 0, c->qkv_bias, &L->k)) return -1;
+    snprintf(nm, sizeof nm, "%s.attn_v", p);
+    if (load_linear(g, nm, kd, c->hidden, 0, c->qkv_bias, &L->v)) return -1;
+    snprintf(nm, sizeof nm, "%s.attn_output", p);
+    if (load_linear(g, nm, c->hidden, qd, 0, false, &L->o)) return -1;
+    snprintf(nm, sizeof nm, "%s.ffn_gate", p);
+    if (load_linear(g, nm, c->intermediate, c->hidden, 0, false, &L->gate)) return -1;
+    snprintf(nm, sizeof nm, "%s.ffn_up", p);
+    if (load_linear(g, nm, c->intermediate, c->hidden, 0, false, &L->up)) return -1;
+    snprintf(nm, sizeof nm, "%s.ffn_down", p);
+    return load_linear(g, nm, c->hidden, c->intermediate, 0, false, &L->down);
+}
+
+static int load_all(struct gload *g) {
+    struct model_weights *m = g->m;
+    struct model_config *c = &m->cfg;
+    if (read_config(g, c)) return -1;
+    const struct gguf_tensor *emb = gguf_find_tensor(g->f, "token_embd.weight");
+    if (!emb || emb->n_dims != 2) {
+        pg_seterr(g->err, "%s: tensor token_embd.weight is missing or not 2-D", g->path);
+        return -1;
+    }
+    c->vocab = (int)emb->ne[1];
+    c->tie_embeddings = gguf_find_tensor(g->f, "output.weight") == NULL;
+    c->qkv_bias = gguf_find_tensor(g->f, "blk.0.attn_q.bias") != NULL;
+    if (!find(g, "token_embd.weight", c->vocab, c->hidden, false) || load_dense(g, emb, g->wdtype, 0, &m->embed))
+        return -1;
+    const struct gguf_tensor *t = find(g, "output_norm.weight", c->hidden, 0, false);
+    if (!t || load_dense(g, t, PG_F32, 0, &m->final_norm)) return -1;
+    m->layers = pg_calloc((size_t)c->n_layers, sizeof *m->layers);
+    for (int i = 0; i < c->n_layers; i++)
+        if (load_layer(g, i, &m->layers[i])) return -1;
+    if (c->tie_embeddings) {
+        m->lm_head.in = c->hidden;
+        m->lm_head.out = c->vocab;
+        m->lm_head.w = m->embed;
+        return 0;
+    }
+    return load_linear(g, "output", c->vocab, c->hidden, 0, false, &m->lm_head);
+}
+
+struct model_weights *model_load_gguf_ex(const char *path, enum pg_dtype wdtype, char *err) {
+    if (wdtype != PG_F32 && wdtype != PG_BF16) {
+        pg_seterr(err, "GGUF import: weights dtype must be F32 or BF16");
+        return NULL;
+    }
+    struct gguf_file *f = gguf_open(path, err);
+    if (!f) return NULL;
+    struct gload g = {f, pg_calloc(1, sizeof(struct model_weights)), wdtype, path, err};
+    int rc = load_all(&g);
+    gguf_close(f);
+    if (rc) {
+        model_free(g.m);
+        return NULL;
+    }
+    char desc[256];
+    model_config_describe(&g.m->cfg, desc, sizeof desc);
+    pg_info("loaded GGUF %s: %s", path, desc);
+    return g.m;
+}
+
+struct model_weights *model_load_gguf(const char *path, char *err) {
+    return model_load_gguf_ex(path, PG_BF16, err);
+}
+
+struct model_weights *model_open(const char *path, char *err) {
+    char *g = model_gguf_path(path);
+    if (!g) return model_load(path, err);
+    struct model_weights *m = model_load_gguf(g, err);
+    free(g);
+    return m;
+}
