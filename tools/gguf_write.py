@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A GGUF writer of our own (test tool), written from the GGUF spec (ggml docs/gguf.md).
 
-  gguf_write.py convert HF_DIR OUT.gguf [f32|q8_0|q4_0]
+  gguf_write.py convert HF_DIR OUT.gguf [f32|bf16|q8_0|q4_0]
       Hugging Face Qwen2/Llama checkpoint (config.json, *.safetensors, tokenizer.json) -> GGUF,
       2-D weights quantized with ggml's reference Q8_0/Q4_0 quantizers (norms, biases F32);
       for llama the Q/K rows are permuted as llama.cpp's converter does.
@@ -140,14 +140,33 @@ def _tokenizer_kv(w, hf_dir, pre):
     return n
 
 
+def load_safetensors(path):
+    """All tensors of a .safetensors file as float32 numpy arrays (BF16 included)."""
+    raw = open(path, "rb").read()
+    n = struct.unpack_from("<Q", raw, 0)[0]
+    head = json.loads(raw[8:8 + n])
+    out = {}
+    for name, info in head.items():
+        if name == "__metadata__":
+            continue
+        b, e = info["data_offsets"]
+        buf = raw[8 + n + b:8 + n + e]
+        dt = info["dtype"]
+        if dt == "BF16":
+            a = (np.frombuffer(buf, "<u2").astype(np.uint32) << 16).view(np.float32)
+        else:
+            a = np.frombuffer(buf, {"F32": "<f4", "F16": "<f2"}[dt]).astype(np.float32)
+        out[name] = a.reshape(info["shape"])
+    return out
+
+
 def convert(hf_dir, out, qtype="q8_0"):
-    from safetensors.numpy import load_file
     cfg = json.load(open(os.path.join(hf_dir, "config.json")))
     arch = {"Qwen2ForCausalLM": "qwen2", "LlamaForCausalLM": "llama"}[cfg["architectures"][0]]
     t = {}
     for f in sorted(os.listdir(hf_dir)):
         if f.endswith(".safetensors"):
-            t.update(load_file(os.path.join(hf_dir, f)))
+            t.update(load_safetensors(os.path.join(hf_dir, f)))
     w = Writer()
     nh, nkv = cfg["num_attention_heads"], cfg.get("num_key_value_heads", cfg["num_attention_heads"])
     w.add("general.architecture", STR, arch)
@@ -157,7 +176,8 @@ def convert(hf_dir, out, qtype="q8_0"):
                      ("embedding_length", cfg["hidden_size"], U32),
                      ("feed_forward_length", cfg["intermediate_size"], U32),
                      ("attention.head_count", nh, U32), ("attention.head_count_kv", nkv, U32),
-                     ("rope.freq_base", float(cfg.get("rope_theta", 10000.0)), F32V),
+                     ("rope.freq_base", float(cfg.get("rope_theta") or
+                                             cfg.get("rope_parameters", {}).get("rope_theta", 10000.0)), F32V),
                      ("attention.layer_norm_rms_epsilon", float(cfg["rms_norm_eps"]), F32V)]:
         w.add("%s.%s" % (arch, k), ty, v)
     if "head_dim" in cfg:
@@ -178,7 +198,9 @@ def convert(hf_dir, out, qtype="q8_0"):
         elif arch == "llama" and name.endswith(("k_proj.weight", "k_proj.bias")):
             x = llama_permute(x, nkv)
         ne = list(reversed(x.shape))
-        if x.ndim == 2 and qtype != "f32" and x.shape[1] % 32 == 0:
+        if x.ndim == 2 and qtype == "bf16":
+            raw, tt = (x.view(np.uint32) >> 16).astype("<u2").tobytes(), G.BF16  # exact for bf16 sources
+        elif x.ndim == 2 and qtype not in ("f32", "bf16") and x.shape[1] % 32 == 0:
             raw, tt = (quantize_q8_0(x), G.Q8_0) if qtype == "q8_0" else (quantize_q4_0(x), G.Q4_0)
         else:
             raw, tt = x.astype("<f4").tobytes(), G.F32

@@ -92,3 +92,11 @@ struct model_weights *model_open(const char *path, char *err);
 // The GGUF file model_open would read for `path` (malloc'd), or NULL when path is not a GGUF
 // model (a Hugging Face directory, or nothing). For callers that also need its tokenizer.
 char *model_gguf_path(const char *path);
+
+// The tokenizer in a GGUF file's metadata: tokenizer.ggml.model "gpt2" (byte-level BPE),
+// tokens, merges, token_type (control -> special added token, user-defined -> added token),
+// bos/eos ids, tokenizer.ggml.pre mapped to its pre-tokenizer (qwen2, llama-bpe, smollm, gpt2,
+// ...) and tokenizer.chat_template. NULL + err on a missing or unsupported tokenizer.
+// Caller frees with tok_free. (Implemented in gguf_tok.c on top of tok_new_bpe.)
+struct tokenizer;
+struct tokenizer *tok_load_gguf(const char *path, char *err);
