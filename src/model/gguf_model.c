@@ -124,45 +124,61 @@ static const struct gguf_tensor *find(struct gload *g, const char *name, int64_t
     return t;
 }
 
-// Undoes llama.cpp's permute(): within each head, GGUF row 2*j+s is Hugging Face row s*hd/2+j.
-static void unpermute_rows(float *x, int64_t rows, int64_t cols, int n_head) {
-    int64_t hd = rows / n_head;
-    float *tmp = pg_malloc((size_t)(hd * cols) * sizeof(float));
-    for (int h = 0; h < n_head; h++) {
-        float *base = x + (size_t)(h * hd * cols);
-        for (int64_t j = 0; j < hd / 2; j++)
-            for (int s = 0; s < 2; s++)
-                memcpy(tmp + (size_t)((s * hd / 2 + j) * cols), base + (size_t)((2 * j + s) * cols),
-                       (size_t)cols * sizeof(float));
-        memcpy(base, tmp, (size_t)(hd * cols) * sizeof(float));
-    }
-    free(tmp);
+// llama.cpp's converter permuted the Q/K rows of each head so that RoPE pairs are adjacent:
+// GGUF row 2*j+s of a head is Hugging Face row s*hd/2+j. Returns the GGUF row of HF row r.
+static int64_t gguf_row(int64_t r, int64_t rows, int n_head) {
+    if (!n_head) return r;
+    int64_t hd = rows / n_head, h = r / hd, i = r % hd, half = hd / 2;
+    return h * hd + 2 * (i % half) + i / half;
 }
 
-// Dequantizes t into an owned buffer of dtype (F32 or BF16), optionally un-permuting rows.
+// Dequantizes t row by row into an owned buffer of dtype (F32 or BF16), in Hugging Face row
+// order (un-permuting Q/K rows when permute_heads > 0).
 static int load_dense(struct gload *g, const struct gguf_tensor *t, enum pg_dtype dtype, int permute_heads,
                       struct tensor *out) {
     bool mat = t->n_dims > 1;
-    int64_t rows = mat ? t->ne[1] : t->ne[0], cols = mat ? t->ne[0] : 1, n = cols * rows;
-    float *f = pg_malloc((size_t)n * sizeof(float));
-    if (ggml_dequant(t->type, t->data, f, n, g->err)) {
-        free(f);
+    int64_t rows = mat ? t->ne[1] : t->ne[0], cols = mat ? t->ne[0] : 1;
+    if (!mat) { // a vector: one "row" of ne[0] values (permuted element-wise for a q/k bias)
+        rows = 1;
+        cols = t->ne[0];
+    }
+    if (permute_heads && (mat ? rows : cols) % (2 * permute_heads)) {
+        pg_seterr(g->err, "%s: tensor %.*s cannot be split into %d heads", g->path, (int)t->name.n, t->name.p,
+                  permute_heads);
         return -1;
     }
-    if (permute_heads) unpermute_rows(f, rows, cols, permute_heads);
+    size_t row_bytes = (size_t)(t->nbytes / (uint64_t)rows), n = (size_t)(rows * cols);
+    size_t esz = dtype == PG_BF16 ? 2 : 4;
+    uint8_t *dst = pg_malloc(n * esz);
+    float *tmp = pg_malloc((size_t)cols * sizeof(float));
+    int rc = 0;
+    for (int64_t r = 0; r < rows && rc == 0; r++) {
+        const uint8_t *src = (const uint8_t *)t->data + (size_t)gguf_row(r, rows, mat ? permute_heads : 0) * row_bytes;
+        rc = ggml_dequant(t->type, src, tmp, cols, g->err);
+        if (!mat && permute_heads) { // bias: permute its elements like rows
+            float *p = pg_malloc((size_t)cols * sizeof(float));
+            for (int64_t i = 0; i < cols; i++) p[i] = tmp[gguf_row(i, cols, permute_heads)];
+            memcpy(tmp, p, (size_t)cols * sizeof(float));
+            free(p);
+        }
+        if (dtype == PG_BF16) {
+            uint16_t *d = (uint16_t *)dst + (size_t)r * cols;
+            for (int64_t i = 0; i < cols; i++) d[i] = pg_f32_to_bf16(tmp[i]);
+        } else {
+            memcpy(dst + (size_t)r * cols * 4, tmp, (size_t)cols * 4);
+        }
+    }
+    free(tmp);
+    if (rc) {
+        free(dst);
+        return -1;
+    }
     out->ndim = mat ? 2 : 1;
-    out->shape[0] = rows;
+    out->shape[0] = mat ? rows : cols;
     out->shape[1] = mat ? cols : 0;
     out->dtype = dtype;
-    if (dtype == PG_BF16) {
-        uint16_t *b = pg_malloc((size_t)n * sizeof(uint16_t));
-        for (int64_t i = 0; i < n; i++) b[i] = pg_f32_to_bf16(f[i]);
-        free(f);
-        out->data = b;
-    } else {
-        out->data = f;
-    }
-    model_own(g->m, (void *)out->data);
+    out->data = dst;
+    model_own(g->m, dst);
     return 0;
 }
 
