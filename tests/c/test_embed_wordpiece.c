@@ -76,6 +76,43 @@ static void test_truncation_and_specials(void **state) {
     wp_free(w);
 }
 
+// Random byte strings and random code points (ASCII, Latin with accents, combining marks,
+// CJK, controls, invalid UTF-8): no crash, ids in range, [CLS] ... [SEP], length bound held.
+static void test_random_inputs(void **state) {
+    (void)state;
+    char err[PG_ERR_LEN] = "";
+    struct wordpiece *w = wp_load(TOK, err);
+    assert_non_null(w);
+    static const uint32_t pool[] = {'a', 'Z', ' ', '#', '.', 0xE9, 0x301, 0x4E2D, 0x3000, 0x7, 0x0, 0xFFFD, 0x1F600, 0x130};
+    uint64_t st = 12345;
+    char buf[600];
+    for (int it = 0; it < 3000; it++) {
+        size_t n = 0;
+        int len = (int)((st = st * 6364136223846793005ull + 1442695040888963407ull) >> 58);
+        for (int k = 0; k < len * 4 && n < sizeof buf - 5; k++) {
+            st = st * 6364136223846793005ull + 1442695040888963407ull;
+            if (it % 2) { buf[n++] = (char)(st >> 56); continue; } // raw bytes
+            uint32_t c = pool[(st >> 40) % (sizeof pool / sizeof *pool)];
+            if (c < 0x80) buf[n++] = (char)c;
+            else if (c < 0x800) buf[n++] = (char)(0xC0 | (c >> 6)), buf[n++] = (char)(0x80 | (c & 63));
+            else if (c < 0x10000)
+                buf[n++] = (char)(0xE0 | (c >> 12)), buf[n++] = (char)(0x80 | ((c >> 6) & 63)), buf[n++] = (char)(0x80 | (c & 63));
+            else
+                buf[n++] = (char)(0xF0 | (c >> 18)), buf[n++] = (char)(0x80 | ((c >> 12) & 63)),
+                buf[n++] = (char)(0x80 | ((c >> 6) & 63)), buf[n++] = (char)(0x80 | (c & 63));
+        }
+        int32_t *ids;
+        int m, max_len = 2 + it % 40;
+        assert_int_equal(wp_encode(w, buf, n, max_len, &ids, &m, err), 0);
+        assert_true(m >= 2 && m <= max_len);
+        assert_int_equal(ids[0], wp_token_id(w, "[CLS]"));
+        assert_int_equal(ids[m - 1], wp_token_id(w, "[SEP]"));
+        for (int k = 0; k < m; k++) assert_true(ids[k] >= 0 && ids[k] < wp_vocab_size(w));
+        free(ids);
+    }
+    wp_free(w);
+}
+
 static void test_load_errors(void **state) {
     (void)state;
     char err[PG_ERR_LEN] = "";
@@ -89,6 +126,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_reference_ids),
         cmocka_unit_test(test_truncation_and_specials),
+        cmocka_unit_test(test_random_inputs),
         cmocka_unit_test(test_load_errors),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
