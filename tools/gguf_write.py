@@ -5,6 +5,9 @@
       Hugging Face Qwen2/Llama checkpoint (config.json, *.safetensors, tokenizer.json) -> GGUF,
       2-D weights quantized with ggml's reference Q8_0/Q4_0 quantizers (norms, biases F32);
       for llama the Q/K rows are permuted as llama.cpp's converter does.
+  gguf_write.py bad-fixtures DIR
+      A tiny valid llama GGUF and broken variants (missing tensor, wrong shape, unsupported
+      architecture, rope scaling) for the importer's error tests.
   gguf_write.py dequant-fixture OUT.gguf
       Random blocks of every supported type plus their dequantized values computed by
       tools/gguf_read.py (numpy), stored as F32 tensors "ref.<name>".
@@ -242,9 +245,48 @@ def dequant_fixture(out):
     w.write(out)
 
 
+def tiny_model(path, arch="llama", drop=None, reshape=None, bad_type=None, extra_kv=()):
+    """A 1-layer random model (hidden 32, 2 heads, vocab 64) for importer error tests."""
+    rng = np.random.default_rng(5)
+    w = Writer()
+    w.add("general.architecture", STR, arch)
+    for k, v in [("block_count", 1), ("embedding_length", 32), ("feed_forward_length", 64),
+                 ("attention.head_count", 2), ("attention.head_count_kv", 2), ("context_length", 128)]:
+        w.add("%s.%s" % (arch, k), U32, v)
+    w.add("%s.attention.layer_norm_rms_epsilon" % arch, F32V, 1e-5)
+    for k, t, v in extra_kv:
+        w.add(k, t, v)
+    shapes = {"token_embd.weight": [32, 64], "output_norm.weight": [32], "blk.0.attn_norm.weight": [32],
+              "blk.0.ffn_norm.weight": [32], "blk.0.attn_q.weight": [32, 32], "blk.0.attn_k.weight": [32, 32],
+              "blk.0.attn_v.weight": [32, 32], "blk.0.attn_output.weight": [32, 32],
+              "blk.0.ffn_gate.weight": [32, 64], "blk.0.ffn_up.weight": [32, 64], "blk.0.ffn_down.weight": [64, 32]}
+    for name, ne in shapes.items():
+        if name == drop:
+            continue
+        if name == reshape:
+            ne = list(reversed(ne)) if len(ne) == 2 else [ne[0] * 2]
+        x = rng.standard_normal(int(np.prod(ne))).astype(np.float32)
+        if name == bad_type:
+            w.add_tensor(name, ne, 10, bytes(int(np.prod(ne)) // 256 * 84 or 84))  # Q2_K
+        else:
+            w.add_tensor(name, ne, G.F32, x.tobytes())
+    w.write(path)
+
+
+def bad_fixtures(d):
+    os.makedirs(d, exist_ok=True)
+    tiny_model(os.path.join(d, "tiny_ok.gguf"))
+    tiny_model(os.path.join(d, "tiny_missing.gguf"), drop="blk.0.ffn_up.weight")
+    tiny_model(os.path.join(d, "tiny_shape.gguf"), reshape="blk.0.ffn_down.weight")
+    tiny_model(os.path.join(d, "tiny_gemma3.gguf"), arch="gemma3")
+    tiny_model(os.path.join(d, "tiny_rope_scaling.gguf"), extra_kv=[("llama.rope.scaling.type", STR, "yarn")])
+
+
 if __name__ == "__main__":
     if sys.argv[1] == "convert":
         convert(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "q8_0")
+    elif sys.argv[1] == "bad-fixtures":
+        bad_fixtures(sys.argv[2])
     elif sys.argv[1] == "dequant-fixture":
         dequant_fixture(sys.argv[2])
     else:
