@@ -1,9 +1,11 @@
 // GGUF -> struct model_weights for the qwen2 and llama architectures. Every tensor is
 // dequantized into an owned dense buffer (the file is closed before returning), so backends
 // see the same form as a Hugging Face checkpoint.
+#include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "model/gguf.h"
 
@@ -132,53 +134,79 @@ static int64_t gguf_row(int64_t r, int64_t rows, int n_head) {
     return h * hd + 2 * (i % half) + i / half;
 }
 
-// Dequantizes t row by row into an owned buffer of dtype (F32 or BF16), in Hugging Face row
-// order (un-permuting Q/K rows when permute_heads > 0).
+struct deq_job {
+    const struct gguf_tensor *t;
+    uint8_t *dst;
+    enum pg_dtype dtype;
+    int64_t rows, cols, r0, r1;
+    size_t row_bytes;
+    int permute_heads; // rows (matrix) or elements (vector) are un-permuted when > 0
+    bool mat;
+};
+
+// Rows [r0, r1) of a job, in Hugging Face row order. Types were checked by find(), so
+// ggml_dequant cannot fail here.
+static void *deq_rows(void *arg) {
+    const struct deq_job *j = arg;
+    float *tmp = pg_malloc((size_t)j->cols * 2 * sizeof(float)), *perm = tmp + j->cols;
+    for (int64_t r = j->r0; r < j->r1; r++) {
+        const uint8_t *src = (const uint8_t *)j->t->data +
+                             (size_t)gguf_row(r, j->rows, j->mat ? j->permute_heads : 0) * j->row_bytes;
+        float *v = tmp;
+        PG_CHECK(ggml_dequant(j->t->type, src, tmp, j->cols, NULL) == 0);
+        if (!j->mat && j->permute_heads) { // a q/k bias: permute its elements like rows
+            for (int64_t i = 0; i < j->cols; i++) perm[i] = tmp[gguf_row(i, j->cols, j->permute_heads)];
+            v = perm;
+        }
+        if (j->dtype == PG_BF16) {
+            uint16_t *d = (uint16_t *)j->dst + (size_t)r * j->cols;
+            for (int64_t i = 0; i < j->cols; i++) d[i] = pg_f32_to_bf16(v[i]);
+        } else {
+            memcpy(j->dst + (size_t)r * j->cols * 4, v, (size_t)j->cols * 4);
+        }
+    }
+    free(tmp);
+    return NULL;
+}
+
+#define DEQ_MAX_THREADS 8
+
+// Dequantizes t into an owned buffer of dtype (F32 or BF16) in Hugging Face row order
+// (un-permuting Q/K rows when permute_heads > 0); large tensors are split across threads.
 static int load_dense(struct gload *g, const struct gguf_tensor *t, enum pg_dtype dtype, int permute_heads,
                       struct tensor *out) {
     bool mat = t->n_dims > 1;
-    int64_t rows = mat ? t->ne[1] : t->ne[0], cols = mat ? t->ne[0] : 1;
-    if (!mat) { // a vector: one "row" of ne[0] values (permuted element-wise for a q/k bias)
-        rows = 1;
-        cols = t->ne[0];
-    }
+    int64_t rows = mat ? t->ne[1] : 1, cols = t->ne[0];
     if (permute_heads && (mat ? rows : cols) % (2 * permute_heads)) {
         pg_seterr(g->err, "%s: tensor %.*s cannot be split into %d heads", g->path, (int)t->name.n, t->name.p,
                   permute_heads);
         return -1;
     }
-    size_t row_bytes = (size_t)(t->nbytes / (uint64_t)rows), n = (size_t)(rows * cols);
-    size_t esz = dtype == PG_BF16 ? 2 : 4;
-    uint8_t *dst = pg_malloc(n * esz);
-    float *tmp = pg_malloc((size_t)cols * sizeof(float));
-    int rc = 0;
-    for (int64_t r = 0; r < rows && rc == 0; r++) {
-        const uint8_t *src = (const uint8_t *)t->data + (size_t)gguf_row(r, rows, mat ? permute_heads : 0) * row_bytes;
-        rc = ggml_dequant(t->type, src, tmp, cols, g->err);
-        if (!mat && permute_heads) { // bias: permute its elements like rows
-            float *p = pg_malloc((size_t)cols * sizeof(float));
-            for (int64_t i = 0; i < cols; i++) p[i] = tmp[gguf_row(i, cols, permute_heads)];
-            memcpy(tmp, p, (size_t)cols * sizeof(float));
-            free(p);
-        }
-        if (dtype == PG_BF16) {
-            uint16_t *d = (uint16_t *)dst + (size_t)r * cols;
-            for (int64_t i = 0; i < cols; i++) d[i] = pg_f32_to_bf16(tmp[i]);
-        } else {
-            memcpy(dst + (size_t)r * cols * 4, tmp, (size_t)cols * 4);
-        }
+    size_t n = (size_t)(rows * cols), esz = dtype == PG_BF16 ? 2 : 4;
+    struct deq_job base = {t, pg_malloc(n * esz), dtype, rows, cols, 0, rows, (size_t)(t->nbytes / (uint64_t)rows),
+                           permute_heads, mat};
+    long ncpu = sysconf(_SC_NPROCESSORS_ONLN);
+    int nt = n < (1u << 20) || ncpu < 2 ? 1 : (int)(ncpu < DEQ_MAX_THREADS ? ncpu : DEQ_MAX_THREADS);
+    struct deq_job jobs[DEQ_MAX_THREADS];
+    pthread_t th[DEQ_MAX_THREADS];
+    int started = 0;
+    for (int i = 0; i < nt; i++) {
+        jobs[i] = base;
+        jobs[i].r0 = rows * i / nt;
+        jobs[i].r1 = rows * (i + 1) / nt;
+        if (i > 0 && pthread_create(&th[i], NULL, deq_rows, &jobs[i]) == 0) started |= 1 << i;
     }
-    free(tmp);
-    if (rc) {
-        free(dst);
-        return -1;
+    deq_rows(&jobs[0]);
+    for (int i = 1; i < nt; i++) {
+        if (started & (1 << i)) pthread_join(th[i], NULL);
+        else deq_rows(&jobs[i]); // thread creation failed: do its share here
     }
     out->ndim = mat ? 2 : 1;
     out->shape[0] = mat ? rows : cols;
     out->shape[1] = mat ? cols : 0;
     out->dtype = dtype;
-    out->data = dst;
-    model_own(g->m, dst);
+    out->data = base.dst;
+    model_own(g->m, base.dst);
     return 0;
 }
 
