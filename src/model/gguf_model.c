@@ -29,6 +29,35 @@ static int meta_int(struct gload *g, const char *arch, const char *key, int64_t 
     return 0;
 }
 
+static void add_eos(struct model_config *c, int64_t id) {
+    for (int i = 0; i < c->n_eos; i++)
+        if (c->eos_ids[i] == id) return;
+    if (c->n_eos < MODEL_MAX_EOS) c->eos_ids[c->n_eos++] = (int)id;
+}
+
+// End-of-generation ids: eos/eot from metadata, plus the control tokens whose text marks the
+// end of a turn or of the text (as llama.cpp does; e.g. Qwen's <|endoftext|> next to <|im_end|>).
+static void read_eos(struct gguf_file *f, struct model_config *c) {
+    int64_t v;
+    if (gguf_get_int(f, "tokenizer.ggml.eos_token_id", &v, NULL) == 0 && v >= 0) add_eos(c, v);
+    if (gguf_get_int(f, "tokenizer.ggml.eot_token_id", &v, NULL) == 0 && v >= 0) add_eos(c, v);
+    const struct gguf_kv *toks = gguf_find_kv(f, "tokenizer.ggml.tokens");
+    const struct gguf_kv *types = gguf_find_kv(f, "tokenizer.ggml.token_type");
+    if (!toks || toks->type != GGUF_ARR || toks->arr_type != GGUF_STR || !types || types->type != GGUF_ARR ||
+        types->arr_type != GGUF_I32 || types->arr_n != toks->arr_n)
+        return;
+    static const char *const eog[] = {"<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|end_of_text|>",
+                                      "<end_of_turn>", "<|end|>"};
+    for (uint64_t i = 0; i < toks->arr_n; i++) {
+        int32_t ty;
+        memcpy(&ty, (const uint8_t *)types->arr_data + 4 * i, 4);
+        if (ty != 3) continue; // control
+        for (size_t k = 0; k < sizeof eog / sizeof *eog; k++)
+            if (toks->arr_str[i].n == strlen(eog[k]) && memcmp(toks->arr_str[i].p, eog[k], toks->arr_str[i].n) == 0)
+                add_eos(c, (int64_t)i);
+    }
+}
+
 static void gen_defaults(struct gen_defaults *d) {
     d->temperature = 1.0f;
     d->top_p = 1.0f;
@@ -92,9 +121,7 @@ static int read_config(struct gload *g, struct model_config *c) {
     c->dtype = g->wdtype;
     c->bos_id = -1;
     if (gguf_get_int(g->f, "tokenizer.ggml.bos_token_id", &v, NULL) == 0) c->bos_id = (int)v;
-    if (gguf_get_int(g->f, "tokenizer.ggml.eos_token_id", &v, NULL) == 0) c->eos_ids[c->n_eos++] = (int)v;
-    if (gguf_get_int(g->f, "tokenizer.ggml.eot_token_id", &v, NULL) == 0 && (c->n_eos == 0 || c->eos_ids[0] != v))
-        c->eos_ids[c->n_eos++] = (int)v;
+    read_eos(g->f, c);
     gen_defaults(&c->gen);
     c->quant.method = QUANT_NONE;
     rc = 0;
