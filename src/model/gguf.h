@@ -83,7 +83,12 @@ int ggml_dequant(uint32_t type, const void *src, float *dst, int64_t n, char *er
 // Shapes are checked against the metadata; a mismatch names tensor, expected and actual.
 // The returned model is freed with model_free and holds no reference to the file.
 struct model_weights *model_load_gguf_ex(const char *path, enum pg_dtype wdtype, char *err);
-// The same with wdtype PG_BF16.
+// requant: Q4_0, Q5_0 and Q8_0 layer linears are kept quantized in weights.h's GPTQ form
+// (4-bit zero 8 / 8-bit zero 16 / 8-bit zero 128, group 32, fp16 scales), which represents
+// them exactly; other types (and lm_head) are dequantized to `wdtype` as above.
+struct model_weights *model_load_gguf_opts(const char *path, enum pg_dtype wdtype, bool requant, char *err);
+// The default: BF16 dense matrices, requant off (measured on the 0.5B model: requant loads
+// slower, the CPU backend repacks GPTQ again at init, and decode was not clearly faster).
 struct model_weights *model_load_gguf(const char *path, char *err);
 
 // Opens a model from a path: a .gguf file, a directory holding exactly one .gguf file (and no

@@ -13,6 +13,7 @@ struct gload {
     struct gguf_file *f;
     struct model_weights *m;
     enum pg_dtype wdtype;
+    bool requant;         // Q4_0/Q5_0/Q8_0 linears -> GPTQ form (exact) instead of dense
     const char *path;
     char *err;
 };
@@ -237,15 +238,75 @@ static int load_dense(struct gload *g, const struct gguf_tensor *t, enum pg_dtyp
     return 0;
 }
 
+// Q4_0 / Q5_0 / Q8_0 blocks hold (q - z) * d with an integer q and one fp16 scale per 32
+// inputs: exactly the GPTQ form of weights.h (bits 4 or 8, group 32, zero z), so such a linear
+// is stored as qweight/zeros/scales/g_idx without any rounding. Returns 1 if t is not such a type.
+static int load_gptq(struct gload *g, const struct gguf_tensor *t, int permute_heads, struct linear *l) {
+    int zero, bits;
+    switch (t->type) {
+    case GGML_T_Q4_0: zero = 8, bits = 4; break;
+    case GGML_T_Q5_0: zero = 16, bits = 8; break;
+    case GGML_T_Q8_0: zero = 128, bits = 8; break;
+    default: return 1;
+    }
+    int in = (int)t->ne[0], out = (int)t->ne[1], ng = in / 32, pack = 32 / bits;
+    int bb = t->type == GGML_T_Q4_0 ? 18 : t->type == GGML_T_Q5_0 ? 22 : 34;
+    uint32_t *qw = pg_calloc((size_t)in / (size_t)pack * (size_t)out, sizeof *qw);
+    uint8_t *zeros = pg_malloc((size_t)ng * out);
+    uint16_t *scales = pg_malloc((size_t)ng * out * sizeof *scales);
+    int32_t *gidx = pg_malloc((size_t)in * sizeof *gidx);
+    memset(zeros, zero, (size_t)ng * out);
+    for (int i = 0; i < in; i++) gidx[i] = i / 32;
+    for (int o = 0; o < out; o++) {
+        const uint8_t *row = (const uint8_t *)t->data + (size_t)gguf_row(o, out, permute_heads) * (size_t)ng * bb;
+        for (int b = 0; b < ng; b++) {
+            const uint8_t *blk = row + (size_t)b * bb;
+            uint8_t q[32];
+            memcpy(&scales[(size_t)b * out + o], blk, 2);
+            if (t->type == GGML_T_Q8_0) {
+                for (int j = 0; j < 32; j++) q[j] = (uint8_t)((int8_t)blk[2 + j] + 128);
+            } else if (t->type == GGML_T_Q4_0) {
+                for (int j = 0; j < 16; j++) q[j] = blk[2 + j] & 0xF, q[j + 16] = blk[2 + j] >> 4;
+            } else {
+                uint32_t qh;
+                memcpy(&qh, blk + 2, 4);
+                for (int j = 0; j < 16; j++) {
+                    q[j] = (uint8_t)((blk[6 + j] & 0xF) | (((qh >> j) & 1) << 4));
+                    q[j + 16] = (uint8_t)((blk[6 + j] >> 4) | (((qh >> (j + 16)) & 1) << 4));
+                }
+            }
+            for (int j = 0; j < 32; j++) {
+                int i = b * 32 + j;
+                qw[(size_t)(i / pack) * out + o] |= (uint32_t)q[j] << (bits * (i % pack));
+            }
+        }
+    }
+    l->quantized = true;
+    l->bits = bits;
+    l->group_size = 32;
+    l->n_groups = ng;
+    l->desc_act = false;
+    l->qweight = (const int32_t *)qw;
+    l->zeros = zeros;
+    l->g_idx = gidx;
+    l->scales = (struct tensor){.dtype = PG_F16, .ndim = 2, .shape = {ng, out}, .data = scales};
+    model_own(g->m, qw);
+    model_own(g->m, zeros);
+    model_own(g->m, scales);
+    model_own(g->m, gidx);
+    return 0;
+}
+
 static int load_linear(struct gload *g, const char *name, int64_t out_dim, int64_t in_dim, int permute_heads,
                        bool want_bias, struct linear *l) {
     char nm[96];
     snprintf(nm, sizeof nm, "%s.weight", name);
     const struct gguf_tensor *t = find(g, nm, out_dim, in_dim, false);
-    if (!t || load_dense(g, t, g->wdtype, permute_heads, &l->w)) return -1;
+    if (!t) return -1;
+    int r = g->requant ? load_gptq(g, t, permute_heads, l) : 1;
+    if (r == 1 && load_dense(g, t, g->wdtype, permute_heads, &l->w)) return -1;
     l->in = (int)in_dim;
     l->out = (int)out_dim;
-    l->quantized = false;
     snprintf(nm, sizeof nm, "%s.bias", name);
     const struct gguf_tensor *b = find(g, nm, out_dim, 0, true);
     if (!b && gguf_find_tensor(g->f, nm)) return -1; // present with the wrong shape
@@ -309,17 +370,18 @@ static int load_all(struct gload *g) {
         m->lm_head.w = m->embed;
         return 0;
     }
+    g->requant = false; // lm_head is dense (weights.h)
     return load_linear(g, "output", c->vocab, c->hidden, 0, false, &m->lm_head);
 }
 
-struct model_weights *model_load_gguf_ex(const char *path, enum pg_dtype wdtype, char *err) {
+struct model_weights *model_load_gguf_opts(const char *path, enum pg_dtype wdtype, bool requant, char *err) {
     if (wdtype != PG_F32 && wdtype != PG_BF16) {
         pg_seterr(err, "GGUF import: weights dtype must be F32 or BF16");
         return NULL;
     }
     struct gguf_file *f = gguf_open(path, err);
     if (!f) return NULL;
-    struct gload g = {f, pg_calloc(1, sizeof(struct model_weights)), wdtype, path, err};
+    struct gload g = {f, pg_calloc(1, sizeof(struct model_weights)), wdtype, requant, path, err};
     int rc = load_all(&g);
     gguf_close(f);
     if (rc) {
@@ -332,8 +394,12 @@ struct model_weights *model_load_gguf_ex(const char *path, enum pg_dtype wdtype,
     return g.m;
 }
 
+struct model_weights *model_load_gguf_ex(const char *path, enum pg_dtype wdtype, char *err) {
+    return model_load_gguf_opts(path, wdtype, false, err);
+}
+
 struct model_weights *model_load_gguf(const char *path, char *err) {
-    return model_load_gguf_ex(path, PG_BF16, err);
+    return model_load_gguf_opts(path, PG_BF16, false, err);
 }
 
 struct model_weights *model_open(const char *path, char *err) {
