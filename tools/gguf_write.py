@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """A GGUF writer of our own (test tool), written from the GGUF spec (ggml docs/gguf.md).
 
-  gguf_write.py convert HF_DIR OUT.gguf [f32|bf16|q8_0|q4_0]
+  gguf_write.py convert HF_DIR OUT.gguf [f32|bf16|q8_0|q5_0|q4_0]
       Hugging Face Qwen2/Llama checkpoint (config.json, *.safetensors, tokenizer.json) -> GGUF,
       2-D weights quantized with ggml's reference Q8_0/Q4_0 quantizers (norms, biases F32);
       for llama the Q/K rows are permuted as llama.cpp's converter does.
@@ -97,6 +97,26 @@ def quantize_q4_0(x):
     out = np.empty((x.shape[0], 18), np.uint8)
     out[:, 0:2] = d.astype("<f2").view(np.uint8)
     out[:, 2:] = q[:, :16] | (q[:, 16:] << 4)
+    return out.tobytes()
+
+
+def quantize_q5_0(x):
+    """ggml quantize_row_q5_0_ref: d = (value of max |x|) / -16, q = min(31, (int8)(x/d + 16.5)),
+    low nibbles in qs (first 16 values low, last 16 high), 5th bits in the u32 qh."""
+    x = x.reshape(-1, 32).astype(np.float32)
+    idx = np.abs(x).argmax(axis=1)
+    mx = x[np.arange(x.shape[0]), idx][:, None]
+    d = mx / np.float32(-16)
+    idv = np.where(d != 0, np.float32(1) / np.where(d != 0, d, 1), 0).astype(np.float32)
+    q = np.minimum(31, np.trunc(x * idv + np.float32(16.5)).astype(np.int8)).astype(np.uint32)
+    qh = np.zeros(x.shape[0], np.uint32)
+    for j in range(16):
+        qh |= ((q[:, j] >> 4) & 1) << j
+        qh |= ((q[:, j + 16] >> 4) & 1) << (j + 16)
+    out = np.empty((x.shape[0], 22), np.uint8)
+    out[:, 0:2] = d.astype("<f2").view(np.uint8)
+    out[:, 2:6] = qh.astype("<u4").view(np.uint8).reshape(-1, 4)
+    out[:, 6:] = ((q[:, :16] & 0xF) | ((q[:, 16:] & 0xF) << 4)).astype(np.uint8)
     return out.tobytes()
 
 
@@ -204,7 +224,9 @@ def convert(hf_dir, out, qtype="q8_0"):
         if x.ndim == 2 and qtype == "bf16":
             raw, tt = (x.view(np.uint32) >> 16).astype("<u2").tobytes(), G.BF16  # exact for bf16 sources
         elif x.ndim == 2 and qtype not in ("f32", "bf16") and x.shape[1] % 32 == 0:
-            raw, tt = (quantize_q8_0(x), G.Q8_0) if qtype == "q8_0" else (quantize_q4_0(x), G.Q4_0)
+            raw, tt = {"q8_0": (quantize_q8_0, G.Q8_0), "q4_0": (quantize_q4_0, G.Q4_0),
+                       "q5_0": (quantize_q5_0, G.Q5_0)}[qtype]
+            raw = raw(x)
         else:
             raw, tt = x.astype("<f4").tobytes(), G.F32
         w.add_tensor(_gguf_name(name), ne, tt, raw)

@@ -38,7 +38,8 @@ def test_quantizers_error_bound():
     x = rng.standard_normal((16, 256)).astype(np.float32)
     # bound in quantization steps: half a step, plus the fp16 rounding of the scale (Q8_0),
     # or one step for the value opposite the block's extreme, clamped at 15 (Q4_0)
-    for q, tt, steps, bound in [(W.quantize_q8_0, G.Q8_0, 127, 0.6), (W.quantize_q4_0, G.Q4_0, 8, 1.01)]:
+    for q, tt, steps, bound in [(W.quantize_q8_0, G.Q8_0, 127, 0.6), (W.quantize_q4_0, G.Q4_0, 8, 1.01),
+                                (W.quantize_q5_0, G.Q5_0, 16, 1.01)]:
         y = G.dequant(tt, q(x)).reshape(x.shape)
         step = np.abs(x.reshape(-1, 32)).max(axis=1, keepdims=True) / steps
         err = np.abs((y - x).reshape(-1, 32))
