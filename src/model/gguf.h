@@ -105,3 +105,6 @@ char *model_gguf_path(const char *path);
 // Caller frees with tok_free. (Implemented in gguf_tok.c on top of tok_new_bpe.)
 struct tokenizer;
 struct tokenizer *tok_load_gguf(const char *path, char *err);
+// The tokenizer that goes with model_open(path): the GGUF's own (tok_load_gguf) for a GGUF
+// path, else tok_load(path). NULL + err on failure. Caller frees with tok_free.
+struct tokenizer *model_open_tokenizer(const char *path, char *err);
