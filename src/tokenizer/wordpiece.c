@@ -154,11 +154,13 @@ static bool is_ws(int32_t c) { // char::is_whitespace (Unicode White_Space)
            c == 0x2028 || c == 0x2029 || c == 0x202F || c == 0x205F || c == 0x3000;
 }
 
-static bool is_control(int32_t c) { // BertNormalizer: \t\n\r are whitespace; else category C*
+// BertNormalizer's is_control: \t\n\r count as whitespace; else categories Cc, Cf, Co, Cs.
+// Unassigned code points (Cn) are kept, as HF tokenizers does (checked against it).
+static bool is_control(int32_t c) {
     if (c == '\t' || c == '\n' || c == '\r') return false;
     utf8proc_category_t k = utf8proc_category(c);
     return k == UTF8PROC_CATEGORY_CC || k == UTF8PROC_CATEGORY_CF || k == UTF8PROC_CATEGORY_CS ||
-           k == UTF8PROC_CATEGORY_CO || k == UTF8PROC_CATEGORY_CN;
+           k == UTF8PROC_CATEGORY_CO;
 }
 
 static bool is_chinese(int32_t c) {
