@@ -82,5 +82,36 @@ def ref(pack_dir, sentences_path, out):
     print("wrote", vec.shape, "norms", np.linalg.norm(vec, axis=1)[:3])
 
 
+def wordpiece(tokenizer_json, out, n="400"):
+    """Random strings over characters whose Unicode properties are unchanged since Unicode 9
+    (HF tokenizers' tables are that old) and HF's ids for them: WordPiece differential fixture."""
+    import random
+    from tokenizers import Tokenizer
+    tok = Tokenizer.from_file(tokenizer_json)
+    tok.no_padding()
+    tok.no_truncation()
+    rng = random.Random(20261128)
+    ranges = [(0x20, 0x7E), (0xA0, 0x17F), (0x300, 0x36F), (0x391, 0x3C9), (0x400, 0x45F), (0x4E00, 0x9FCC),
+              (0xAC00, 0xD7A3), (0x3041, 0x3096), (0x30A1, 0x30FA), (0xFF01, 0xFF5E), (0x1F600, 0x1F64F),
+              (0x0, 0x1F), (0x7F, 0x9F), (0x200B, 0x200F), (0x2000, 0x200A), (0x3000, 0x3000), (0xE000, 0xE0FF)]
+    words = ["the", "Quick", "naïve", "Ünïcödé", "İstanbul", "ß", "ǅ", "ﬁ", "[SEP]", "[CLS]", "##", "un",
+             "supercalifragilistic", "x" * 120, "\t", " ", "  ", "\n", "\r\n", ".", "!?", "don't", "3.14"]
+    strs = []
+    for _ in range(int(n)):
+        s = ""
+        for _ in range(rng.randint(0, 24)):
+            if rng.random() < 0.35:
+                s += rng.choice(words)
+            else:
+                a, b = rng.choice(ranges)
+                s += chr(rng.randint(a, b))
+        strs.append(s)
+    ids = [tok.encode(s).ids for s in strs]
+    json.dump({"how": "HF tokenizers %s, all-MiniLM-L6-v2 tokenizer.json, no truncation "
+                      "(tools/embed_fixture.py wordpiece)" % __import__("tokenizers").__version__,
+               "strings": strs, "ids": ids}, open(out, "w", encoding="utf-8"), ensure_ascii=True)
+    print(len(strs), "strings")
+
+
 if __name__ == "__main__":
-    {"pack": pack, "ref": ref}[sys.argv[1]](*sys.argv[2:5])
+    {"pack": pack, "ref": ref, "wordpiece": wordpiece}[sys.argv[1]](*sys.argv[2:5])

@@ -47,6 +47,34 @@ static void test_matches_reference_ids(void **state) {
     wp_free(w);
 }
 
+// 400 random strings (controls, whitespace kinds, accents, combining marks, CJK, Hangul,
+// kana, fullwidth, emoji, private use, long words) vs HF tokenizers' ids
+// (tests/fixtures/embed/wordpiece_ref.json, tools/embed_fixture.py wordpiece).
+static void test_matches_hf_random_strings(void **state) {
+    (void)state;
+    char err[PG_ERR_LEN] = "";
+    struct wordpiece *w = wp_load(TOK, err);
+    assert_non_null(w);
+    json_t *ref = json_load_file("tests/fixtures/embed/wordpiece_ref.json", JSON_ALLOW_NUL, NULL);
+    assert_non_null(ref);
+    json_t *strs = json_object_get(ref, "strings"), *ids = json_object_get(ref, "ids");
+    assert_int_equal(json_array_size(strs), 400);
+    int bad = 0;
+    for (size_t i = 0; i < json_array_size(strs); i++) {
+        json_t *js = json_array_get(strs, i), *want = json_array_get(ids, i);
+        int32_t *got;
+        int n;
+        assert_int_equal(wp_encode(w, json_string_value(js), json_string_length(js), 1 << 20, &got, &n, err), 0);
+        bool same = (size_t)n == json_array_size(want);
+        for (int k = 0; same && k < n; k++) same = got[k] == json_integer_value(json_array_get(want, (size_t)k));
+        if (!same && bad++ < 5) print_error("string %zu differs (%d vs %zu ids)\n", i, n, json_array_size(want));
+        free(got);
+    }
+    assert_int_equal(bad, 0);
+    json_decref(ref);
+    wp_free(w);
+}
+
 static void test_truncation_and_specials(void **state) {
     (void)state;
     char err[PG_ERR_LEN] = "";
@@ -125,6 +153,7 @@ static void test_load_errors(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_matches_reference_ids),
+        cmocka_unit_test(test_matches_hf_random_strings),
         cmocka_unit_test(test_truncation_and_specials),
         cmocka_unit_test(test_random_inputs),
         cmocka_unit_test(test_load_errors),
