@@ -287,10 +287,12 @@ static enum MHD_Result on_request(void *cls, struct MHD_Connection *c, const cha
             *upload_size = 0;
             return MHD_YES;
         }
-        if (q->phase == P_UPLOAD) {
+        if (q->phase == P_UPLOAD) { // body complete
             pthread_mutex_lock(&q->mu);
             dispatch(q);
+            bool parked = q->phase == P_WORKING;
             pthread_mutex_unlock(&q->mu);
+            if (parked) return MHD_YES; // the pool job resumes the connection
         }
         return respond(q);
     }
