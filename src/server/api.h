@@ -71,6 +71,7 @@ struct api_request {
     char *grammar_spec;              // owned, NUL-terminated
     size_t grammar_spec_len;
     const char *whitespace_pattern;  // borrowed, or NULL
+    char grammar_param[64];          // the field the constraint came from (for errors)
 };
 
 // Parses and validates body (an object) for kind. On failure returns -1 with e set (400 for

@@ -51,14 +51,14 @@ static int get_grammar(struct req *q, struct grammar **g, struct api_error *e) {
     *g = NULL;
     if (!q->ar.has_grammar) return 0;
     if (!m->grammar_get) {
-        api_error_set(e, 400, "response_format", "structured outputs are not available in this "
-                      "build");
+        api_error_set(e, 400, q->ar.grammar_param, "structured outputs are not available in "
+                      "this build");
         return -1;
     }
     *g = m->grammar_get(m->ctx, q->ar.grammar_kind, q->ar.grammar_spec, q->ar.grammar_spec_len,
                         q->ar.whitespace_pattern, err);
     if (!*g) {
-        api_error_set(e, 400, "response_format", "structured output: %s", err);
+        api_error_set(e, 400, q->ar.grammar_param, "'%s': %s", q->ar.grammar_param, err);
         return -1;
     }
     return 0;

@@ -492,6 +492,7 @@ static int set_grammar(struct api_request *r, enum grammar_kind kind, json_t *sp
     }
     r->has_grammar = true;
     r->grammar_kind = kind;
+    snprintf(r->grammar_param, sizeof r->grammar_param, "%s", param);
     if (json_is_string(spec)) {
         r->grammar_spec = pg_strdup(json_string_value(spec));
         r->grammar_spec_len = json_string_length(spec);

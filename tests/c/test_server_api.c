@@ -358,6 +358,9 @@ static void test_structured_outputs(void **state) {
         assert_string_equal(r.grammar_spec, cases[i].spec);
         assert_int_equal(r.grammar_spec_len, strlen(cases[i].spec));
         assert_string_equal(r.whitespace_pattern, " ?");
+        char top[64];
+        snprintf(top, sizeof top, "\"%.*s\"", (int)strcspn(r.grammar_param, "."), r.grammar_param);
+        assert_non_null(strstr(cases[i].field, top)); // the error names the field used
         api_request_free(&r);
     }
     struct api_request r;

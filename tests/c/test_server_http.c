@@ -549,7 +549,7 @@ static void test_errors(void **state) {
     expect_error("POST", "/v1/chat/completions", "{\"messages\":[{\"role\":\"user\",\"content\":"
                  "\"RAISE\"}]}", NULL, 400, "messages");
     b = fmt(CHAT5, ",\"guided_regex\":\"a+\"");
-    expect_error("POST", "/v1/chat/completions", b, NULL, 400, "response_format"); // no grammar engine here
+    expect_error("POST", "/v1/chat/completions", b, NULL, 400, "guided_regex"); // no grammar engine here
     free(b);
     expect_error("GET", "/v1/chat/completions", NULL, NULL, 405, NULL);
     expect_error("POST", "/health", "{}", NULL, 405, NULL);
