@@ -439,7 +439,7 @@ static void stream_choice(struct req *q, struct choice *c) {
     json_t *lp = logprobs_json(q, c);
     json_object_set_new(ch, "logprobs", lp ? lp : json_null());
     const char *fr = final ? resp_finish(c->finish, c->n_calls_sent > 0 &&
-                                                        q->ar.tool_mode == TOOLS_AUTO) : NULL;
+                                                        q->ar.tool_mode != TOOLS_NAMED) : NULL;
     json_object_set_new(ch, "finish_reason", fr ? json_string(fr) : json_null());
     if (final) {
         json_object_set_new(ch, "stop_reason",
@@ -534,7 +534,7 @@ static json_t *reply_choice(struct req *q, struct choice *c) {
     json_object_set_new(ch, "logprobs", lp ? lp : json_null());
     json_object_set_new(ch, "finish_reason",
                         json_string(resp_finish(c->finish, c->n_calls_sent > 0 &&
-                                                               q->ar.tool_mode == TOOLS_AUTO)));
+                                                               q->ar.tool_mode != TOOLS_NAMED)));
     json_object_set_new(ch, "stop_reason",
                         c->stop_str ? json_string(c->stop_str)
                         : c->stop_token >= 0 ? json_integer(c->stop_token) : json_null());
