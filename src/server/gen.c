@@ -10,6 +10,9 @@
 
 static void on_output(void *user, const struct engine_output *o);
 
+// A stream whose client has not taken this much text is treated as stalled.
+#define STALLED_STREAM_BYTES (1u << 20)
+
 // ---- the pool job ---------------------------------------------------------------------------------
 
 static json_t *parse_body(struct req *q, struct api_error *e) {
@@ -282,6 +285,11 @@ static void on_output(void *user, const struct engine_output *o) {
             if (o->t_scheduled > 0) metrics_observe(m, HIST_QUEUE, o->t_scheduled - o->t_arrival);
         }
     } else if (!q->conn_closed && peer_closed(q->fd)) {
+        abort_id = o->req_id;
+    } else if (q->ar.stream && c->pend_len > STALLED_STREAM_BYTES) {
+        // the client stopped reading: free the engine's resources now rather than at the
+        // connection timeout
+        pg_warn("request %s: client not reading its stream, aborting", q->id);
         abort_id = o->req_id;
     }
     if (q->phase == P_SENT && q->ar.stream) wake = req_wake(q);

@@ -15,6 +15,7 @@
 #include <signal.h>
 #include <sys/resource.h>
 #include <sys/socket.h>
+#include <sys/time.h>
 #include <time.h>
 #include <unistd.h>
 #include <cmocka.h>
@@ -767,6 +768,27 @@ static void test_idle_keepalive_connections(void **state) {
     free(fds);
 }
 
+static void test_slow_client_times_out(void **state) {
+    // a client that sends half its headers and stalls is disconnected after the timeout
+    struct server_config cfg = {.host = "127.0.0.1", .limits = {.model_name = "tiny",
+                                .max_model_len = 64, .vocab = 256}, .request_timeout_s = 1};
+    char err[PG_ERR_LEN] = "";
+    struct server *s = server_start(&cfg, err);
+    assert_non_null(s);
+    server_set_model(s, &MODEL);
+    int fd = connect_port(server_port(s));
+    const char *partial = "POST /v1/completions HTTP/1.1\r\nHost: x\r\nContent-Le";
+    send_all(fd, partial, strlen(partial));
+    struct timeval tv = {.tv_sec = 10};
+    setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof tv);
+    char buf[64];
+    assert_int_equal(recv(fd, buf, sizeof buf, 0), 0); // closed by the server, not by our timeout
+    close(fd);
+    server_drain(s);
+    assert_int_equal(server_wait_idle(s, 5), 0);
+    server_free(s);
+}
+
 static void test_drain(void **state) {
     // a stream in flight finishes after drain begins; new connections are refused
     int fd = connect_port(PORT);
@@ -798,6 +820,7 @@ int main(void) {
         cmocka_unit_test(test_disconnect_aborts),
         cmocka_unit_test(test_concurrent_streams),
         cmocka_unit_test(test_idle_keepalive_connections),
+        cmocka_unit_test(test_slow_client_times_out),
         cmocka_unit_test(test_drain),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
