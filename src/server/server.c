@@ -182,7 +182,7 @@ static enum MHD_Result serve_get(struct server *s, struct MHD_Connection *c, enu
     case R_METRICS: {
         struct engine_stats st;
         memset(&st, 0, sizeof st);
-        if (m) m->stats(m->ctx, &st);
+        if (m && m->stats) m->stats(m->ctx, &st);
         char *t = metrics_render(&s->metrics, &st, s->cfg.limits.model_name);
         return queue_body(c, 200, "text/plain; version=0.0.4; charset=utf-8", t, strlen(t), 0,
                           NULL);
@@ -212,6 +212,11 @@ static void dispatch(struct req *q) {
     }
     if (q->route == R_EMBEDDINGS && !q->model->embed) {
         api_error_set(&e, 404, NULL, "this server does not serve an embedding model");
+        req_reply_error(q, &e);
+        return;
+    }
+    if ((q->route == R_TOKENIZE || q->route == R_DETOKENIZE) && !q->model->encode) {
+        api_error_set(&e, 404, NULL, "this server's model has no tokenizer endpoints");
         req_reply_error(q, &e);
         return;
     }

@@ -768,6 +768,65 @@ static void test_idle_keepalive_connections(void **state) {
     free(fds);
 }
 
+// fake embedding model: dim 3, vector (len, first byte, 1)
+static int f_embed(void *ctx, const char *const *t, int n, float *out, int *nt, char *err) {
+    *nt = 0;
+    for (int i = 0; i < n; i++) {
+        if (!strcmp(t[i], "FAIL")) {
+            pg_seterr(err, "input %d is too long", i);
+            return -1;
+        }
+        out[i * 3] = (float)strlen(t[i]);
+        out[i * 3 + 1] = (float)(unsigned char)t[i][0];
+        out[i * 3 + 2] = 1.0f;
+        *nt += (int)strlen(t[i]);
+    }
+    return 0;
+}
+
+static void test_embeddings(void **state) {
+    struct server *s = start(NULL, 512);
+    struct server_model em = {.embed = f_embed, .embed_dim = 3};
+    server_set_model(s, &em);
+    int saved = PORT;
+    PORT = server_port(s);
+    struct resp r = http("POST", "/v1/embeddings", "{\"input\":[\"ab\",\"xyz\"],\"model\":\"tiny\"}",
+                         NULL);
+    assert_int_equal(r.status, 200);
+    json_t *j = body_json(&r), *d = json_object_get(j, "data");
+    assert_int_equal(json_array_size(d), 2);
+    json_t *e1 = json_object_get(json_array_get(d, 1), "embedding");
+    assert_int_equal(json_integer_value(json_object_get(json_array_get(d, 1), "index")), 1);
+    assert_true(json_number_value(json_array_get(e1, 0)) == 3.0);
+    assert_true(json_number_value(json_array_get(e1, 1)) == 'x');
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "usage"),
+                                                        "prompt_tokens")), 5);
+    json_decref(j);
+    resp_free(&r);
+    // base64 of float32 little-endian (1.0f, 97.0f, 1.0f) for "a"
+    r = http("POST", "/v1/embeddings", "{\"input\":\"a\",\"encoding_format\":\"base64\"}", NULL);
+    j = body_json(&r);
+    assert_string_equal(json_string_value(json_object_get(json_array_get(json_object_get(j, "data"),
+                                                                         0), "embedding")),
+                        "AACAPwAAwkIAAIA/");
+    json_decref(j);
+    resp_free(&r);
+    expect_error("POST", "/v1/embeddings", "{\"input\":\"FAIL\"}", NULL, 400, "input");
+    expect_error("POST", "/v1/embeddings", "{\"input\":[1,2]}", NULL, 400, "input");
+    expect_error("POST", "/v1/embeddings", "{\"input\":\"a\",\"dimensions\":8}", NULL, 400,
+                 "dimensions");
+    expect_error("POST", "/v1/embeddings", "{\"input\":\"a\",\"bogus\":1}", NULL, 400, "bogus");
+    expect_error("POST", "/v1/chat/completions", "{\"messages\":[]}", NULL, 404, NULL);
+    expect_error("POST", "/tokenize", "{\"prompt\":\"a\"}", NULL, 404, NULL);
+    r = http("GET", "/metrics", NULL, NULL);
+    assert_int_equal(r.status, 200);
+    resp_free(&r);
+    PORT = saved;
+    server_drain(s);
+    assert_int_equal(server_wait_idle(s, 5), 0);
+    server_free(s);
+}
+
 static void test_slow_client_times_out(void **state) {
     // a client that sends half its headers and stalls is disconnected after the timeout
     struct server_config cfg = {.host = "127.0.0.1", .limits = {.model_name = "tiny",
@@ -820,6 +879,7 @@ int main(void) {
         cmocka_unit_test(test_disconnect_aborts),
         cmocka_unit_test(test_concurrent_streams),
         cmocka_unit_test(test_idle_keepalive_connections),
+        cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_slow_client_times_out),
         cmocka_unit_test(test_drain),
     };
