@@ -101,6 +101,9 @@ static struct req *req_new(struct server *s, struct MHD_Connection *c, enum rout
              (unsigned long long)(n & 0xffffffffu));
     pthread_mutex_lock(&s->mu);
     s->n_live++;
+    q->next = s->live;
+    if (s->live) s->live->prev = q;
+    s->live = q;
     pthread_mutex_unlock(&s->mu);
     return q;
 }
@@ -111,6 +114,11 @@ void req_unref(struct req *q) {
     pthread_mutex_unlock(&q->mu);
     if (left) return;
     struct server *s = q->srv;
+    pthread_mutex_lock(&s->mu);
+    if (q->prev) q->prev->next = q->next;
+    else s->live = q->next;
+    if (q->next) q->next->prev = q->prev;
+    pthread_mutex_unlock(&s->mu);
     gen_free(q);
     api_request_free(&q->ar);
     free(q->body);
@@ -404,11 +412,49 @@ int server_wait_idle(struct server *s, double grace_s) {
     return left;
 }
 
+// Resumes every connection still parked (past the grace period: the engine never finished
+// them) with a 503, since libmicrohttpd refuses to stop with suspended connections.
+static void resume_all(struct server *s) {
+    pthread_mutex_lock(&s->mu);
+    int n = 0, cap = s->n_live;
+    struct MHD_Connection **conns = pg_calloc((size_t)(cap ? cap : 1), sizeof *conns);
+    for (struct req *q = s->live; q && n < cap; q = q->next) {
+        pthread_mutex_lock(&q->mu);
+        if (req_wake(q)) {
+            if (q->phase != P_SENT) {
+                struct api_error e;
+                api_error_set(&e, 503, NULL, "the server is shutting down");
+                req_reply_error(q, &e);
+            } else {
+                q->done_sent = true; // end the stream where it is
+            }
+            conns[n++] = q->conn;
+        }
+        pthread_mutex_unlock(&q->mu);
+    }
+    pthread_mutex_unlock(&s->mu);
+    // (a suspended connection cannot complete, so these stay valid until resumed)
+    for (int i = 0; i < n; i++) MHD_resume_connection(conns[i]);
+    free(conns);
+}
+
 void server_free(struct server *s) {
     if (!s) return;
     pool_free(s->pool); // runs queued jobs (they answer 503 when draining)
     s->pool = NULL;
+    resume_all(s);
+    server_wait_idle(s, 1.0); // let the resumed ones send their 503
     MHD_stop_daemon(s->daemon);
+    // what is left waits on an engine that never answered (the caller has stopped it: no
+    // callback can come any more)
+    for (;;) {
+        pthread_mutex_lock(&s->mu);
+        struct req *q = s->live;
+        pthread_mutex_unlock(&s->mu);
+        if (!q) break;
+        q->refs = 1;
+        req_unref(q);
+    }
     pthread_mutex_destroy(&s->mu);
     pthread_cond_destroy(&s->idle);
     metrics_free(&s->metrics);

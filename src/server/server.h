@@ -62,5 +62,6 @@ void server_set_model(struct server *s, const struct server_model *m);
 // complete the streams). Returns the number of requests still unfinished.
 void server_drain(struct server *s);
 int server_wait_idle(struct server *s, double grace_s);
-// Closes every connection and frees the server.
+// Closes every connection and frees the server. The engine must be stopped first: requests it
+// never finished are answered 503 and freed, and no output callback may come afterwards.
 void server_free(struct server *s);

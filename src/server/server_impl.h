@@ -19,6 +19,7 @@ struct server {
     pthread_mutex_t mu;         // guards n_live
     pthread_cond_t idle;
     int n_live;                 // requests (struct req) alive
+    struct req *live;           // their list (guarded by mu)
     int port;
 };
 
@@ -72,6 +73,7 @@ struct sub {
 };
 
 struct req {
+    struct req *prev, *next;    // server's live list
     pthread_mutex_t mu;
     int refs;                   // 1 for the connection + 1 per engine request in flight
     struct server *srv;

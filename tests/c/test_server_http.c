@@ -42,7 +42,7 @@ struct fake_req {
 struct fake {
     pthread_mutex_t mu; // recursive: callbacks may call abort
     pthread_t thread;
-    bool stop, busy;
+    bool stop, busy, stuck;
     struct fake_req *reqs[4096];
     int n;
     uint64_t next_id;
@@ -119,7 +119,7 @@ static void f_emit(struct fake_req *q, int i, enum finish_reason fin) {
 static void *f_loop(void *arg) {
     while (!__atomic_load_n(&F.stop, __ATOMIC_SEQ_CST)) {
         pthread_mutex_lock(&F.mu);
-        for (int r = 0; r < F.n; r++) {
+        for (int r = 0; r < F.n && !F.stuck; r++) {
             struct fake_req *q = F.reqs[r];
             bool all = true;
             for (int i = 0; i < q->g.n; i++) {
@@ -827,6 +827,37 @@ static void test_embeddings(void **state) {
     server_free(s);
 }
 
+static void *nonstream_client(void *p) {
+    struct resp *r = p;
+    *r = http("POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":5}", NULL);
+    return NULL;
+}
+
+static void test_free_with_stuck_engine(void **state) {
+    // the engine never answers: past the grace period the server still closes cleanly (503)
+    struct server *s = start(NULL, 512);
+    server_set_model(s, &MODEL);
+    int saved = PORT;
+    PORT = server_port(s);
+    F.stuck = true;
+    struct resp r;
+    pthread_t t;
+    pthread_create(&t, NULL, nonstream_client, &r);
+    while (running() == 0) usleep(1000);
+    server_drain(s);
+    assert_int_equal(server_wait_idle(s, 0.2), 1);
+    server_free(s);
+    pthread_join(t, NULL);
+    assert_int_equal(r.status, 503);
+    resp_free(&r);
+    pthread_mutex_lock(&F.mu); // forget the orphan (its server is gone)
+    for (int i = 0; i < F.n; i++) free(F.reqs[i]);
+    F.n = 0;
+    F.stuck = false;
+    pthread_mutex_unlock(&F.mu);
+    PORT = saved;
+}
+
 static void test_slow_client_times_out(void **state) {
     // a client that sends half its headers and stalls is disconnected after the timeout
     struct server_config cfg = {.host = "127.0.0.1", .limits = {.model_name = "tiny",
@@ -881,6 +912,7 @@ int main(void) {
         cmocka_unit_test(test_idle_keepalive_connections),
         cmocka_unit_test(test_embeddings),
         cmocka_unit_test(test_slow_client_times_out),
+        cmocka_unit_test(test_free_with_stuck_engine),
         cmocka_unit_test(test_drain),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
