@@ -612,6 +612,9 @@ static int parse_tools(struct api_request *r, json_t *body, struct api_error *e)
         }
         r->tools = json_array_size(tools) ? tools : NULL;
         r->tool_mode = r->tools ? TOOLS_AUTO : TOOLS_NONE;
+        // the parser must see <tool_call> even where a tokenizer marks it special (as vLLM's
+        // hermes parser does), unless the client decided
+        if (r->tools && !field(body, "skip_special_tokens")) r->gen.skip_special_tokens = false;
     }
     if (!tc) return 0;
     const char *s = json_string_value(tc);

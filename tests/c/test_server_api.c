@@ -388,6 +388,7 @@ static void test_tools(void **state) {
     assert_int_equal(parse(&r, API_CHAT, buf, &e), 0);
     assert_int_equal(r.tool_mode, TOOLS_AUTO);
     assert_non_null(r.tools);
+    assert_false(r.gen.skip_special_tokens); // the parser needs <tool_call> in the text
     assert_false(r.has_grammar);
     // the assistant's tool-call arguments reach the template as an object
     json_t *args = json_object_get(json_object_get(json_array_get(json_object_get(
