@@ -86,6 +86,7 @@ static const struct flag flags[] = {
     {"--structured-warmup", F_STR, OFF(structured_warmup), 0, 0, NULL, "JSONL of grammars"},
     {"--max-waiting-requests", F_INT, OFF(max_waiting), 0, INT_MAX, NULL,
      "queue limit, 503 past it (1024; 0 none)"},
+    {"--max-waiting", F_INT, OFF(max_waiting), 0, INT_MAX, NULL, "alias of --max-waiting-requests"},
     {"--max-request-body", F_SIZE, OFF(max_body_bytes), 0, 0, NULL, "413 past it (8MiB)"},
     {"--request-timeout", F_INT, OFF(request_timeout), 1, 86400, NULL, "idle client seconds"},
     {"--shutdown-grace", F_DOUBLE, OFF(shutdown_grace), 0, 86400, NULL, "seconds on SIGTERM"},
