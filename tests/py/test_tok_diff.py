@@ -89,7 +89,7 @@ def test_one_megabyte(model):
     rng = random.Random(7)
     mixed = "".join(rng.choice(handpicked()[2:25]) for _ in range(2000))
     mb = lambda s: (s * (1 + (1 << 20) // len(s))).encode("utf-8")[: 1 << 20].decode("utf-8", "ignore")
-    texts = [mb(cs), mb(mixed)]
+    texts = [mb(cs), mb(mixed)] if model == "qwen" else [mb(mixed)]
     compare(model, texts)
 
 
