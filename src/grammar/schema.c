@@ -396,29 +396,44 @@ static int schema_rule(struct sc *c, json_t *s) {
     return r;
 }
 
-int schema_compile(struct gbuild *b, const char *spec, size_t len, const char *ws_pattern, bool any_object) {
-    struct sc c = {.b = b, .any_rule = -1, .any_object_rule = -1, .string_rule = -1};
-    json_error_t je;
-    int rc = -1;
+// Compiles schema (a parsed document; decref'd here) into rule target.
+static int compile_doc(struct gbuild *b, json_t *doc, const char *ws_pattern, int target) {
+    struct sc c = {.b = b, .any_rule = -1, .any_object_rule = -1, .string_rule = -1, .root = doc};
     const char *ws = ws_pattern ? ws_pattern : "[ \\t\\n]{0,16}";
     c.ws = regex_compile(b, ws, strlen(ws), false);
-    if (!c.ws) { gb_fail(b, "bad whitespace pattern"); return -1; }
-    int root = gb_rule(b, "root");
-    if (any_object) {
-        gb_define(b, root, gx_ref(b, sc_any_object(&c)));
-        return b->failed ? -1 : 0;
-    }
-    c.root = json_loadb(spec, len, JSON_DECODE_ANY, &je);
-    if (!c.root) return gb_fail(b, "JSON Schema: invalid JSON: %s (line %d)", je.text, je.line);
-    int r = schema_rule(&c, c.root);
-    if (r >= 0 && !b->failed) {
-        gb_define(b, root, gx_ref(b, r));
+    int rc = -1;
+    if (!c.ws) gb_fail(b, "bad whitespace pattern");
+    else if (!doc) {
+        gb_define(b, target, gx_ref(b, sc_any_object(&c)));
         rc = 0;
+    } else {
+        int r = schema_rule(&c, doc);
+        if (r >= 0 && !b->failed) {
+            gb_define(b, target, gx_ref(b, r));
+            rc = 0;
+        }
     }
     for (int i = 0; i < c.n_owned; i++) json_decref(c.owned[i]);
     free(c.owned); free(c.memo_key); free(c.memo_rule);
-    json_decref(c.root);
+    json_decref(doc);
     return b->failed ? -1 : rc;
+}
+
+int schema_compile(struct gbuild *b, const char *spec, size_t len, const char *ws_pattern, bool any_object) {
+    int root = gb_rule(b, "root");
+    if (any_object) return compile_doc(b, NULL, ws_pattern, root);
+    json_error_t je;
+    json_t *doc = json_loadb(spec, len, JSON_DECODE_ANY, &je);
+    if (!doc) return gb_fail(b, "JSON Schema: invalid JSON: %s (line %d)", je.text, je.line);
+    return compile_doc(b, doc, ws_pattern, root);
+}
+
+int schema_compile_at(struct gbuild *b, const char *s, size_t n, size_t *pos, int target) {
+    json_error_t je;
+    json_t *doc = json_loadb(s + *pos, n - *pos, JSON_DISABLE_EOF_CHECK, &je);
+    if (!doc) return gb_fail(b, "grammar: %%json: invalid JSON Schema: %s", je.text);
+    *pos += je.position;
+    return compile_doc(b, doc, NULL, target);
 }
 
 int choice_compile(struct gbuild *b, const char *spec, size_t len) {

@@ -182,6 +182,27 @@ def test_ebnf_outputs_match(driver, tmp_path):
     assert n_fin >= len(rows) // 2
 
 
+TOOL_SCHEMA = {"type": "object", "properties": {
+    "name": {"const": "get_weather"},
+    "arguments": {"type": "object", "properties": {"city": {"type": "string", "maxLength": 20},
+                                                   "days": {"type": "integer", "minimum": 1, "maximum": 7}},
+                  "required": ["city"], "additionalProperties": False}},
+    "required": ["name", "arguments"], "additionalProperties": False}
+
+
+def test_ebnf_embedded_schema_tool_call(driver, tmp_path):
+    grammar = 'root ::= "<tool_call>\\n" %json ' + json.dumps(TOOL_SCHEMA) + ' "\\n</tool_call>"\n'
+    specs = write_specs(tmp_path, [grammar])
+    p, rows = run(driver, "gen", "ebnf", specs, "--n", "8", "--seed", "8")
+    assert p.returncode == 0, p.stderr[-2000:]
+    fin = [r for r in rows if r["finished"]]
+    assert len(fin) >= 4
+    for r in fin:
+        m = re.fullmatch(r"<tool_call>\n(.*)\n</tool_call>", r["text"], re.S)
+        assert m, r["text"]
+        jsonschema.validate(json.loads(m.group(1)), TOOL_SCHEMA)
+
+
 def test_json_object_outputs(driver, tmp_path):
     specs = write_specs(tmp_path, [""])
     p, rows = run(driver, "gen", "json_object", specs, "--n", "10", "--seed", "2")
