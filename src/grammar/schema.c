@@ -191,9 +191,17 @@ static struct gx *object_expr(struct sc *c, json_t *s) {
     struct gx **A = pg_malloc((size_t)(n + 1) * sizeof(*A)), **F = pg_malloc((size_t)(n + 1) * sizeof(*F));
     A[n] = F[n] = gx_empty(c->b);
     struct gx *comma = sep(c, ',');
+    // Inlining A[] costs O(n^2) automaton states; past a few properties each A[j] is a rule.
+    bool as_rules = n > 6;
     for (int j = n - 1; j >= 0; j--) {
         struct gx *withp = gx_seq2(c->b, gx_seq2(c->b, comma, P[j]), A[j + 1]);
-        A[j] = rq[j] ? withp : gx_seq2(c->b, gx_rep(c->b, gx_seq2(c->b, comma, P[j]), 0, 1), A[j + 1]);
+        struct gx *a = rq[j] ? withp : gx_seq2(c->b, gx_rep(c->b, gx_seq2(c->b, comma, P[j]), 0, 1), A[j + 1]);
+        if (as_rules) {
+            int r = gb_new_rule(c->b, "props");
+            gb_define(c->b, r, a);
+            a = gx_ref(c->b, r);
+        }
+        A[j] = a;
         struct gx *first = gx_seq2(c->b, P[j], A[j + 1]);
         F[j] = rq[j] ? first : gx_alt2(c->b, first, F[j + 1]);
     }
@@ -380,18 +388,27 @@ done:
     return res;
 }
 
+// One rule per distinct sub-schema: memoized by identity (so $ref recursion terminates) and
+// by content (identical property schemas share one automaton).
 static int schema_rule(struct sc *c, json_t *s) {
     for (int i = 0; i < c->n_memo; i++)
         if (c->memo_key[i] == s) return c->memo_rule[i];
     if (c->b->failed) return -1;
-    int r = gb_new_rule(c->b, "schema");
+    char *text = json_dumps(s, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    int found = -1;
+    for (int i = 0; text && i < c->n_memo && found < 0; i++)
+        if (c->memo_text[i] && !strcmp(c->memo_text[i], text)) found = c->memo_rule[i];
+    int r = found >= 0 ? found : gb_new_rule(c->b, "schema");
     if (c->n_memo == c->cap_memo) {
         c->cap_memo = c->cap_memo ? 2 * c->cap_memo : 32;
         c->memo_key = pg_realloc(c->memo_key, (size_t)c->cap_memo * sizeof(json_t *));
         c->memo_rule = pg_realloc(c->memo_rule, (size_t)c->cap_memo * sizeof(int));
+        c->memo_text = pg_realloc(c->memo_text, (size_t)c->cap_memo * sizeof(char *));
     }
     c->memo_key[c->n_memo] = s;
+    c->memo_text[c->n_memo] = text;
     c->memo_rule[c->n_memo++] = r;
+    if (found >= 0) return r;
     gb_define(c->b, r, schema_body(c, s));
     return r;
 }
@@ -414,7 +431,8 @@ static int compile_doc(struct gbuild *b, json_t *doc, const char *ws_pattern, in
         }
     }
     for (int i = 0; i < c.n_owned; i++) json_decref(c.owned[i]);
-    free(c.owned); free(c.memo_key); free(c.memo_rule);
+    for (int i = 0; i < c.n_memo; i++) free(c.memo_text[i]);
+    free(c.owned); free(c.memo_key); free(c.memo_rule); free(c.memo_text);
     json_decref(doc);
     return b->failed ? -1 : rc;
 }
