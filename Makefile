@@ -53,7 +53,7 @@ endif
 TEST_SRC := $(wildcard tests/c/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/c/%.c=$(O)/tests/%)
 
-.PHONY: all test test-c test-py test-san fuzz cuda-objs clean bench-cpu
+.PHONY: all test test-c test-py test-san fuzz cuda-objs clean bench-cpu test-cuda test-cuda-bins
 all: $(O)/pagoda
 ifneq ($(O),build)
 	@mkdir -p build && ln -sf ../$(O)/pagoda build/pagoda-$(notdir $(O))
@@ -84,6 +84,15 @@ build-cuda/%.cu.o: %.cu
 	$(NVCC) $(NVFLAGS) -c -o $@ $<
 
 test-bins: $(TEST_BIN) $(O)/pagoda
+
+# GPU tests (tests/cuda/test_*.c, cmocka): `make CUDA=1 test-cuda` builds and runs them on the GPU.
+CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(O)/tests-cuda/%,$(wildcard tests/cuda/test_*.c))
+$(O)/tests-cuda/%: tests/cuda/%.c tests/cuda/cuda_test_util.h $(O)/libpagoda.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(O)/libpagoda.a $(LDLIBS) -lcmocka
+test-cuda-bins: $(CUDA_TEST_BIN) $(O)/pagoda
+test-cuda: test-cuda-bins
+	@bash tests/cuda/run.sh $(O)
 
 # The whole suite: C unit tests, then the sanitizer build of the same tests, then Python tests.
 test: all

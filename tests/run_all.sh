@@ -10,10 +10,10 @@ cd "$(dirname "$0")/.."
 JOBS=${JOBS:-$(nproc)}
 total_p=0; total_f=0
 add() { # parse "X passed, Y failed" from the last matching line of $1
-  local line; line=$(printf '%s\n' "$1" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -1)
-  local p f
-  p=$(printf '%s' "$line" | sed -n 's/.*[^0-9]\?\([0-9][0-9]*\) passed.*/\1/p'); p=${p:-0}
-  f=$(printf '%s' "$line" | sed -n 's/.* \([0-9][0-9]*\) failed.*/\1/p'); f=${f:-0}
+  local line p f
+  line=$(printf '%s\n' "$1" | grep -E '[0-9]+ passed, [0-9]+ failed' | tail -1)
+  p=$(printf '%s' "$line" | grep -oE '[0-9]+ passed' | grep -oE '[0-9]+'); p=${p:-0}
+  f=$(printf '%s' "$line" | grep -oE '[0-9]+ failed' | grep -oE '[0-9]+'); f=${f:-0}
   total_p=$((total_p + p)); total_f=$((total_f + f))
 }
 

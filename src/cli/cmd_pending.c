@@ -12,11 +12,4 @@ static int pending(const char *name) {
 #define PENDING(fn, name) \
     __attribute__((weak)) int fn(int argc, char **argv) { (void)argc; (void)argv; return pending(name); }
 
-PENDING(cmd_generate, "generate")
 PENDING(cmd_serve, "serve")
-PENDING(cmd_tokenize, "tokenize")
-PENDING(cmd_detokenize, "detokenize")
-PENDING(cmd_chat_template, "chat-template")
-PENDING(cmd_make_model, "make-model")
-PENDING(cmd_bench, "bench")
-PENDING(cmd_eval, "eval")

@@ -1,0 +1,34 @@
+#!/usr/bin/env bash
+# Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
+# Phases: info tests ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8
+# Logs go to $OUT (one file per phase) and a summary to stdout.
+set -u
+D=.devwork/cuda
+export LD_LIBRARY_PATH=$PWD/$D/lib:${LD_LIBRARY_PATH:-}
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d $d ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; done
+PY=$(command -v python3)
+SITE=$($PY -c 'import site; print(site.getsitepackages()[0])' 2>/dev/null)
+for d in "$SITE"/nvidia/cublas/lib "$SITE"/nvidia/cu13/lib "$SITE"/nvidia/cuda_runtime/lib; do [ -d "$d" ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; done
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+P=$D/bin/pagoda
+run() { # name timeout cmd...
+  local name=$1 to=$2; shift 2
+  echo "### $name: $*" | tee -a $OUT/summary.txt
+  local t0=$(date +%s.%N)
+  timeout $to "$@" > $OUT/$name.log 2>&1; local rc=$?
+  echo "### $name rc=$rc $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || true)s" | tee -a $OUT/summary.txt
+  grep -E "RESULT|passed|FAILED|rel err|tok/s|ms|refusal|KV|wrote|error|Error" $OUT/$name.log | head -${TAILN:-60} | tee -a $OUT/summary.txt
+}
+for ph in "$@"; do case $ph in
+  info) { date -u; cat $D/COMMIT; nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.sm,clocks.mem --format=csv; ldd $P | grep -E "cublas|cudart|not found"; } 2>&1 | tee -a $OUT/summary.txt ;;
+  tests) for t in $D/bin/test_cuda_*; do run $(basename $t) 200 env CMOCKA_MESSAGE_OUTPUT=stdout $t; done ;;
+  ceilings) run ceilings 120 $P bench ceilings --json $OUT/results.jsonl ;;
+  makemodel) run makemodel 90 $P make-model --out /tmp/q14-int4 --preset qwen2.5-14b --gptq-int4 && ls -la /tmp/q14-int4 >> $OUT/makemodel.log && du -sh /tmp/q14-int4 | tee -a $OUT/summary.txt ;;
+  lat-int4) run lat-int4 150 $P bench latency --random qwen2.5-14b --gptq-int4 --ceilings --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/results.jsonl ;;
+  lat-bf16) run lat-bf16 150 $P bench latency --random qwen2.5-14b --ceilings --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/results.jsonl ;;
+  thr-int4) run thr-int4 200 $P bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,8,32,64,128,256 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
+  thr-bf16) run thr-bf16 200 $P bench throughput --random qwen2.5-14b --batch 1,8,32,64,128,256 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
+  hfcmp-int4) run hfcmp-int4 300 $P bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,64 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
+  hfcmp-bf16) run hfcmp-bf16 300 $P bench throughput --random qwen2.5-14b --batch 1,64 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
+  hf) run hf 200 env PYTHONUNBUFFERED=1 $PY $D/hf_baseline.py --json $OUT/results.jsonl ;;
+esac; done

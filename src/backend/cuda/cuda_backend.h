@@ -1,0 +1,88 @@
+// Internal state of the CUDA backend (backend_cuda.cu, cuda_weights.cu). Not a public header.
+#pragma once
+#include <cublas_v2.h>
+
+#include "backend/cuda/cuda_ops.h"
+#ifdef __cplusplus
+#define _Noreturn [[noreturn]]
+extern "C" {
+#endif
+#include "backend/backend.h"
+#ifdef __cplusplus
+}
+#endif
+
+// A linear layer on the device; several checkpoint linears sharing an input (q/k/v,
+// gate/up) are fused into one when their formats agree (concatenated along out).
+struct dlin {
+    int in, out;
+    bool quant;            // GPTQ 4-bit (else dense bf16)
+    bf16_t *w;             // dense: (out, in)
+    struct cu_gptq q;      // quant: device pointers
+    int32_t *perm;         // desc_act input permutation (in), or NULL
+    float *bias;           // (out) or NULL
+};
+
+// A group of linears reading the same input and writing adjacent column ranges of one
+// output: n == 1 when fused.
+struct dgroup {
+    int n;
+    struct dlin part[3];
+    int col[3];            // output column offset of each part
+    int out;               // total columns
+};
+
+struct dlayer {
+    bf16_t *attn_norm, *ffn_norm;
+    struct dgroup qkv, gu;
+    struct dlin o, down;
+    float *qkv_bias;       // fused (q|k|v) bias for the rope kernel, or NULL
+};
+
+#define CU_MAX_BUCKETS 24
+
+struct cuda_ctx {
+    struct model_config mc;
+    struct backend_config bc;
+    int dev, n_sm;
+    cudaStream_t st;
+    cublasHandle_t blas;
+    void *blas_ws;
+    // weights
+    bf16_t *embed, *lm_head, *final_norm;
+    struct dlayer *layers;
+    size_t weight_bytes;
+    // KV cache: layer l's K at kv + (2l) * layer_bytes, V at (2l+1)
+    void *kv;
+    size_t kv_layer_bytes;
+    int kv_type, num_blocks, dummy_block;
+    // sizes
+    int Tmax, Smax, bt_stride, max_tiles, qkv_out, gu_out;
+    // activations
+    float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
+    bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
+    size_t attn_partial_floats, gemv_partial_floats;
+    // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
+    int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
+    size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;
+    struct cu_sample_params *d_params, *h_params;
+    struct cu_sample_out *d_out, *h_out;
+    // sampling lists (grown on demand)
+    void *d_lists, *h_lists;
+    size_t lists_cap;
+    int32_t *mark, *mark_idx;    // host, vocab each: dedup of penalty tokens
+    int mark_epoch;
+    // graphs per decode bucket
+    int buckets[CU_MAX_BUCKETS], n_buckets;
+    cudaGraphExec_t graphs[CU_MAX_BUCKETS];
+    // the step in flight
+    cudaEvent_t done;
+    int pending_n;               // results to deliver at collect, -1 when none
+    int *res_row;                // [Smax] result i comes from output row res_row[i]
+};
+
+// cuda_weights.cu
+int cuw_upload(struct cuda_ctx *c, const struct model_weights *w, char *err);
+void cuw_free(struct cuda_ctx *c);
+// Bytes of dequantization scratch and gemv partials the uploaded weights need.
+void cuw_scratch_needs(const struct cuda_ctx *c, size_t *deq_elems, size_t *partial_floats, int *max_in);

@@ -1,0 +1,147 @@
+// The CUDA backend's kernels, as plain C-callable launchers (device pointers in, enqueued
+// on `st`, no synchronisation). Shared by backend_cuda.cu and the GPU tests in tests/cuda/.
+// Activations are bf16 (stored as uint16_t here so C can include this), the residual
+// stream and all accumulations are fp32. Every launcher checks the launch and records the
+// first failure with file:line (cu_take_error reads it back).
+#pragma once
+#include <stdbool.h>
+#include <stdint.h>
+#include <cuda_runtime_api.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+typedef uint16_t bf16_t;  // storage of __nv_bfloat16
+
+// ---- errors (cuda_util.cu) ----
+// Records the first CUDA failure (thread-local) with its file:line; returns 0 when e is success.
+int cu_note(cudaError_t e, const char *file, int line, const char *what);
+// Moves the recorded failure (if any) into err and clears it; returns -1 when there was one.
+int cu_take_error(char *err);
+#define CU_CHECK(call) cu_note((call), __FILE__, __LINE__, #call)
+#define CU_LAUNCHED(name) cu_note(cudaGetLastError(), __FILE__, __LINE__, name)
+
+// ---- elementwise (ops_elementwise.cu) ----
+// out[t, :] = float(table[tok[t], :])                 out: (T, H) f32
+void cu_embed(const bf16_t *table, const int32_t *tok, int T, int H, float *out, cudaStream_t st);
+// resid += delta (when delta != NULL; delta row stride ld_delta), then
+// out = bf16(resid * rsqrt(mean(resid^2) + eps) * w)   resid: (T, H) f32, out: (T, H) bf16
+void cu_add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const bf16_t *w, float eps,
+                    int T, int H, bf16_t *out, cudaStream_t st);
+// out[t, i] = silu(gu[t, i]) * gu[t, I + i]           gu: (T, 2I), out: (T, I)
+void cu_swiglu(const bf16_t *gu, int T, int I, bf16_t *out, cudaStream_t st);
+// y[t, j] += bias[j] for j < n (row stride ldy)
+void cu_add_bias(bf16_t *y, int ldy, const float *bias, int T, int n, cudaStream_t st);
+// dst[i, :] = src[rows[i], :]    (n rows of H bf16, src row stride ld)
+void cu_gather_rows(const bf16_t *src, int ld, const int32_t *rows, int n, int H, bf16_t *dst,
+                    cudaStream_t st);
+// dst[t, i] = src[t, perm[i]]    (desc_act activation reordering; src/dst (T, n))
+void cu_permute_cols(const bf16_t *src, const int32_t *perm, int T, int n, bf16_t *dst, cudaStream_t st);
+// Conversions for uploads: f32/f16 -> bf16 in place on the device.
+void cu_f32_to_bf16(const float *src, size_t n, bf16_t *dst, cudaStream_t st);
+void cu_f16_to_bf16(const uint16_t *src, size_t n, bf16_t *dst, cudaStream_t st);
+void cu_bf16_to_f32(const bf16_t *src, size_t n, float *dst, cudaStream_t st);
+
+// ---- KV cache layout ----
+// Per layer, K and V each: [num_blocks][n_kv][block_size][head_dim] of kv_dtype
+// (0 = bf16, 1 = fp8 e4m3, 2 = fp8 e5m2; scale 1.0).
+enum cu_kv_type { CU_KV_BF16 = 0, CU_KV_E4M3 = 1, CU_KV_E5M2 = 2 };
+
+// The per-step token/sequence description, on the device.
+struct cu_step {
+    int T;                     // tokens in the step
+    int n_seqs;
+    const int32_t *tok_seq;    // [T] sequence of each token
+    const int32_t *tok_pos;    // [T] absolute position of each token
+    const int32_t *seq_len;    // [n_seqs] pos0 + n_new (keys visible to the last token)
+    const int32_t *seq_q0;     // [n_seqs] index of the sequence's first token in the step
+    const int32_t *seq_nnew;   // [n_seqs]
+    const int32_t *block_tables; // [n_seqs, bt_stride]
+    int bt_stride;
+};
+
+// ---- RoPE + KV store (ops_rope.cu) ----
+// qkv: (T, ldqkv) bf16 holding q (n_heads*hd), k (n_kv*hd), v (n_kv*hd); adds bias (f32,
+// same layout, may be NULL), rotates q and k (rotate-half, theta), writes q to q_out
+// (T, n_heads*hd) and k, v into the paged cache at each token's slot.
+void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const struct cu_step *s,
+                       int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
+                       void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st);
+
+// ---- attention (attn_decode.cu, attn_prefill.cu) ----
+// out: (T, n_heads*hd) bf16. Decode handles sequences with n_new == 1 listed in `seqs`
+// (n of them) with split-K over `n_splits` blocks; partial: n * n_heads * n_splits * (hd+2) f32.
+void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
+                    int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
+                    const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st);
+// Causal flash attention for any sequences (prefill / chunked prefill / mixed): tiles lists
+// (seq, first query index within the seq) for n_tiles tiles of CU_PREFILL_TILE queries.
+#define CU_PREFILL_TILE 64
+void cu_attn_prefill(const bf16_t *q, const struct cu_step *s, const int32_t *tiles, int n_tiles,
+                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
+                     const void *v_cache, bf16_t *out, cudaStream_t st);
+
+// ---- GPTQ (gptq.cu) ----
+// Device layout of a GPTQ linear (built from the checkpoint form by the backend):
+//   qweight [in/8][out] int32 (8 input rows per word, low nibble first; 4-bit only here:
+//           8-bit weights are widened to dense bf16 at load)
+//   sz      [n_groups][out] uint32: low 16 bits = fp16 scale, high 16 = zero point
+//   rows are in group order (desc_act permuted at load; perm given to the caller)
+struct cu_gptq {
+    int in, out, group_size, n_groups;
+    const int32_t *qweight;
+    const uint32_t *sz;
+};
+#define CU_GEMV_MAX_ROWS 8
+// y (M, ldy) bf16 = x (M, in) bf16 . W^T (+ bias f32) for M <= CU_GEMV_MAX_ROWS;
+// partial: cu_gemv_partial_floats(l, M) floats of scratch.
+size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M);
+void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
+                  int ldy, float *partial, cudaStream_t st);
+// wt (in, out) bf16 = dequantized W^T (for the cuBLAS path).
+void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st);
+
+// ---- sampling (sampling.cu) ----
+// One sampled row's parameters, on the device.
+struct cu_sample_params {
+    float temperature, top_p, min_p;
+    int top_k;
+    float repetition_penalty, presence_penalty, frequency_penalty;
+    uint64_t seed, step;
+    int n_logprobs;            // -1 none, 0 chosen only, k top-k too
+    int pen_off, pen_n;        // unique penalty entries: pen_tok[], pen_cnt[] (output count),
+                               // pen_flags[] (bit 0: in prompt or output)
+    int bias_off, bias_n;      // logit bias entries bias_tok[], bias_val[]
+    int ban_off, ban_n;        // banned tokens
+    int allowed_off;           // word offset of the allowed bitmask, -1 when none
+};
+struct cu_sample_lists {
+    const int32_t *pen_tok, *pen_cnt, *pen_flags;
+    const int32_t *bias_tok;
+    const float *bias_val;
+    const int32_t *ban;
+    const uint32_t *allowed;
+};
+struct cu_sample_out {
+    int32_t token;
+    float logprob;
+    int32_t n_top;
+    int32_t top_ids[20];
+    float top_logprobs[20];
+};
+// logits (n, vocab) f32 are modified in place (penalties, bias, masks). scratch: n * vocab f32.
+void cu_sample(float *logits, int n, int vocab, const struct cu_sample_params *p,
+               const struct cu_sample_lists *lists, float *scratch, struct cu_sample_out *out,
+               cudaStream_t st);
+// Greedy only (argmax; ties to the lower id), for graphs: out[i].token, logprob filled.
+void cu_argmax(const float *logits, int n, int vocab, struct cu_sample_out *out, cudaStream_t st);
+
+// ---- measurements (cuda_util.cu) ----
+// Device-to-device copy bandwidth (bytes read + written per second) and cuBLAS bf16 GEMM
+// rate (FLOP/s) on random data; returns 0 or -1 with err.
+int cu_measure_ceilings(double *copy_bytes_per_s, double *gemm_flops, char *err);
+
+#ifdef __cplusplus
+}
+#endif

@@ -1,0 +1,269 @@
+// Sampling on the GPU. Per row, in this order: repetition penalty (HF: over prompt and
+// output tokens, each distinct token once), presence/frequency penalties (output tokens),
+// logit bias, the allowed bitmask and banned tokens (-inf); then temperature (0 = greedy:
+// argmax, ties to the lower id); min_p (keep p >= min_p * p_max), top_k (keep p >= the k-th
+// largest p; ties kept), top_p (keep the smallest high-probability set whose mass reaches
+// top_p of what min_p/top_k kept; ties kept); draw u = pg_uniform(seed, step, 0) and take the
+// first kept token in id order whose cumulative kept mass exceeds u * kept mass.
+// logprob = log softmax of the processed logits / temperature (1 when greedy), before any
+// truncation; top-n logprobs are the n largest of the same distribution.
+// Thresholds are found by bisection over the float bits of p (monotone for p >= 0), so no
+// sort is needed: one block of 1024 threads per row, ~60 passes over an L2-resident row.
+#include <math.h>
+
+#include "backend/cuda/cuda_ops.h"
+
+#define SB 1024
+
+__device__ __forceinline__ uint64_t d_mix64(uint64_t x) {
+    x += 0x9e3779b97f4a7c15ull;
+    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
+    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
+    return x ^ (x >> 31);
+}
+// Same function as pg_uniform in backend/sampling.h.
+__device__ __forceinline__ float d_uniform(uint64_t seed, uint64_t step, uint64_t k) {
+    uint64_t h = d_mix64(d_mix64(seed ^ d_mix64(step)) + k);
+    return (float)(h >> 40) * (1.0f / 16777216.0f);
+}
+
+__device__ float bsum(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = 0;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) s += red[i];
+    return s;
+}
+__device__ float bmax(float v, float *red) {
+    for (int o = 16; o > 0; o >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) red[threadIdx.x >> 5] = v;
+    __syncthreads();
+    float s = -INFINITY;
+    for (int i = 0; i < (int)(blockDim.x >> 5); i++) s = fmaxf(s, red[i]);
+    return s;
+}
+// Block argmax: largest value, lowest index among ties. Values equal to -inf lose to any id.
+__device__ void bargmax(float v, int idx, float *redv, int *redi, float *ov, int *oi) {
+    for (int o = 16; o > 0; o >>= 1) {
+        float v2 = __shfl_xor_sync(0xffffffffu, v, o);
+        int i2 = __shfl_xor_sync(0xffffffffu, idx, o);
+        if (v2 > v || (v2 == v && i2 < idx)) {
+            v = v2;
+            idx = i2;
+        }
+    }
+    __syncthreads();
+    if ((threadIdx.x & 31) == 0) {
+        redv[threadIdx.x >> 5] = v;
+        redi[threadIdx.x >> 5] = idx;
+    }
+    __syncthreads();
+    float bv = redv[0];
+    int bi = redi[0];
+    for (int i = 1; i < (int)(blockDim.x >> 5); i++)
+        if (redv[i] > bv || (redv[i] == bv && redi[i] < bi)) {
+            bv = redv[i];
+            bi = redi[i];
+        }
+    *ov = bv;
+    *oi = bi;
+}
+
+__global__ void k_penalties(float *logits, int vocab, const struct cu_sample_params *pp, struct cu_sample_lists L) {
+    const struct cu_sample_params p = pp[blockIdx.x];
+    float *row = logits + (size_t)blockIdx.x * vocab;
+    for (int e = threadIdx.x; e < p.pen_n; e += blockDim.x) {
+        int t = L.pen_tok[p.pen_off + e], cnt = L.pen_cnt[p.pen_off + e];
+        float l = row[t];
+        if ((L.pen_flags[p.pen_off + e] & 1) && p.repetition_penalty != 1.0f)
+            l = l > 0 ? l / p.repetition_penalty : l * p.repetition_penalty;
+        if (cnt > 0) l -= p.presence_penalty + p.frequency_penalty * cnt;
+        row[t] = l;
+    }
+    __syncthreads();
+    if (threadIdx.x == 0)
+        for (int e = 0; e < p.bias_n; e++) row[L.bias_tok[p.bias_off + e]] += L.bias_val[p.bias_off + e];
+    __syncthreads();
+    if (p.allowed_off >= 0)
+        for (int v = threadIdx.x; v < vocab; v += blockDim.x)
+            if (!((L.allowed[p.allowed_off + (v >> 5)] >> (v & 31)) & 1)) row[v] = -INFINITY;
+    for (int e = threadIdx.x; e < p.ban_n; e += blockDim.x) row[L.ban[p.ban_off + e]] = -INFINITY;
+}
+
+// count of p >= t (as float bits) or mass of p >= t
+__device__ float pass_ge(const float *pr, int vocab, uint32_t tb, bool mass, float *red) {
+    float t = __uint_as_float(tb), s = 0;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float p = pr[v];
+        if (p >= t) s += mass ? p : 1.0f;
+    }
+    return bsum(s, red);
+}
+
+__device__ void top_logprobs(const float *row, int vocab, float inv_t, float M, float logZ, int n,
+                             struct cu_sample_out *o, float *redv, int *redi) {
+    __shared__ int picked[20];
+    for (int k = 0; k < n; k++) {
+        float best = -INFINITY;
+        int bi = 0x7fffffff;
+        for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+            bool used = false;
+            for (int u = 0; u < k; u++) used |= picked[u] == v;
+            float z = row[v] * inv_t;
+            if (!used && (z > best || (z == best && v < bi))) {
+                best = z;
+                bi = v;
+            }
+        }
+        float bv;
+        int id;
+        bargmax(best, bi, redv, redi, &bv, &id);
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            picked[k] = id;
+            o->top_ids[k] = id;
+            o->top_logprobs[k] = bv - M - logZ;
+        }
+        __syncthreads();
+    }
+    if (threadIdx.x == 0) o->n_top = n;
+}
+
+__global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, const struct cu_sample_params *pp,
+                                               float *scratch, struct cu_sample_out *outs) {
+    __shared__ float red[32], redv[32];
+    __shared__ int redi[32];
+    __shared__ float sh_cum[SB];
+    const struct cu_sample_params p = pp[blockIdx.x];
+    const float *row = logits + (size_t)blockIdx.x * vocab;
+    float *pr = scratch + (size_t)blockIdx.x * vocab;
+    struct cu_sample_out *o = outs + blockIdx.x;
+    const bool greedy = !(p.temperature > 0);
+    const float inv_t = greedy ? 1.0f : 1.0f / p.temperature;
+
+    float mx = -INFINITY;
+    int mi = 0x7fffffff;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float z = row[v] * inv_t;
+        if (z > mx || (z == mx && v < mi)) {
+            mx = z;
+            mi = v;
+        }
+    }
+    float M;
+    int amax;
+    bargmax(mx, mi, redv, redi, &M, &amax);
+    float z = 0;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
+        float e = __expf(row[v] * inv_t - M);
+        pr[v] = e;
+        z += e;
+    }
+    const float Z = bsum(z, red), logZ = logf(Z);
+    int tok = amax;
+    if (!greedy) {
+        uint32_t thr = 0;
+        if (p.min_p > 0) thr = __float_as_uint(p.min_p);
+        if (p.top_k > 0 && p.top_k < vocab) {
+            uint32_t lo = 0, hi = 0x3F800001u;
+            while (hi - lo > 1) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (pass_ge(pr, vocab, mid, false, red) >= (float)p.top_k) lo = mid; else hi = mid;
+            }
+            thr = max(thr, lo);
+        }
+        if (p.top_p < 1.0f) {
+            float target = p.top_p * pass_ge(pr, vocab, thr, true, red);
+            uint32_t lo = thr, hi = 0x3F800001u;
+            while (hi - lo > 1) {
+                uint32_t mid = lo + (hi - lo) / 2;
+                if (pass_ge(pr, vocab, mid, true, red) >= target) lo = mid; else hi = mid;
+            }
+            thr = lo;
+        }
+        const float t = __uint_as_float(thr);
+        // Contiguous ranges per thread so that the scan runs in token-id order.
+        const int per = (vocab + SB - 1) / SB, b0 = threadIdx.x * per, b1 = min(vocab, b0 + per);
+        float local = 0;
+        for (int v = b0; v < b1; v++) local += pr[v] >= t ? pr[v] : 0.f;
+        sh_cum[threadIdx.x] = local;
+        __syncthreads();
+        if (threadIdx.x == 0) {
+            float c = 0;
+            for (int i = 0; i < SB; i++) {
+                float x = sh_cum[i];
+                sh_cum[i] = c;
+                c += x;
+            }
+            redv[0] = c;
+        }
+        __syncthreads();
+        const float total = redv[0], u = d_uniform(p.seed, p.step, 0) * total;
+        __shared__ int chosen;
+        if (threadIdx.x == 0) chosen = -1;
+        __syncthreads();
+        float c = sh_cum[threadIdx.x];
+        const bool last_nz = threadIdx.x == SB - 1 || sh_cum[threadIdx.x + 1] >= total;
+        if (local > 0 && c <= u && (u < c + local || last_nz)) {
+            int last = -1;
+            for (int v = b0; v < b1; v++) {
+                if (pr[v] < t) continue;
+                last = v;
+                c += pr[v];
+                if (c > u) break;
+            }
+            atomicMax(&chosen, last);
+        }
+        __syncthreads();
+        tok = chosen >= 0 ? chosen : amax;
+    }
+    if (threadIdx.x == 0) {
+        o->token = tok;
+        o->logprob = row[tok] * inv_t - M - logZ;
+        o->n_top = 0;
+    }
+    if (p.n_logprobs > 0) top_logprobs(row, vocab, inv_t, M, logZ, min(p.n_logprobs, 20), o, redv, redi);
+}
+
+extern "C" void cu_sample(float *logits, int n, int vocab, const struct cu_sample_params *p,
+                          const struct cu_sample_lists *lists, float *scratch, struct cu_sample_out *out,
+                          cudaStream_t st) {
+    if (n <= 0) return;
+    k_penalties<<<n, 256, 0, st>>>(logits, vocab, p, *lists);
+    CU_LAUNCHED("penalties");
+    k_sample<<<n, SB, 0, st>>>(logits, vocab, p, scratch, out);
+    CU_LAUNCHED("sample");
+}
+
+__global__ void __launch_bounds__(SB) k_argmax(const float *logits, int vocab, struct cu_sample_out *outs) {
+    __shared__ float red[32], redv[32];
+    __shared__ int redi[32];
+    const float *row = logits + (size_t)blockIdx.x * vocab;
+    float mx = -INFINITY;
+    int mi = 0x7fffffff;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x)
+        if (row[v] > mx || (row[v] == mx && v < mi)) {
+            mx = row[v];
+            mi = v;
+        }
+    float M;
+    int amax;
+    bargmax(mx, mi, redv, redi, &M, &amax);
+    float z = 0;
+    for (int v = threadIdx.x; v < vocab; v += blockDim.x) z += __expf(row[v] - M);
+    float Z = bsum(z, red);
+    if (threadIdx.x == 0) {
+        outs[blockIdx.x].token = amax;
+        outs[blockIdx.x].logprob = -logf(Z);
+        outs[blockIdx.x].n_top = 0;
+    }
+}
+
+extern "C" void cu_argmax(const float *logits, int n, int vocab, struct cu_sample_out *out, cudaStream_t st) {
+    if (n <= 0) return;
+    k_argmax<<<n, SB, 0, st>>>(logits, vocab, out);
+    CU_LAUNCHED("argmax");
+}

@@ -1,0 +1,75 @@
+// Helpers shared by the GPU tests: cmocka, device buffers, random data, error norms.
+#pragma once
+#include <math.h>
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cmocka.h>
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda_ops.h"
+#include "backend/sampling.h"
+#include "util/common.h"
+
+static uint64_t g_rng = 0x1234567ull;
+static inline void rng_seed(uint64_t s) { g_rng = s; }
+static inline float frand(void) {  // uniform [-1, 1)
+    g_rng = pg_mix64(g_rng);
+    return (float)(g_rng >> 40) / 8388608.0f - 1.0f;
+}
+static inline uint32_t urand(void) {
+    g_rng = pg_mix64(g_rng);
+    return (uint32_t)(g_rng >> 32);
+}
+
+static inline void *dmalloc(size_t n) {
+    void *p = NULL;
+    assert_int_equal(cudaMalloc(&p, n ? n : 16), cudaSuccess);
+    assert_int_equal(cudaMemset(p, 0xff, n ? n : 16), cudaSuccess);  // poison (NaN for floats)
+    return p;
+}
+static inline void *dup_to_dev(const void *h, size_t n) {
+    void *d = dmalloc(n);
+    assert_int_equal(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice), cudaSuccess);
+    return d;
+}
+static inline void to_host(void *h, const void *d, size_t n) {
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+    assert_int_equal(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), cudaSuccess);
+    char err[PG_ERR_LEN] = "";
+    if (cu_take_error(err)) fail_msg("%s", err);
+}
+
+static inline uint16_t *rand_bf16(size_t n, float scale) {
+    uint16_t *h = pg_malloc(n * 2);
+    for (size_t i = 0; i < n; i++) h[i] = pg_f32_to_bf16(frand() * scale);
+    return h;
+}
+static inline float bf(uint16_t h) { return pg_bf16_to_f32(h); }
+
+// ||a - b|| / ||b||; fails on NaN/inf anywhere in a.
+static inline double rel_err_f(const float *a, const double *ref, size_t n) {
+    double num = 0, den = 0;
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(a[i])) return INFINITY;
+        num += (a[i] - ref[i]) * (a[i] - ref[i]);
+        den += ref[i] * ref[i];
+    }
+    return sqrt(num / (den > 0 ? den : 1));
+}
+static inline double rel_err_bf16(const uint16_t *a, const double *ref, size_t n) {
+    float *f = pg_malloc(n * 4);
+    for (size_t i = 0; i < n; i++) f[i] = bf(a[i]);
+    double e = rel_err_f(f, ref, n);
+    free(f);
+    return e;
+}
+#define CHECK_ERR(name, e, tol)                                                   \
+    do {                                                                          \
+        double e_ = (e);                                                          \
+        printf("  %-40s rel err %.3e (tol %.1e)\n", name, e_, (double)(tol));     \
+        assert_true(e_ <= (tol));                                                 \
+    } while (0)

@@ -1,0 +1,326 @@
+// Per-kernel GPU tests: every kernel against a CPU reference (double precision) on fresh
+// random inputs, outputs poisoned (0xff bytes) before each run, tolerance stated per op.
+#include "cuda_test_util.h"
+
+// ---- norm / embed / swiglu / bias / gather ----
+static void test_embed_rmsnorm(void **state) {
+    (void)state;
+    const int V = 1000, H = 896, T = 7;
+    uint16_t *tab = rand_bf16((size_t)V * H, 0.5f), *w = rand_bf16(H, 1.0f), *delta = rand_bf16((size_t)T * H, 2.0f);
+    int32_t tok[7];
+    for (int t = 0; t < T; t++) tok[t] = urand() % V;
+    void *dtab = dup_to_dev(tab, (size_t)V * H * 2), *dtok = dup_to_dev(tok, sizeof tok), *dw = dup_to_dev(w, H * 2);
+    void *dd = dup_to_dev(delta, (size_t)T * H * 2);
+    float *dres = dmalloc((size_t)T * H * 4);
+    bf16_t *dout = dmalloc((size_t)T * H * 2);
+    cu_embed(dtab, dtok, T, H, dres, 0);
+    cu_add_rmsnorm(dres, dd, H, dw, 1e-6f, T, H, dout, 0);
+    float *res = pg_malloc((size_t)T * H * 4);
+    uint16_t *out = pg_malloc((size_t)T * H * 2);
+    to_host(res, dres, (size_t)T * H * 4);
+    to_host(out, dout, (size_t)T * H * 2);
+    double *rr = pg_malloc(sizeof(double) * T * H), *ro = pg_malloc(sizeof(double) * T * H);
+    for (int t = 0; t < T; t++) {
+        double ss = 0;
+        for (int i = 0; i < H; i++) {
+            rr[t * H + i] = (double)bf(tab[(size_t)tok[t] * H + i]) + bf(delta[t * H + i]);
+            ss += rr[t * H + i] * rr[t * H + i];
+        }
+        double inv = 1 / sqrt(ss / H + 1e-6);
+        for (int i = 0; i < H; i++) ro[t * H + i] = rr[t * H + i] * inv * bf(w[i]);
+    }
+    CHECK_ERR("embed + residual add (f32)", rel_err_f(res, rr, (size_t)T * H), 1e-6);
+    CHECK_ERR("rmsnorm (bf16 out)", rel_err_bf16(out, ro, (size_t)T * H), 8e-3);
+    cudaFree(dtab), cudaFree(dtok), cudaFree(dw), cudaFree(dd), cudaFree(dres), cudaFree(dout);
+    free(tab), free(w), free(delta), free(res), free(out), free(rr), free(ro);
+}
+
+static void test_swiglu_bias_gather(void **state) {
+    (void)state;
+    const int T = 5, I = 1000;
+    uint16_t *gu = rand_bf16((size_t)T * 2 * I, 4.0f);
+    float bias[1000];
+    for (int i = 0; i < I; i++) bias[i] = frand();
+    void *dgu = dup_to_dev(gu, (size_t)T * 2 * I * 2), *db = dup_to_dev(bias, sizeof bias);
+    bf16_t *dout = dmalloc((size_t)T * I * 2), *dg = dmalloc((size_t)3 * I * 2);
+    cu_swiglu(dgu, T, I, dout, 0);
+    cu_add_bias(dout, I, db, T, I, 0);
+    int32_t rows[3] = {4, 0, 2};
+    void *drows = dup_to_dev(rows, sizeof rows);
+    cu_gather_rows(dout, I, drows, 3, I, dg, 0);
+    uint16_t *g = pg_malloc((size_t)3 * I * 2);
+    to_host(g, dg, (size_t)3 * I * 2);
+    double *ref = pg_malloc(sizeof(double) * 3 * I);
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < I; i++) {
+            double a = bf(gu[(size_t)rows[r] * 2 * I + i]), u = bf(gu[(size_t)rows[r] * 2 * I + I + i]);
+            ref[r * I + i] = a / (1 + exp(-a)) * u + bias[i];
+        }
+    CHECK_ERR("swiglu + bias + gather (bf16)", rel_err_bf16(g, ref, (size_t)3 * I), 1e-2);
+    cudaFree(dgu), cudaFree(db), cudaFree(dout), cudaFree(dg), cudaFree(drows);
+    free(gu), free(g), free(ref);
+}
+
+// ---- fp8 decoding on the host ----
+static float fp8_to_f(uint8_t b, int e5m2) {
+    int s = b >> 7, e, m;
+    float v;
+    if (e5m2) {
+        e = (b >> 2) & 31, m = b & 3;
+        v = e ? ldexpf(1 + m / 4.0f, e - 15) : ldexpf(m / 4.0f, -14);
+    } else {
+        e = (b >> 3) & 15, m = b & 7;
+        v = e ? ldexpf(1 + m / 8.0f, e - 7) : ldexpf(m / 8.0f, -6);
+    }
+    return s ? -v : v;
+}
+static uint8_t rand_fp8(int e5m2) {
+    for (;;) {
+        uint8_t b = (uint8_t)urand();
+        if (e5m2 && ((b >> 2) & 31) == 31) continue;
+        if (!e5m2 && (b & 0x7f) == 0x7f) continue;
+        if (fabsf(fp8_to_f(b, e5m2)) > 4) continue;
+        return b;
+    }
+}
+static float kv_get(const void *cache, size_t i, int kv_type) {
+    if (kv_type == CU_KV_BF16) return bf(((const uint16_t *)cache)[i]);
+    return fp8_to_f(((const uint8_t *)cache)[i], kv_type == CU_KV_E5M2);
+}
+
+// ---- a paged test setup: n seqs with lengths, block tables over a shuffled pool ----
+struct pg_setup {
+    int n, bs, nh, nkv, hd, kv_type, nblocks, bt_stride, T;
+    int len[8], nnew[8], q0[8];
+    int32_t *bt, *tok_seq, *tok_pos;
+    void *kc, *vc;     // host copies
+    size_t cache_elems;
+};
+
+static void setup_init(struct pg_setup *s, int n, const int *len, const int *nnew, int nh, int nkv, int hd, int kv_type) {
+    memset(s, 0, sizeof *s);
+    s->n = n, s->bs = 16, s->nh = nh, s->nkv = nkv, s->hd = hd, s->kv_type = kv_type;
+    for (int i = 0; i < n; i++) {
+        s->len[i] = len[i], s->nnew[i] = nnew[i], s->q0[i] = s->T;
+        s->T += nnew[i];
+        int nb = (len[i] + 15) / 16;
+        if (nb > s->bt_stride) s->bt_stride = nb;
+        s->nblocks += nb;
+    }
+    s->nblocks += 3;
+    int *perm = pg_malloc(sizeof(int) * s->nblocks);
+    for (int i = 0; i < s->nblocks; i++) perm[i] = i;
+    for (int i = s->nblocks - 1; i > 0; i--) {
+        int j = urand() % (i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    s->bt = pg_calloc((size_t)n * s->bt_stride, sizeof(int32_t));
+    for (int i = 0, k = 0; i < n; i++)
+        for (int b = 0; b < (len[i] + 15) / 16; b++) s->bt[i * s->bt_stride + b] = perm[k++];
+    free(perm);
+    s->tok_seq = pg_malloc(sizeof(int32_t) * s->T);
+    s->tok_pos = pg_malloc(sizeof(int32_t) * s->T);
+    for (int i = 0; i < n; i++)
+        for (int j = 0; j < nnew[i]; j++) {
+            s->tok_seq[s->q0[i] + j] = i;
+            s->tok_pos[s->q0[i] + j] = len[i] - nnew[i] + j;
+        }
+    s->cache_elems = (size_t)s->nblocks * nkv * 16 * hd;
+    size_t es = kv_type == CU_KV_BF16 ? 2 : 1;
+    s->kc = pg_malloc(s->cache_elems * es);
+    s->vc = pg_malloc(s->cache_elems * es);
+    for (size_t i = 0; i < s->cache_elems; i++) {
+        if (kv_type == CU_KV_BF16) {
+            ((uint16_t *)s->kc)[i] = pg_f32_to_bf16(frand() * 2);
+            ((uint16_t *)s->vc)[i] = pg_f32_to_bf16(frand() * 2);
+        } else {
+            ((uint8_t *)s->kc)[i] = rand_fp8(kv_type == CU_KV_E5M2);
+            ((uint8_t *)s->vc)[i] = rand_fp8(kv_type == CU_KV_E5M2);
+        }
+    }
+}
+
+static size_t cidx(const struct pg_setup *s, int seq, int j, int kvh, int d) {
+    int blk = s->bt[seq * s->bt_stride + j / 16];
+    return (((size_t)blk * s->nkv + kvh) * 16 + j % 16) * s->hd + d;
+}
+
+struct dev_step {
+    struct cu_step st;
+    void *buf[8];
+};
+
+static void dev_step_init(struct dev_step *d, const struct pg_setup *s) {
+    int32_t lenv[8], q0v[8], nnv[8];
+    for (int i = 0; i < s->n; i++) lenv[i] = s->len[i], q0v[i] = s->q0[i], nnv[i] = s->nnew[i];
+    d->buf[0] = dup_to_dev(s->tok_seq, 4 * s->T);
+    d->buf[1] = dup_to_dev(s->tok_pos, 4 * s->T);
+    d->buf[2] = dup_to_dev(lenv, 4 * s->n);
+    d->buf[3] = dup_to_dev(q0v, 4 * s->n);
+    d->buf[4] = dup_to_dev(nnv, 4 * s->n);
+    d->buf[5] = dup_to_dev(s->bt, 4 * (size_t)s->n * s->bt_stride);
+    d->st = (struct cu_step){s->T, s->n, d->buf[0], d->buf[1], d->buf[2], d->buf[3], d->buf[4], d->buf[5], s->bt_stride};
+}
+static void dev_step_free(struct dev_step *d) {
+    for (int i = 0; i < 6; i++) cudaFree(d->buf[i]);
+}
+
+// Reference attention for token t (query q: hd floats of head h), over keys [0, pos] of seq.
+static void ref_attn(const struct pg_setup *s, int seq, int pos, int h, const uint16_t *q, double *out) {
+    int kvh = h / (s->nh / s->nkv), hd = s->hd;
+    double *sc = pg_malloc(sizeof(double) * (pos + 1)), mx = -1e300, z = 0;
+    for (int j = 0; j <= pos; j++) {
+        double d = 0;
+        for (int k = 0; k < hd; k++) d += (double)bf(q[k]) * kv_get(s->kc, cidx(s, seq, j, kvh, k), s->kv_type);
+        sc[j] = d / sqrt((double)hd);
+        if (sc[j] > mx) mx = sc[j];
+    }
+    for (int j = 0; j <= pos; j++) z += (sc[j] = exp(sc[j] - mx));
+    for (int k = 0; k < hd; k++) {
+        double a = 0;
+        for (int j = 0; j <= pos; j++) a += sc[j] * kv_get(s->vc, cidx(s, seq, j, kvh, k), s->kv_type);
+        out[k] = a / z;
+    }
+    free(sc);
+}
+
+static void run_attn_case(int nh, int nkv, int hd, int kv_type, bool prefill, int splits) {
+    int len_d[5] = {1, 16, 17, 333, 1500}, nn_d[5] = {1, 1, 1, 1, 1};
+    int len_p[5] = {100, 101, 300, 64, 77}, nn_p[5] = {100, 64, 130, 1, 40};
+    struct pg_setup s;
+    setup_init(&s, 5, prefill ? len_p : len_d, prefill ? nn_p : nn_d, nh, nkv, hd, kv_type);
+    size_t es = kv_type == CU_KV_BF16 ? 2 : 1, qn = (size_t)s.T * nh * hd;
+    void *dk = dup_to_dev(s.kc, s.cache_elems * es), *dv = dup_to_dev(s.vc, s.cache_elems * es);
+    uint16_t *q = rand_bf16(qn, 1.0f);
+    void *dq = dup_to_dev(q, qn * 2);
+    bf16_t *dout = dmalloc(qn * 2);
+    struct dev_step ds;
+    dev_step_init(&ds, &s);
+    if (prefill) {
+        int32_t tiles[64];
+        int nt = 0;
+        for (int i = 0; i < s.n; i++)
+            for (int j = 0; j < s.nnew[i]; j += CU_PREFILL_TILE) tiles[2 * nt] = i, tiles[2 * nt + 1] = j, nt++;
+        void *dt = dup_to_dev(tiles, sizeof(int32_t) * 2 * nt);
+        cu_attn_prefill(dq, &ds.st, dt, nt, nh, nkv, hd, 16, kv_type, dk, dv, dout, 0);
+        assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+        cudaFree(dt);
+    } else {
+        int32_t seqs[5] = {0, 1, 2, 3, 4};
+        void *dseqs = dup_to_dev(seqs, sizeof seqs);
+        float *part = dmalloc(sizeof(float) * 5 * nh * splits * (hd + 2));
+        cu_attn_decode(dq, &ds.st, dseqs, 5, nh, nkv, hd, 16, kv_type, dk, dv, splits, part, dout, 0);
+        assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+        cudaFree(dseqs), cudaFree(part);
+    }
+    uint16_t *out = pg_malloc(qn * 2);
+    to_host(out, dout, qn * 2);
+    double *ref = pg_malloc(sizeof(double) * qn);
+    for (int t = 0; t < s.T; t++)
+        for (int h = 0; h < nh; h++)
+            ref_attn(&s, s.tok_seq[t], s.tok_pos[t], h, q + ((size_t)t * nh + h) * hd, ref + ((size_t)t * nh + h) * hd);
+    char name[96];
+    snprintf(name, sizeof name, "attn %s %dq/%dkv hd%d kv%d splits%d", prefill ? "prefill" : "decode", nh, nkv, hd,
+             kv_type, splits);
+    CHECK_ERR(name, rel_err_bf16(out, ref, qn), prefill ? 1.5e-2 : 8e-3);
+    dev_step_free(&ds);
+    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout);
+    free(q), free(out), free(ref), free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
+}
+
+static void test_attn_decode(void **state) {
+    (void)state;
+    run_attn_case(40, 8, 128, CU_KV_BF16, false, 1);
+    run_attn_case(40, 8, 128, CU_KV_BF16, false, 7);
+    run_attn_case(40, 8, 128, CU_KV_BF16, false, 32);
+    run_attn_case(14, 2, 64, CU_KV_BF16, false, 5);
+    run_attn_case(40, 8, 128, CU_KV_E4M3, false, 8);
+    run_attn_case(14, 2, 64, CU_KV_E5M2, false, 3);
+}
+
+static void test_attn_prefill(void **state) {
+    (void)state;
+    run_attn_case(40, 8, 128, CU_KV_BF16, true, 0);
+    run_attn_case(14, 2, 64, CU_KV_BF16, true, 0);
+    run_attn_case(8, 8, 128, CU_KV_E4M3, true, 0);
+    run_attn_case(12, 2, 128, CU_KV_E5M2, true, 0);
+}
+
+// ---- rope + kv store ----
+static void run_rope_case(int nh, int nkv, int hd, int kv_type) {
+    int len[3] = {5, 40, 1000}, nn[3] = {5, 3, 1};
+    struct pg_setup s;
+    setup_init(&s, 3, len, nn, nh, nkv, hd, kv_type);
+    const int W = (nh + 2 * nkv) * hd, T = s.T;
+    uint16_t *qkv = rand_bf16((size_t)T * W, 2.0f);
+    float *bias = pg_malloc(sizeof(float) * W);
+    for (int i = 0; i < W; i++) bias[i] = frand();
+    size_t es = kv_type == CU_KV_BF16 ? 2 : 1;
+    void *dqkv = dup_to_dev(qkv, (size_t)T * W * 2), *db = dup_to_dev(bias, 4 * W);
+    void *dk = dmalloc(s.cache_elems * es), *dv = dmalloc(s.cache_elems * es);
+    bf16_t *dq = dmalloc((size_t)T * nh * hd * 2);
+    struct dev_step ds;
+    dev_step_init(&ds, &s);
+    cu_qkv_rope_store(dqkv, W, db, &ds.st, nh, nkv, hd, 1e6f, 16, kv_type, dk, dv, dq, 0);
+    uint16_t *q = pg_malloc((size_t)T * nh * hd * 2);
+    to_host(q, dq, (size_t)T * nh * hd * 2);
+    to_host(s.kc, dk, s.cache_elems * es);
+    to_host(s.vc, dv, s.cache_elems * es);
+    size_t nq = (size_t)T * nh * hd, nkvv = (size_t)T * nkv * hd;
+    double *rq = pg_malloc(sizeof(double) * nq), *rk = pg_malloc(sizeof(double) * nkvv), *rv = pg_malloc(sizeof(double) * nkvv);
+    float *gk = pg_malloc(sizeof(float) * nkvv), *gv = pg_malloc(sizeof(float) * nkvv);
+    for (int t = 0; t < T; t++) {
+        const uint16_t *row = qkv + (size_t)t * W;
+        int pos = s.tok_pos[t], seq = s.tok_seq[t];
+        for (int h = 0; h < nh + nkv; h++)
+            for (int i = 0; i < hd / 2; i++) {
+                int c0 = h * hd + i, c1 = c0 + hd / 2;
+                double a = bf(row[c0]) + bias[c0], b = bf(row[c1]) + bias[c1];
+                double ang = pos * (1.0 / pow(1e6, 2.0 * i / hd)), ra = a * cos(ang) - b * sin(ang), rb = b * cos(ang) + a * sin(ang);
+                if (h < nh) {
+                    rq[((size_t)t * nh + h) * hd + i] = ra;
+                    rq[((size_t)t * nh + h) * hd + i + hd / 2] = rb;
+                } else {
+                    int kh = h - nh;
+                    size_t o = ((size_t)t * nkv + kh) * hd;
+                    rk[o + i] = ra, rk[o + i + hd / 2] = rb;
+                    gk[o + i] = kv_get(s.kc, cidx(&s, seq, pos, kh, i), kv_type);
+                    gk[o + i + hd / 2] = kv_get(s.kc, cidx(&s, seq, pos, kh, i + hd / 2), kv_type);
+                }
+            }
+        for (int c = 0; c < nkv * hd; c++) {
+            size_t o = (size_t)t * nkv * hd + c;
+            rv[o] = bf(row[(nh + nkv) * hd + c]) + bias[(nh + nkv) * hd + c];
+            gv[o] = kv_get(s.vc, cidx(&s, seq, pos, c / hd, c % hd), kv_type);
+        }
+    }
+    double tol = kv_type == CU_KV_BF16 ? 8e-3 : kv_type == CU_KV_E4M3 ? 0.06 : 0.12;
+    char name[64];
+    snprintf(name, sizeof name, "rope q hd%d", hd);
+    CHECK_ERR(name, rel_err_bf16(q, rq, nq), 8e-3);
+    snprintf(name, sizeof name, "rope k -> cache (kv type %d)", kv_type);
+    CHECK_ERR(name, rel_err_f(gk, rk, nkvv), tol);
+    snprintf(name, sizeof name, "v -> cache (kv type %d)", kv_type);
+    CHECK_ERR(name, rel_err_f(gv, rv, nkvv), tol);
+    dev_step_free(&ds);
+    cudaFree(dqkv), cudaFree(db), cudaFree(dk), cudaFree(dv), cudaFree(dq);
+    free(qkv), free(bias), free(q), free(rq), free(rk), free(rv), free(gk), free(gv);
+    free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
+}
+
+static void test_rope_store(void **state) {
+    (void)state;
+    run_rope_case(40, 8, 128, CU_KV_BF16);
+    run_rope_case(14, 2, 64, CU_KV_BF16);
+    run_rope_case(4, 2, 128, CU_KV_E4M3);
+    run_rope_case(4, 2, 64, CU_KV_E5M2);
+}
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_embed_rmsnorm), cmocka_unit_test(test_swiglu_bias_gather),
+        cmocka_unit_test(test_rope_store),    cmocka_unit_test(test_attn_decode),
+        cmocka_unit_test(test_attn_prefill),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
