@@ -1,6 +1,3 @@
-// NOT BUILT YET: rename to cmd_serve.c (and delete the PENDING(cmd_serve) line in
-// cmd_pending.c) once engine, tokenizer, chat template, grammar, model and embed are on main;
-// until then the pagoda binary would not link. It compiles against the headers today.
 // `pagoda serve MODEL_DIR [vLLM flags]`: loads the model, starts the engine and the
 // OpenAI-compatible HTTP server; SIGTERM/SIGINT drain in-flight requests and exit 0.
 #include <signal.h>
