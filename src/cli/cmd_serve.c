@@ -163,7 +163,8 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
         .kv_dtype = kv_dtype(a->kv_cache_dtype, S->mcfg.dtype), .max_num_seqs = a->max_num_seqs,
         .max_num_batched_tokens = a->max_num_batched_tokens, .max_model_len = sc->limits.max_model_len,
         .enforce_eager = a->enforce_eager, .tensor_parallel_size = a->tensor_parallel_size,
-        .seed = (uint64_t)a->seed,
+        .seed = (uint64_t)a->seed, .n_threads = a->threads,
+        .num_blocks = a->num_gpu_blocks_override,
     };
     struct engine_config ec;
     engine_config_defaults(&ec);
@@ -185,6 +186,7 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
     ec.enable_prefix_caching = a->enable_prefix_caching;
     ec.enable_chunked_prefill = a->enable_chunked_prefill;
     ec.num_scheduler_steps = a->num_scheduler_steps;
+    if (a->async_scheduling >= 0) ec.async_scheduling = a->async_scheduling;
     ec.policy = !strcmp(a->scheduling_policy, "priority") ? SCHED_PRIORITY : SCHED_FCFS;
     ec.max_waiting = a->max_waiting;
     ec.seed = (uint64_t)a->seed;
