@@ -494,6 +494,22 @@ static void test_completions_echo_and_batch(void **state) {
                                                         "prompt_tokens")), 4);
     json_decref(j);
     resp_free(&r);
+    // a batch without max_tokens: each prompt may run to the context (40 - its length)
+    struct server *small = start(NULL, 40);
+    server_set_model(small, &MODEL);
+    int saved = PORT;
+    PORT = server_port(small);
+    r = http("POST", "/v1/completions", "{\"prompt\":[\"a\",\"bbbbbbbb\"]}", NULL);
+    assert_int_equal(r.status, 200);
+    j = body_json(&r);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "usage"),
+                                                        "completion_tokens")), 39 + 32);
+    json_decref(j);
+    resp_free(&r);
+    PORT = saved;
+    server_drain(small);
+    assert_int_equal(server_wait_idle(small, 5), 0);
+    server_free(small);
     // streaming completions with logprobs
     r = http("POST", "/v1/completions", "{\"prompt\":[1,2,3],\"max_tokens\":4,\"stream\":true,"
              "\"logprobs\":1}", NULL);
@@ -884,7 +900,7 @@ static void test_drain(void **state) {
     int fd = connect_port(PORT);
     send_request(fd, "POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":200,"
                  "\"stream\":true}", NULL);
-    usleep(20000);
+    while (running() == 0) usleep(1000); // in the engine before the drain begins
     server_drain(SRV);
     struct resp r = read_response(fd);
     close(fd);
