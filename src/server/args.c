@@ -26,6 +26,7 @@ void serve_args_defaults(struct serve_args *a) {
     a->log_level = "info";
     a->device = "auto";
     a->task = "auto";
+    a->async_scheduling = -1;
     a->max_waiting = 1024;
     a->max_body_bytes = 8ll << 20;
     a->request_timeout = 60;
@@ -33,7 +34,7 @@ void serve_args_defaults(struct serve_args *a) {
     a->max_connections = 4096;
 }
 
-enum flag_type { F_STR, F_INT, F_LL, F_FLOAT, F_DOUBLE, F_TRUE, F_FALSE, F_SIZE };
+enum flag_type { F_STR, F_INT, F_LL, F_FLOAT, F_DOUBLE, F_TRUE, F_FALSE, F_SIZE, F_ITRUE, F_IFALSE };
 
 struct flag {
     const char *name;
@@ -84,6 +85,11 @@ static const struct flag flags[] = {
     {"--kv-cache-memory", F_SIZE, OFF(kv_cache_memory), 0, 0, NULL, "CPU KV bytes (4GiB)"},
     {"--task", F_STR, OFF(task), 0, 0, "auto|generate|embed|embedding", "what the model does"},
     {"--structured-warmup", F_STR, OFF(structured_warmup), 0, 0, NULL, "JSONL of grammars"},
+    {"--async-scheduling", F_ITRUE, OFF(async_scheduling), 0, 0, NULL, "overlap scheduling"},
+    {"--no-async-scheduling", F_IFALSE, OFF(async_scheduling), 0, 0, NULL, ""},
+    {"--threads", F_INT, OFF(threads), 0, 4096, NULL, "CPU worker threads (0: all cores)"},
+    {"--num-gpu-blocks-override", F_INT, OFF(num_gpu_blocks_override), 0, INT_MAX, NULL,
+     "KV blocks (0: from memory)"},
     {"--max-waiting-requests", F_INT, OFF(max_waiting), 0, INT_MAX, NULL,
      "queue limit, 503 past it (1024; 0 none)"},
     {"--max-waiting", F_INT, OFF(max_waiting), 0, INT_MAX, NULL, "alias of --max-waiting-requests"},
@@ -99,7 +105,9 @@ void serve_args_usage(FILE *f) {
                "--flag=value)\n");
     for (size_t i = 0; i < N_FLAGS; i++) {
         const struct flag *fl = &flags[i];
-        const char *arg = fl->type == F_TRUE || fl->type == F_FALSE ? "" : " V";
+        bool flag_only = fl->type == F_TRUE || fl->type == F_FALSE || fl->type == F_ITRUE ||
+                         fl->type == F_IFALSE;
+        const char *arg = flag_only ? "" : " V";
         fprintf(f, "  %s%s%*s%s%s%s\n", fl->name, arg,
                 (int)(32 - strlen(fl->name) - strlen(arg)) > 1
                     ? (int)(32 - strlen(fl->name) - strlen(arg)) : 1, "",
@@ -182,7 +190,7 @@ static int set_value(struct serve_args *a, const struct flag *fl, const char *v,
             return -1;
         }
         return 0;
-    case F_TRUE: case F_FALSE: {
+    case F_TRUE: case F_FALSE: case F_ITRUE: case F_IFALSE: {
         bool on;
         if (!v) on = true;
         else if (!strcasecmp(v, "true") || !strcmp(v, "1")) on = true;
@@ -191,7 +199,8 @@ static int set_value(struct serve_args *a, const struct flag *fl, const char *v,
             pg_seterr(err, "%s takes no value (or =true/=false), got '%s'", fl->name, v);
             return -1;
         }
-        *(bool *)p = fl->type == F_TRUE ? on : !on;
+        if (fl->type == F_ITRUE || fl->type == F_IFALSE) *(int *)p = fl->type == F_ITRUE ? on : !on;
+        else *(bool *)p = fl->type == F_TRUE ? on : !on;
         return 0;
     }
     }
@@ -234,7 +243,8 @@ int serve_args_parse(struct serve_args *a, int argc, char **argv, char *err) {
             return -1;
         }
         const char *v = eq ? eq + 1 : NULL;
-        if (!v && fl->type != F_TRUE && fl->type != F_FALSE) {
+        if (!v && fl->type != F_TRUE && fl->type != F_FALSE && fl->type != F_ITRUE &&
+            fl->type != F_IFALSE) {
             if (i + 1 >= argc) {
                 pg_seterr(err, "%s needs a value", fl->name);
                 return -1;

@@ -36,6 +36,9 @@ struct serve_args {
     long long kv_cache_memory;      // --kv-cache-memory bytes (suffixes K/M/G/KiB/MiB/GiB; 0 = default)
     const char *task;               // --task auto|generate|embed
     const char *structured_warmup;  // --structured-warmup FILE (JSONL of grammar specs)
+    int async_scheduling;           // --[no-]async-scheduling (-1: the engine's default)
+    int threads;                    // --threads (CPU workers; 0: all cores)
+    int num_gpu_blocks_override;    // --num-gpu-blocks-override (0: from the memory budget)
     // Pagoda's own serving limits
     int max_waiting;                // --max-waiting-requests (1024): 503 past it
     long long max_body_bytes;       // --max-request-body (8 MiB): 413 past it

@@ -134,6 +134,8 @@ static int add_all(struct req *q, int32_t **ids, int *lens, struct grammar *g,
         struct gen_request r = q->ar.gen;
         r.prompt = ids[p];
         r.n_prompt = lens[p];
+        if (!q->ar.max_tokens_given) // up to the context, per prompt of a batch
+            r.max_tokens = q->srv->cfg.limits.max_model_len - lens[p];
         r.grammar = g;
         r.on_output = on_output;
         r.user = &q->subs[p];

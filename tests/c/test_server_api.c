@@ -73,7 +73,11 @@ static void test_args_all_flags(void **state) {
                                 "--generation-config", "vllm", "--disable-log-requests",
                                 "--uvicorn-log-level", "warning", "--device", "cpu",
                                 "--kv-cache-memory", "2GiB", "--task=embed",
-                                "--structured-warmup", "w.jsonl", NULL), 0);
+                                "--structured-warmup", "w.jsonl", "--no-async-scheduling",
+                                "--threads=2", "--num-gpu-blocks-override", "64", NULL), 0);
+    assert_int_equal(a.async_scheduling, 0);
+    assert_int_equal(a.threads, 2);
+    assert_int_equal(a.num_gpu_blocks_override, 64);
     assert_string_equal(a.host, "127.0.0.1");
     assert_string_equal(a.api_key, "k");
     assert_string_equal(a.served_model_name, "qwen");

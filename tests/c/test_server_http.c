@@ -494,6 +494,22 @@ static void test_completions_echo_and_batch(void **state) {
                                                         "prompt_tokens")), 4);
     json_decref(j);
     resp_free(&r);
+    // a batch without max_tokens: each prompt may run to the context (40 - its length)
+    struct server *small = start(NULL, 40);
+    server_set_model(small, &MODEL);
+    int saved = PORT;
+    PORT = server_port(small);
+    r = http("POST", "/v1/completions", "{\"prompt\":[\"a\",\"bbbbbbbb\"]}", NULL);
+    assert_int_equal(r.status, 200);
+    j = body_json(&r);
+    assert_int_equal(json_integer_value(json_object_get(json_object_get(j, "usage"),
+                                                        "completion_tokens")), 39 + 32);
+    json_decref(j);
+    resp_free(&r);
+    PORT = saved;
+    server_drain(small);
+    assert_int_equal(server_wait_idle(small, 5), 0);
+    server_free(small);
     // streaming completions with logprobs
     r = http("POST", "/v1/completions", "{\"prompt\":[1,2,3],\"max_tokens\":4,\"stream\":true,"
              "\"logprobs\":1}", NULL);
@@ -884,7 +900,7 @@ static void test_drain(void **state) {
     int fd = connect_port(PORT);
     send_request(fd, "POST", "/v1/completions", "{\"prompt\":\"x\",\"max_tokens\":200,"
                  "\"stream\":true}", NULL);
-    usleep(20000);
+    while (running() == 0) usleep(1000); // in the engine before the drain begins
     server_drain(SRV);
     struct resp r = read_response(fd);
     close(fd);
@@ -896,24 +912,30 @@ static void test_drain(void **state) {
     assert_int_equal(server_wait_idle(SRV, 5), 0);
 }
 
+// A failed assertion leaves a test early: point the client back at the shared server.
+static int reset_port(void **state) {
+    PORT = server_port(SRV);
+    return 0;
+}
+
 int main(void) {
     signal(SIGPIPE, SIG_IGN);
     const struct CMUnitTest tests[] = {
-        cmocka_unit_test(test_health_loading_then_ready),
-        cmocka_unit_test(test_chat_nonstream),
-        cmocka_unit_test(test_chat_stream_usage),
-        cmocka_unit_test(test_completions_echo_and_batch),
-        cmocka_unit_test(test_tokenize_detokenize),
-        cmocka_unit_test(test_errors),
-        cmocka_unit_test(test_api_key),
-        cmocka_unit_test(test_tool_calls),
-        cmocka_unit_test(test_disconnect_aborts),
-        cmocka_unit_test(test_concurrent_streams),
-        cmocka_unit_test(test_idle_keepalive_connections),
-        cmocka_unit_test(test_embeddings),
-        cmocka_unit_test(test_slow_client_times_out),
-        cmocka_unit_test(test_free_with_stuck_engine),
-        cmocka_unit_test(test_drain),
+        cmocka_unit_test_setup(test_health_loading_then_ready, reset_port),
+        cmocka_unit_test_setup(test_chat_nonstream, reset_port),
+        cmocka_unit_test_setup(test_chat_stream_usage, reset_port),
+        cmocka_unit_test_setup(test_completions_echo_and_batch, reset_port),
+        cmocka_unit_test_setup(test_tokenize_detokenize, reset_port),
+        cmocka_unit_test_setup(test_errors, reset_port),
+        cmocka_unit_test_setup(test_api_key, reset_port),
+        cmocka_unit_test_setup(test_tool_calls, reset_port),
+        cmocka_unit_test_setup(test_disconnect_aborts, reset_port),
+        cmocka_unit_test_setup(test_concurrent_streams, reset_port),
+        cmocka_unit_test_setup(test_idle_keepalive_connections, reset_port),
+        cmocka_unit_test_setup(test_embeddings, reset_port),
+        cmocka_unit_test_setup(test_slow_client_times_out, reset_port),
+        cmocka_unit_test_setup(test_free_with_stuck_engine, reset_port),
+        cmocka_unit_test_setup(test_drain, reset_port),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

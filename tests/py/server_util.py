@@ -3,9 +3,12 @@ import contextlib
 import http.client
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
+import sys
+import tempfile
 import time
 
 import pytest
@@ -20,8 +23,34 @@ def free_port():
         return s.getsockname()[1]
 
 
+QWEN_TOKENIZER = os.path.join(ROOT, "..", "shared", "models", "qwen-tokenizer")
+
+
+def make_tiny_qwen():
+    """A 2-layer, hidden-64 random Qwen2 with the real Qwen2.5 tokenizer and chat template (vocab
+    151936), written once per machine by tools/make_random_model.py (~1 s, 30 MB)."""
+    out = os.path.join(tempfile.gettempdir(), f"pagoda-test-qwen-tiny-{os.getuid()}")
+    if os.path.exists(os.path.join(out, "tokenizer.json")):
+        return out
+    tool = os.path.join(ROOT, "tools", "make_random_model.py")
+    if not (os.path.exists(tool) and os.path.isdir(QWEN_TOKENIZER)):
+        return None
+    tmp = tempfile.mkdtemp(prefix="pagoda-test-qwen-")
+    subprocess.run([sys.executable, tool, "--out", tmp, "--hidden", "64", "--layers", "2",
+                    "--heads", "4", "--kv-heads", "2", "--intermediate", "128"],
+                   check=True, capture_output=True)
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(os.path.join(QWEN_TOKENIZER, f), tmp)
+    try:
+        os.rename(tmp, out)
+    except OSError:  # another test process made it first
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out
+
+
 def find_model():
-    """A tiny checkpoint with a tokenizer: $PAGODA_TEST_MODEL, or the first fixture that has one."""
+    """A tiny checkpoint with a tokenizer: $PAGODA_TEST_MODEL, a fixture that has one, or a tiny
+    random Qwen2 made on the fly with the shared Qwen tokenizer."""
     env = os.environ.get("PAGODA_TEST_MODEL")
     if env:
         return env
@@ -32,7 +61,7 @@ def find_model():
             if os.path.exists(os.path.join(d, "tokenizer.json")) and \
                os.path.exists(os.path.join(d, "config.json")):
                 return d
-    return None
+    return make_tiny_qwen()
 
 
 def serve_available():
@@ -42,7 +71,7 @@ def serve_available():
     if r.returncode != 0:
         return "pagoda serve is not in this build: " + r.stderr.strip()
     if not find_model():
-        return "no tiny checkpoint with a tokenizer under tests/fixtures/models"
+        return "no tiny checkpoint with a tokenizer (fixtures, or ../shared/models/qwen-tokenizer)"
     return None
 
 

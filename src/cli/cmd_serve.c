@@ -1,6 +1,3 @@
-// NOT BUILT YET: rename to cmd_serve.c (and delete the PENDING(cmd_serve) line in
-// cmd_pending.c) once engine, tokenizer, chat template, grammar, model and embed are on main;
-// until then the pagoda binary would not link. It compiles against the headers today.
 // `pagoda serve MODEL_DIR [vLLM flags]`: loads the model, starts the engine and the
 // OpenAI-compatible HTTP server; SIGTERM/SIGINT drain in-flight requests and exit 0.
 #include <signal.h>
@@ -166,7 +163,8 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
         .kv_dtype = kv_dtype(a->kv_cache_dtype, S->mcfg.dtype), .max_num_seqs = a->max_num_seqs,
         .max_num_batched_tokens = a->max_num_batched_tokens, .max_model_len = sc->limits.max_model_len,
         .enforce_eager = a->enforce_eager, .tensor_parallel_size = a->tensor_parallel_size,
-        .seed = (uint64_t)a->seed,
+        .seed = (uint64_t)a->seed, .n_threads = a->threads,
+        .num_blocks = a->num_gpu_blocks_override,
     };
     struct engine_config ec;
     engine_config_defaults(&ec);
@@ -188,6 +186,7 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
     ec.enable_prefix_caching = a->enable_prefix_caching;
     ec.enable_chunked_prefill = a->enable_chunked_prefill;
     ec.num_scheduler_steps = a->num_scheduler_steps;
+    if (a->async_scheduling >= 0) ec.async_scheduling = a->async_scheduling;
     ec.policy = !strcmp(a->scheduling_policy, "priority") ? SCHED_PRIORITY : SCHED_FCFS;
     ec.max_waiting = a->max_waiting;
     ec.seed = (uint64_t)a->seed;
@@ -233,6 +232,20 @@ static void on_signal(int sig) {
     unsigned char b = (unsigned char)sig;
     ssize_t rc = write(g_sig_pipe[1], &b, 1); // async-signal-safe; a full pipe means one is pending
     (void)rc;
+}
+
+// SIGTERM/SIGINT go through a self-pipe: a handler works whichever thread the signal lands
+// on (libraries such as OpenBLAS start threads before main, so masking is not enough).
+static int install_signals(void) {
+    if (pipe(g_sig_pipe)) return -1;
+    struct sigaction sa;
+    memset(&sa, 0, sizeof sa);
+    sa.sa_handler = on_signal;
+    sigemptyset(&sa.sa_mask);
+    sigaction(SIGTERM, &sa, NULL);
+    sigaction(SIGINT, &sa, NULL);
+    signal(SIGPIPE, SIG_IGN);
+    return 0;
 }
 
 static void raise_fd_limit(void) {
@@ -281,19 +294,10 @@ int cmd_serve(int argc, char **argv) {
         pg_warn("!!! %s", msgs[i]);
         free(msgs[i]);
     }
-    // SIGTERM/SIGINT go through a self-pipe: a handler works whichever thread the signal
-    // lands on (libraries such as OpenBLAS start threads before main, so masking is not enough)
-    if (pipe(g_sig_pipe)) {
+    if (install_signals()) {
         fprintf(stderr, "pagoda serve: pipe failed\n");
         return 1;
     }
-    struct sigaction sa;
-    memset(&sa, 0, sizeof sa);
-    sa.sa_handler = on_signal;
-    sigemptyset(&sa.sa_mask);
-    sigaction(SIGTERM, &sa, NULL);
-    sigaction(SIGINT, &sa, NULL);
-    signal(SIGPIPE, SIG_IGN);
     raise_fd_limit();
 
     struct server_config sc;
