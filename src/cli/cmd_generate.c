@@ -173,13 +173,17 @@ static void state_free(struct gen_state *s) {
 static int state_init(struct gen_state *s, char *err) {
     struct gen_cli *c = s->cli;
     if (!(s->w = model_open(c->model, err))) return -1;
-    // A Hugging Face directory may lack tokenizer.json: then only token-id prompts work.
-    // (GGUF tokenizers: model_open_tokenizer, once gguf_tok.c implements it.)
+    // A GGUF carries its tokenizer; a Hugging Face directory may lack tokenizer.json (then
+    // only token-id prompts work).
     char *gguf = model_gguf_path(c->model), *tj = pg_path_join(c->model, "tokenizer.json");
-    bool have_tok = !gguf && pg_file_exists(tj);
+    bool have_tok = gguf || pg_file_exists(tj);
     free(gguf);
     free(tj);
-    if (have_tok && !(s->tok = tok_load(c->model, err))) return -1;
+    if (have_tok && !(s->tok = model_open_tokenizer(c->model, err))) {
+        if (!c->prompt_ids && !c->input) return -1;
+        pg_warn("no tokenizer (%s): token ids only", err); // ids work without one
+        err[0] = 0;
+    }
     if (!s->tok && !c->prompt_ids && !c->input) {
         pg_seterr(err, "%s has no tokenizer (tokenizer.json): only --prompt-ids can be used", c->model);
         return -1;
