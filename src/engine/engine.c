@@ -10,8 +10,6 @@
 #include "model/config.h"
 #include "tokenizer/tokenizer.h"
 
-#pragma weak grammar_fill_mask
-#pragma weak detok_new
 
 void engine_config_defaults(struct engine_config *c) {
     memset(c, 0, sizeof *c);
@@ -72,10 +70,6 @@ struct engine *engine_create(const struct engine_config *cfg, const struct model
                              const struct tokenizer *tok, char *err) {
     struct engine_config c = *cfg;
     if (check_config(&c, mcfg, num_blocks, err)) return NULL;
-    if (tok && !engine_linked((void (*)(void))detok_new)) {
-        pg_seterr(err, "engine: built without the streaming detokenizer (tokenizer/)");
-        return NULL;
-    }
     if (mcfg->vocab <= 0) {
         pg_seterr(err, "engine: model vocab size %d", mcfg->vocab);
         return NULL;

@@ -91,10 +91,6 @@ struct engine {
     struct step_batch batch;   // the batch in flight// cur: the step in flight (or last run); next: being built
 };
 
-// The tokenizer and grammar layers are linked weakly until they are on main (engine tests
-// run without them); this tells whether a function is present.
-static inline bool engine_linked(void (*fn)(void)) { return fn != NULL; }
-
 // engine_req.c
 int ereq_validate(const struct engine *e, const struct gen_request *r, char *err);
 struct ereq *ereq_new(struct engine *e, const struct gen_request *r, uint64_t id);

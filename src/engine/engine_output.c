@@ -8,10 +8,6 @@
 #include "model/config.h"
 #include "tokenizer/tokenizer.h"
 
-#pragma weak detok_push
-#pragma weak detok_flush
-#pragma weak grammar_accept_token
-#pragma weak grammar_is_terminated
 
 static void held_append(struct eseq *s, const char *p, size_t n) {
     if (!n) return;

@@ -8,16 +8,6 @@
 #include "model/config.h"
 #include "tokenizer/tokenizer.h"
 
-// The tokenizer and grammar layers may not be linked into every binary (engine tests run
-// without them); these are only called when a tokenizer / grammar was given, which means
-// their code is linked.
-#pragma weak detok_new
-#pragma weak detok_free
-#pragma weak grammar_retain
-#pragma weak grammar_release
-#pragma weak grammar_matcher_new
-#pragma weak grammar_matcher_free
-
 void gen_request_defaults(struct gen_request *r) {
     memset(r, 0, sizeof *r);
     r->sp.temperature = 1.0f;
@@ -148,11 +138,6 @@ int ereq_validate(const struct engine *e, const struct gen_request *r, char *err
                       r->stop_token_ids[i], e->vocab);
             return -1;
         }
-    if (r->grammar && (!engine_linked((void (*)(void))grammar_matcher_new) ||
-                       !engine_linked((void (*)(void))grammar_retain))) {
-        pg_seterr(err, "structured outputs are not available in this build");
-        return -1;
-    }
     if (!r->on_output) {
         pg_seterr(err, "internal: request without an output callback");
         return -1;

@@ -21,6 +21,8 @@ struct nfa {
     int n, cap;
     uint32_t (*sets)[8];
     int n_sets, cap_sets;
+    int32_t *slots; // hash of sets
+    int n_slots;
     bool overflow;
 };
 
@@ -47,14 +49,35 @@ static void eps(struct nfa *a, int from, int to) {
     }
 }
 
+static uint64_t hash_set(const uint32_t set[8]) {
+    uint64_t h = 0x9e3779b97f4a7c15ull;
+    for (int i = 0; i < 8; i++) h = (h ^ set[i]) * 0x100000001b3ull;
+    return h ^ (h >> 29);
+}
+
+// Interns a byte set (exact dedupe keeps the byte-class computation small).
 static int add_set(struct nfa *a, const uint32_t set[8]) {
-    for (int i = a->n_sets - 1; i >= 0 && i >= a->n_sets - 8; i--)
-        if (!memcmp(a->sets[i], set, 32)) return i;
+    if (2 * (a->n_sets + 1) > a->n_slots) {
+        int ns = a->n_slots ? 2 * a->n_slots : 64;
+        free(a->slots);
+        a->slots = pg_malloc((size_t)ns * 4);
+        memset(a->slots, 0xff, (size_t)ns * 4);
+        a->n_slots = ns;
+        for (int k = 0; k < a->n_sets; k++) {
+            int i = (int)(hash_set(a->sets[k]) & (uint64_t)(ns - 1));
+            while (a->slots[i] >= 0) i = (i + 1) & (ns - 1);
+            a->slots[i] = k;
+        }
+    }
+    int i = (int)(hash_set(set) & (uint64_t)(a->n_slots - 1));
+    for (; a->slots[i] >= 0; i = (i + 1) & (a->n_slots - 1))
+        if (!memcmp(a->sets[a->slots[i]], set, 32)) return a->slots[i];
     if (a->n_sets == a->cap_sets) {
         a->cap_sets = a->cap_sets ? 2 * a->cap_sets : 64;
         a->sets = pg_realloc(a->sets, (size_t)a->cap_sets * 32);
     }
     memcpy(a->sets[a->n_sets], set, 32);
+    a->slots[i] = a->n_sets;
     return a->n_sets++;
 }
 
@@ -208,7 +231,14 @@ static int closure(const struct nfa *a, struct closure_ws *ws, const int32_t *se
                 ws->stack[sp++] = es[k];
             }
     }
-    qsort(ws->out, (size_t)no, 4, cmp_i32);
+    if (no > 24) qsort(ws->out, (size_t)no, 4, cmp_i32);
+    else
+        for (int i = 1; i < no; i++) { // small sets: insertion sort
+            int32_t x = ws->out[i];
+            int j = i - 1;
+            for (; j >= 0 && ws->out[j] > x; j--) ws->out[j + 1] = ws->out[j];
+            ws->out[j + 1] = x;
+        }
     return no;
 }
 
@@ -247,6 +277,24 @@ static int rule_dfa(const struct nfa *a, int s0, int f, struct grule *r, struct 
     struct closure_ws ws = {pg_malloc((size_t)a->n * 8 + 8), pg_malloc((size_t)a->n * 4 + 4),
                             pg_calloc((size_t)a->n + 1, 4), 0};
     int32_t *seeds = pg_malloc((size_t)a->n * 4 + 4);
+    // classes of every byte set (CSR), and per-class buckets for the subset step
+    int32_t *set_cls_off = pg_malloc((size_t)(a->n_sets + 1) * 4), *set_cls = NULL;
+    int nsc = 0, cap_sc = 0;
+    for (int si = 0; si < a->n_sets; si++) {
+        set_cls_off[si] = nsc;
+        for (int c = 0; c < r->n_cls; c++)
+            if ((a->sets[si][rep[c] >> 5] >> (rep[c] & 31)) & 1) {
+                if (nsc == cap_sc) {
+                    cap_sc = cap_sc ? 2 * cap_sc : 256;
+                    set_cls = pg_realloc(set_cls, (size_t)cap_sc * 4);
+                }
+                set_cls[nsc++] = c;
+            }
+    }
+    set_cls_off[a->n_sets] = nsc;
+    int32_t head[256];
+    int ent_cap = 1024;
+    int32_t *ent_to = pg_malloc((size_t)ent_cap * 4), *ent_next = pg_malloc((size_t)ent_cap * 4);
     struct subset_tab t = {0};
     bool added;
     int n = closure(a, &ws, &s0, 1);
@@ -279,13 +327,27 @@ static int rule_dfa(const struct nfa *a, int s0, int f, struct grule *r, struct 
         const int32_t *set = t.data + t.keys_off[d];
         int len = t.keys_len[d];
         for (int i = 0; i < len; i++) if (set[i] == f) fl |= GS_ACCEPT;
+        // bucket the labelled NFA states' targets by byte class (each set lists its classes)
+        for (int c = 0; c < r->n_cls; c++) head[c] = -1;
+        int ne = 0;
+        for (int i = 0; i < len; i++) {
+            const struct nst *st = &a->s[set[i]];
+            if (st->set < 0) continue;
+            for (int k = set_cls_off[st->set]; k < set_cls_off[st->set + 1]; k++) {
+                if (ne == ent_cap) {
+                    ent_cap *= 2;
+                    ent_to = pg_realloc(ent_to, (size_t)ent_cap * 4);
+                    ent_next = pg_realloc(ent_next, (size_t)ent_cap * 4);
+                }
+                int c = set_cls[k];
+                ent_to[ne] = st->to;
+                ent_next[ne] = head[c];
+                head[c] = ne++;
+            }
+        }
         for (int c = 0; c < r->n_cls; c++) {
             int ns = 0;
-            for (int i = 0; i < len; i++) {
-                const struct nst *st = &a->s[set[i]];
-                if (st->set >= 0 && ((a->sets[st->set][rep[c] >> 5] >> (rep[c] & 31)) & 1))
-                    seeds[ns++] = st->to;
-            }
+            for (int e = head[c]; e >= 0; e = ent_next[e]) seeds[ns++] = ent_to[e];
             int32_t tgt = -1;
             if (ns) {
                 int m = closure(a, &ws, seeds, ns);
@@ -327,6 +389,7 @@ static int rule_dfa(const struct nfa *a, int s0, int f, struct grule *r, struct 
     for (int k = o->call_off[r->first]; k < o->ncall; k++) o->calls[k].ret += r->first;
     st_free(&t);
     free(ws.stack); free(ws.out); free(ws.mark); free(seeds);
+    free(set_cls_off); free(set_cls); free(ent_to); free(ent_next);
     return rc;
 }
 
@@ -421,7 +484,13 @@ static void plain_paths(const struct grammar *g, int32_t st, const struct u8seq 
     }
 }
 
-static int32_t plain_succ(const struct grammar *g, int32_t s) {
+// plain_lead[r * 256 + c]: class c of rule r holds a byte that can start a plain code point.
+static int32_t plain_succ(const struct grammar *g, int32_t s, const uint8_t *plain_lead) {
+    const struct grule *r = &g->rules[g->st_rule[s]];
+    const uint8_t *pl = plain_lead + (size_t)g->st_rule[s] * 256;
+    bool alive = false;
+    for (int c = 0; c < r->n_cls && !alive; c++) alive = pl[c] && g->next[g->st_row[s] + c] >= 0;
+    if (!alive) return SUCC_DEAD;
     int32_t acc = SUCC_UNSET;
     for (size_t i = 0; i < sizeof(k_plain_seqs) / sizeof(k_plain_seqs[0]) && acc != SUCC_MIXED; i++)
         plain_paths(g, s, &k_plain_seqs[i], 0, &acc);
@@ -434,6 +503,11 @@ static void compute_budgets(struct grammar *g) {
     int32_t *bud = pg_malloc((size_t)n * 4 + 4), *path = pg_malloc((size_t)n * 4 + 4);
     uint8_t *onpath = pg_calloc((size_t)n + 1, 1);
     for (int32_t i = 0; i < n; i++) bud[i] = UNKNOWN;
+    uint8_t *plain_lead = pg_calloc((size_t)g->n_rules * 256, 1);
+    for (int r = 0; r < g->n_rules; r++)
+        for (size_t q = 0; q < sizeof(k_plain_seqs) / sizeof(k_plain_seqs[0]); q++)
+            for (int b = k_plain_seqs[q].lo[0]; b <= k_plain_seqs[q].hi[0]; b++)
+                plain_lead[(size_t)r * 256 + g->rules[r].cls[b]] = 1;
     for (int32_t s = 0; s < n; s++) {
         if (bud[s] != UNKNOWN) continue;
         int np = 0;
@@ -444,7 +518,7 @@ static void compute_budgets(struct grammar *g) {
             if (onpath[cur]) { base = INF; break; }
             onpath[cur] = 1;
             path[np++] = cur;
-            int32_t t = plain_succ(g, cur);
+            int32_t t = plain_succ(g, cur, plain_lead);
             if (t == SUCC_DEAD || t == SUCC_MIXED) {
                 bud[cur] = t == SUCC_DEAD ? 0 : -1;
                 onpath[cur] = 0;
@@ -474,7 +548,7 @@ static void compute_budgets(struct grammar *g) {
     }
     g->budget = pg_malloc((size_t)n * sizeof(int16_t) + 2);
     for (int32_t i = 0; i < n; i++) g->budget[i] = (int16_t)bud[i];
-    free(bud); free(path); free(onpath);
+    free(bud); free(path); free(onpath); free(plain_lead);
 }
 
 int automaton_build(struct grammar *g, struct gbuild *b, char *err) {
@@ -510,7 +584,7 @@ int automaton_build(struct grammar *g, struct gbuild *b, char *err) {
             rc = rule_dfa(&a, s0, f, &g->rules[r], &o, err);
             for (int i = before; i < o.n; i++) o.rule[i] = r;
         }
-        free(a.s); free(a.sets);
+        free(a.s); free(a.sets); free(a.slots);
     }
     g->n_states = o.n;
     g->st_rule = o.rule; g->st_row = o.row; g->st_flags = o.flags; g->next = o.next;

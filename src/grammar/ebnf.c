@@ -2,6 +2,8 @@
 //   name ::= alternatives        (a rule; `root` is the start rule)
 //   "literal" with escapes \n \t \r \\ \" \xHH \uHHHH, [character classes], rule names,
 //   ( groups ), . (any character), postfix * + ? {m} {m,} {m,n}, | alternation, # comments.
+//   Extension: %json {...} matches a JSON value valid against the inline JSON Schema (e.g. a
+//   forced tool call: root ::= "<tool_call>\n" %json {"type": "object", ...} "\n</tool_call>").
 // A rule's body may span lines; it ends where the next `name ::=` begins.
 #include <stdlib.h>
 #include <string.h>
@@ -95,6 +97,17 @@ static struct gx *parse_term(struct ep *p) {
         if (p->i >= p->n || p->s[p->i] != ')') { gb_fail(p->b, "grammar: missing ')' at offset %zu", p->i); return NULL; }
         p->i++;
         return x;
+    }
+    if (c == '%') { // Pagoda extension: %json {schema} = a JSON value valid against the schema
+        if (p->i + 5 > p->n || memcmp(p->s + p->i, "%json", 5)) {
+            gb_fail(p->b, "unsupported grammar construct: '%%' (only %%json {schema})");
+            return NULL;
+        }
+        p->i += 5;
+        skip_ws(p);
+        int r = gb_new_rule(p->b, "json");
+        if (schema_compile_at(p->b, p->s, p->n, &p->i, r)) return NULL;
+        return gx_ref(p->b, r);
     }
     size_t l = name_len(p, p->i);
     if (l) {

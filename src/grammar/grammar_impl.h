@@ -75,6 +75,9 @@ int ebnf_compile(struct gbuild *b, const char *src, size_t len);
 int schema_compile(struct gbuild *b, const char *spec, size_t len, const char *ws_pattern,
                    bool any_object);
 int choice_compile(struct gbuild *b, const char *spec, size_t len);
+// A JSON Schema document (object) starting at s[*pos] compiled into rule target; *pos advances
+// past it. Used by the GBNF extension `%json {...}`.
+int schema_compile_at(struct gbuild *b, const char *s, size_t n, size_t *pos, int target);
 
 // ---- vocab ----
 // Token trie in DFS preorder. Node 0 is the root (empty prefix).

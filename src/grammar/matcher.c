@@ -8,7 +8,8 @@
 
 #define MAX_STACK_DEPTH 512  // deeper nesting is not followed (documented limit)
 #define MAX_STACKS 4096      // ambiguity bound per step
-#define MCACHE_BYTES (48u << 20)
+#define MCACHE_BYTES (16u << 20) // per grammar
+#define SPARSE_MAX 4096           // masks with at most this many tokens are stored as id lists
 
 // A set of stacks with dedupe.
 struct sset {
@@ -126,7 +127,7 @@ static void ss_step(const struct grammar *g, const struct sset *in, int32_t top_
 }
 
 // ---- mask cache ----
-struct mentry { uint64_t h; int32_t *key; int klen; uint32_t *mask; };
+struct mentry { uint64_t h; int32_t *key; int klen; uint32_t *mask; int n_ids; }; // n_ids >= 0: mask holds ids
 struct mcache { struct mentry *e; int n, cap, nslot; int32_t *slot; size_t bytes; };
 
 void mcache_free(struct mcache *mc) {
@@ -135,13 +136,20 @@ void mcache_free(struct mcache *mc) {
     free(mc->e); free(mc->slot); free(mc);
 }
 
-static const uint32_t *mcache_find(const struct mcache *mc, uint64_t h, const int32_t *key, int klen) {
+static const struct mentry *mcache_find(const struct mcache *mc, uint64_t h, const int32_t *key, int klen) {
     if (!mc || !mc->nslot) return NULL;
     for (int i = (int)(h & (uint64_t)(mc->nslot - 1)); mc->slot[i] >= 0; i = (i + 1) & (mc->nslot - 1)) {
         const struct mentry *e = &mc->e[mc->slot[i]];
-        if (e->h == h && e->klen == klen && !memcmp(e->key, key, (size_t)klen * 4)) return e->mask;
+        if (e->h == h && e->klen == klen && !memcmp(e->key, key, (size_t)klen * 4)) return e;
     }
     return NULL;
+}
+
+// Writes a cached mask into out (mb bytes).
+static void mentry_copy(const struct mentry *e, uint32_t *out, size_t mb) {
+    if (e->n_ids < 0) { memcpy(out, e->mask, mb); return; }
+    memset(out, 0, mb);
+    for (int k = 0; k < e->n_ids; k++) out[e->mask[k] >> 5] |= 1u << (e->mask[k] & 31);
 }
 
 static void mcache_put(struct grammar *g, uint64_t h, const int32_t *key, int klen, const uint32_t *mask) {
@@ -149,7 +157,7 @@ static void mcache_put(struct grammar *g, uint64_t h, const int32_t *key, int kl
     if (!g->mc) g->mc = pg_calloc(1, sizeof(*g->mc));
     struct mcache *mc = g->mc;
     if (mcache_find(mc, h, key, klen)) return;
-    if (mc->bytes + mb > MCACHE_BYTES) { // full: start over (bounded memory)
+    if (mc->bytes + mb + (size_t)klen * 4 > MCACHE_BYTES) { // full: start over (bounded memory)
         for (int i = 0; i < mc->n; i++) { free(mc->e[i].key); free(mc->e[i].mask); }
         mc->n = 0;
         mc->bytes = 0;
@@ -176,9 +184,20 @@ static void mcache_put(struct grammar *g, uint64_t h, const int32_t *key, int kl
     e->klen = klen;
     e->key = pg_malloc((size_t)klen * 4 + 4);
     memcpy(e->key, key, (size_t)klen * 4);
-    e->mask = pg_malloc(mb);
-    memcpy(e->mask, mask, mb);
-    mc->bytes += mb + (size_t)klen * 4;
+    int words = (int)(mb / 4), n_ids = 0;
+    for (int w = 0; w < words && n_ids <= SPARSE_MAX; w++) n_ids += __builtin_popcount(mask[w]);
+    if (n_ids <= SPARSE_MAX) { // sparse: keep the ids
+        e->mask = pg_malloc((size_t)n_ids * 4 + 4);
+        e->n_ids = 0;
+        for (int w = 0; w < words; w++)
+            for (uint32_t bits = mask[w]; bits; bits &= bits - 1) e->mask[e->n_ids++] = w * 32 + __builtin_ctz(bits);
+        mc->bytes += (size_t)n_ids * 4 + (size_t)klen * 4 + sizeof(*e);
+    } else {
+        e->mask = pg_malloc(mb);
+        e->n_ids = -1;
+        memcpy(e->mask, mask, mb);
+        mc->bytes += mb + (size_t)klen * 4 + sizeof(*e);
+    }
     int i = (int)(h & (uint64_t)(mc->nslot - 1));
     while (mc->slot[i] >= 0) i = (i + 1) & (mc->nslot - 1);
     mc->slot[i] = mc->n++;
@@ -357,8 +376,8 @@ void grammar_fill_mask(struct grammar_matcher *m, uint32_t *mask) {
         uint64_t h;
         int klen = build_key(m, &h);
         pthread_mutex_lock(&g->mu);
-        const uint32_t *hit = mcache_find(g->mc, h, m->key, klen);
-        if (hit) memcpy(mask, hit, mb);
+        const struct mentry *hit = mcache_find(g->mc, h, m->key, klen);
+        if (hit) mentry_copy(hit, mask, mb);
         pthread_mutex_unlock(&g->mu);
         if (!hit) {
             const struct sset *c = &m->cur;

@@ -191,9 +191,17 @@ static struct gx *object_expr(struct sc *c, json_t *s) {
     struct gx **A = pg_malloc((size_t)(n + 1) * sizeof(*A)), **F = pg_malloc((size_t)(n + 1) * sizeof(*F));
     A[n] = F[n] = gx_empty(c->b);
     struct gx *comma = sep(c, ',');
+    // Inlining A[] costs O(n^2) automaton states; past a few properties each A[j] is a rule.
+    bool as_rules = n > 6;
     for (int j = n - 1; j >= 0; j--) {
         struct gx *withp = gx_seq2(c->b, gx_seq2(c->b, comma, P[j]), A[j + 1]);
-        A[j] = rq[j] ? withp : gx_seq2(c->b, gx_rep(c->b, gx_seq2(c->b, comma, P[j]), 0, 1), A[j + 1]);
+        struct gx *a = rq[j] ? withp : gx_seq2(c->b, gx_rep(c->b, gx_seq2(c->b, comma, P[j]), 0, 1), A[j + 1]);
+        if (as_rules) {
+            int r = gb_new_rule(c->b, "props");
+            gb_define(c->b, r, a);
+            a = gx_ref(c->b, r);
+        }
+        A[j] = a;
         struct gx *first = gx_seq2(c->b, P[j], A[j + 1]);
         F[j] = rq[j] ? first : gx_alt2(c->b, first, F[j + 1]);
     }
@@ -380,45 +388,70 @@ done:
     return res;
 }
 
+// One rule per distinct sub-schema: memoized by identity (so $ref recursion terminates) and
+// by content (identical property schemas share one automaton).
 static int schema_rule(struct sc *c, json_t *s) {
     for (int i = 0; i < c->n_memo; i++)
         if (c->memo_key[i] == s) return c->memo_rule[i];
     if (c->b->failed) return -1;
-    int r = gb_new_rule(c->b, "schema");
+    char *text = json_dumps(s, JSON_COMPACT | JSON_SORT_KEYS | JSON_ENCODE_ANY);
+    int found = -1;
+    for (int i = 0; text && i < c->n_memo && found < 0; i++)
+        if (c->memo_text[i] && !strcmp(c->memo_text[i], text)) found = c->memo_rule[i];
+    int r = found >= 0 ? found : gb_new_rule(c->b, "schema");
     if (c->n_memo == c->cap_memo) {
         c->cap_memo = c->cap_memo ? 2 * c->cap_memo : 32;
         c->memo_key = pg_realloc(c->memo_key, (size_t)c->cap_memo * sizeof(json_t *));
         c->memo_rule = pg_realloc(c->memo_rule, (size_t)c->cap_memo * sizeof(int));
+        c->memo_text = pg_realloc(c->memo_text, (size_t)c->cap_memo * sizeof(char *));
     }
     c->memo_key[c->n_memo] = s;
+    c->memo_text[c->n_memo] = text;
     c->memo_rule[c->n_memo++] = r;
+    if (found >= 0) return r;
     gb_define(c->b, r, schema_body(c, s));
     return r;
 }
 
-int schema_compile(struct gbuild *b, const char *spec, size_t len, const char *ws_pattern, bool any_object) {
-    struct sc c = {.b = b, .any_rule = -1, .any_object_rule = -1, .string_rule = -1};
-    json_error_t je;
-    int rc = -1;
+// Compiles schema (a parsed document; decref'd here) into rule target.
+static int compile_doc(struct gbuild *b, json_t *doc, const char *ws_pattern, int target) {
+    struct sc c = {.b = b, .any_rule = -1, .any_object_rule = -1, .string_rule = -1, .root = doc};
     const char *ws = ws_pattern ? ws_pattern : "[ \\t\\n]{0,16}";
     c.ws = regex_compile(b, ws, strlen(ws), false);
-    if (!c.ws) { gb_fail(b, "bad whitespace pattern"); return -1; }
-    int root = gb_rule(b, "root");
-    if (any_object) {
-        gb_define(b, root, gx_ref(b, sc_any_object(&c)));
-        return b->failed ? -1 : 0;
-    }
-    c.root = json_loadb(spec, len, JSON_DECODE_ANY, &je);
-    if (!c.root) return gb_fail(b, "JSON Schema: invalid JSON: %s (line %d)", je.text, je.line);
-    int r = schema_rule(&c, c.root);
-    if (r >= 0 && !b->failed) {
-        gb_define(b, root, gx_ref(b, r));
+    int rc = -1;
+    if (!c.ws) gb_fail(b, "bad whitespace pattern");
+    else if (!doc) {
+        gb_define(b, target, gx_ref(b, sc_any_object(&c)));
         rc = 0;
+    } else {
+        int r = schema_rule(&c, doc);
+        if (r >= 0 && !b->failed) {
+            gb_define(b, target, gx_ref(b, r));
+            rc = 0;
+        }
     }
     for (int i = 0; i < c.n_owned; i++) json_decref(c.owned[i]);
-    free(c.owned); free(c.memo_key); free(c.memo_rule);
-    json_decref(c.root);
+    for (int i = 0; i < c.n_memo; i++) free(c.memo_text[i]);
+    free(c.owned); free(c.memo_key); free(c.memo_rule); free(c.memo_text);
+    json_decref(doc);
     return b->failed ? -1 : rc;
+}
+
+int schema_compile(struct gbuild *b, const char *spec, size_t len, const char *ws_pattern, bool any_object) {
+    int root = gb_rule(b, "root");
+    if (any_object) return compile_doc(b, NULL, ws_pattern, root);
+    json_error_t je;
+    json_t *doc = json_loadb(spec, len, JSON_DECODE_ANY, &je);
+    if (!doc) return gb_fail(b, "JSON Schema: invalid JSON: %s (line %d)", je.text, je.line);
+    return compile_doc(b, doc, ws_pattern, root);
+}
+
+int schema_compile_at(struct gbuild *b, const char *s, size_t n, size_t *pos, int target) {
+    json_error_t je;
+    json_t *doc = json_loadb(s + *pos, n - *pos, JSON_DISABLE_EOF_CHECK, &je);
+    if (!doc) return gb_fail(b, "grammar: %%json: invalid JSON Schema: %s", je.text);
+    *pos += je.position;
+    return compile_doc(b, doc, NULL, target);
 }
 
 int choice_compile(struct gbuild *b, const char *spec, size_t len) {

@@ -10,6 +10,7 @@ struct sc {
     struct gx *ws;      // whitespace between JSON tokens (inlined)
     json_t **memo_key;  // schema object -> rule (so $ref recursion terminates)
     int *memo_rule;
+    char **memo_text;   // compact sorted serialization of memo_key[i]
     int n_memo, cap_memo;
     json_t **owned;     // merged schemas created here (decref'd at the end)
     int n_owned, cap_owned;

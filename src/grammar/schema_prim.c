@@ -239,7 +239,7 @@ struct gx *sc_number(struct sc *c, json_t *s) {
 // ---- any JSON ----
 int sc_any_string(struct sc *c) {
     if (c->string_rule >= 0) return c->string_rule;
-    c->string_rule = gb_rule(c->b, "json-string");
+    c->string_rule = gb_rule(c->b, "#json-string");
     struct gx *q = gx_byte(c->b, '"');
     struct gx *k[3] = {q, gx_rep(c->b, sc_string_char(c), 0, -1), q};
     gb_define(c->b, c->string_rule, gx_seq(c->b, 3, k));
@@ -253,7 +253,7 @@ static struct gx *sep(struct sc *c, char ch) {
 
 int sc_any_object(struct sc *c) {
     if (c->any_object_rule >= 0) return c->any_object_rule;
-    c->any_object_rule = gb_rule(c->b, "json-object");
+    c->any_object_rule = gb_rule(c->b, "#json-object");
     int value = sc_any_value(c);
     struct gx *member[3] = {gx_ref(c->b, sc_any_string(c)), sep(c, ':'), gx_ref(c->b, value)};
     struct gx *m = gx_seq(c->b, 3, member);
@@ -266,8 +266,8 @@ int sc_any_object(struct sc *c) {
 
 int sc_any_value(struct sc *c) {
     if (c->any_rule >= 0) return c->any_rule;
-    c->any_rule = gb_rule(c->b, "json-value");
-    int arr = gb_rule(c->b, "json-array");
+    c->any_rule = gb_rule(c->b, "#json-value");
+    int arr = gb_rule(c->b, "#json-array");
     struct gx *v = gx_ref(c->b, c->any_rule);
     struct gx *more = gx_rep(c->b, gx_seq2(c->b, sep(c, ','), v), 0, -1);
     struct gx *ak[5] = {gx_byte(c->b, '['), c->ws, gx_rep(c->b, gx_seq2(c->b, v, more), 0, 1), c->ws,

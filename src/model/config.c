@@ -215,7 +215,7 @@ static int parse_shapes(struct model_config *cfg, json_t *root, const char *src,
     if (get_int(root, "num_key_value_heads", &cfg->n_kv_heads, 1, 4096, src, err)) return -1;
     cfg->head_dim = cfg->hidden / cfg->n_heads;
     if (get_int(root, "head_dim", &cfg->head_dim, 1, 1 << 16, src, err)) return -1;
-    if (!json_object_get(root, "head_dim") && cfg->hidden % cfg->n_heads) {
+    if (!json_is_integer(json_object_get(root, "head_dim")) && cfg->hidden % cfg->n_heads) {
         pg_seterr(err, "%s: hidden_size %d is not divisible by num_attention_heads %d", src,
                   cfg->hidden, cfg->n_heads);
         return -1;

@@ -15,6 +15,7 @@ struct loader_priv {
 
 void model_own(struct model_weights *m, void *p) {
     struct loader_priv *lp = m->priv;
+    if (!lp) lp = m->priv = pg_calloc(1, sizeof *lp); // loaders other than model_load (GGUF)
     if (lp->n_owned == lp->cap_owned) {
         lp->cap_owned = lp->cap_owned ? 2 * lp->cap_owned : 64;
         lp->owned = pg_realloc(lp->owned, (size_t)lp->cap_owned * sizeof *lp->owned);

@@ -18,13 +18,18 @@
 // ---- limits (hostile templates and request data must not hang or exhaust the stack) ----
 #define JINJA_MAX_DEPTH 400             // nesting of expressions + statements + macro calls
 #define JINJA_MAX_STEPS 10000000        // evaluated nodes per render (~0.5 s)
-#define JINJA_MAX_STR (64u << 20)       // bytes of any one string and of the output
+#define JINJA_MAX_STR (16u << 20)       // bytes of any one string and of the output
 #define JINJA_MAX_RANGE 100000          // items range() may produce (as jinja2's sandbox)
 
 // ---- growable byte buffer ----
+// Appends stop at JINJA_MAX_STR bytes (full is set, the text is cut there): a string that
+// long is an error (see eval), and serializers stop early, so hostile nested data (a list
+// holding itself 40 levels deep) cannot take exponential time or memory.
+#define JINJA_MAX_LIST (1u << 20) // items of a list built by + or *
 struct jbuf {
     char *p;
     size_t len, cap;
+    bool full;
 };
 void jbuf_put(struct jbuf *b, const char *s, size_t n);
 static inline void jbuf_putc(struct jbuf *b, char c) { jbuf_put(b, &c, 1); }

@@ -321,6 +321,7 @@ static int arith(struct ectx *e, int op, const jv *a, const jv *b, jv *out) {
         return 0;
     }
     if (op == JOP_ADD && jv_is(a, JSON_ARRAY) && jv_is(b, JSON_ARRAY)) {
+        if (json_array_size(a->j) + json_array_size(b->j) > JINJA_MAX_LIST) return jerr(&e->c, "list too long");
         json_t *r2 = json_copy(a->j);
         json_array_extend(r2, b->j);
         *out = jv_json(r2);
@@ -721,13 +722,15 @@ static int eval(struct ectx *e, const struct jnode *n, jv *out) {
     e->c.depth--;
     if (rc == 0 && out->kind == JV_JSON && !out->j) // json_real() refuses inf and nan
         rc = jerr(&e->c, "numeric value out of range (inf and nan are not supported)");
+    if (rc == 0 && jv_is(out, JSON_STRING) && json_string_length(out->j) >= JINJA_MAX_STR)
+        rc = jerr(&e->c, "string too long (limit %u bytes)", JINJA_MAX_STR);
     if (rc) jv_drop(out);
     return rc;
 }
 
 // ---- statements ----
 static int out_check(struct ectx *e) {
-    if (e->c.out->len > JINJA_MAX_STR) return jerr(&e->c, "output too long (limit %u bytes)", JINJA_MAX_STR);
+    if (e->c.out->full || e->c.out->len >= JINJA_MAX_STR) return jerr(&e->c, "output too long (limit %u bytes)", JINJA_MAX_STR);
     return 0;
 }
 

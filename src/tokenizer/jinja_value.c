@@ -10,6 +10,11 @@
 #include "tokenizer/jinja_rt.h"
 
 void jbuf_put(struct jbuf *b, const char *s, size_t n) {
+    if (b->full) return;
+    if (b->len + n > JINJA_MAX_STR) {
+        n = JINJA_MAX_STR - b->len;
+        b->full = true;
+    }
     if (b->len + n + 1 > b->cap) {
         size_t cap = b->cap ? b->cap : 256;
         while (cap < b->len + n + 1) cap *= 2;
@@ -212,6 +217,7 @@ static void repr_str(const char *s, size_t n, struct jbuf *b) {
 }
 
 void py_repr(json_t *j, struct jbuf *b) {
+    if (b->full) return;
     switch (json_typeof(j)) {
     case JSON_STRING: repr_str(json_string_value(j), json_string_length(j), b); return;
     case JSON_ARRAY: {
@@ -266,7 +272,9 @@ void jv_to_str(const jv *v, struct jbuf *b) {
     }
 }
 
-static bool json_py_eq(json_t *a, json_t *b) {
+static bool json_py_eq(json_t *a, json_t *b, long *budget) {
+    if (a == b) return true; // identity, as Python's list comparison
+    if (--*budget < 0) return false; // pathological shared structure: give up (unequal)
     bool na = json_is_number(a) || json_is_boolean(a), nb = json_is_number(b) || json_is_boolean(b);
     if (na && nb) {
         long long x, y;
@@ -282,7 +290,7 @@ static bool json_py_eq(json_t *a, json_t *b) {
     case JSON_ARRAY:
         if (json_array_size(a) != json_array_size(b)) return false;
         for (size_t i = 0; i < json_array_size(a); i++)
-            if (!json_py_eq(json_array_get(a, i), json_array_get(b, i))) return false;
+            if (!json_py_eq(json_array_get(a, i), json_array_get(b, i), budget)) return false;
         return true;
     case JSON_OBJECT: {
         if (json_object_size(a) != json_object_size(b)) return false;
@@ -290,7 +298,7 @@ static bool json_py_eq(json_t *a, json_t *b) {
         json_t *v;
         json_object_foreach(a, k, v) {
             json_t *w = json_object_get(b, k);
-            if (!w || !json_py_eq(v, w)) return false;
+            if (!w || !json_py_eq(v, w, budget)) return false;
         }
         return true;
     }
@@ -299,7 +307,8 @@ static bool json_py_eq(json_t *a, json_t *b) {
 }
 
 bool jv_eq(const jv *a, const jv *b) {
-    if (a->kind == JV_JSON && b->kind == JV_JSON) return json_py_eq(a->j, b->j);
+    long budget = 1000000;
+    if (a->kind == JV_JSON && b->kind == JV_JSON) return json_py_eq(a->j, b->j, &budget);
     if (a->kind == JV_UNDEF || b->kind == JV_UNDEF) return a->kind == b->kind;
     if (a->kind != b->kind) return false;
     return a->j == b->j && a->p == b->p;
@@ -326,7 +335,7 @@ int jv_cmp(struct jctx *c, const jv *a, const jv *b, int *r) {
         size_t la = json_array_size(a->j), lb = json_array_size(b->j);
         for (size_t i = 0; i < la && i < lb; i++) {
             jv x = jv_json(json_array_get(a->j, i)), y = jv_json(json_array_get(b->j, i));
-            if (json_py_eq(x.j, y.j)) continue;
+            if (jv_eq(&x, &y)) continue;
             return jv_cmp(c, &x, &y, r);
         }
         *r = la < lb ? -1 : la > lb;
@@ -377,6 +386,7 @@ static void newline_indent(const struct tojson_opts *o, int level, struct jbuf *
 }
 
 static void dumps(json_t *j, const struct tojson_opts *o, int level, struct jbuf *b) {
+    if (b->full) return;
     const char *isep = o->item_sep ? o->item_sep : o->indent ? "," : ", ";
     const char *ksep = o->key_sep ? o->key_sep : ": ";
     switch (json_typeof(j)) {

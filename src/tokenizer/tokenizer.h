@@ -26,6 +26,7 @@ int tok_vocab_size(const struct tokenizer *t);         // highest id + 1 (incl. 
 const char *tok_token_bytes(const struct tokenizer *t, int32_t id, size_t *len);
 bool tok_is_special(const struct tokenizer *t, int32_t id);
 int32_t tok_find(const struct tokenizer *t, const char *token_content); // exact token text -> id, or -1
+// (tok_find looks up added-token content first, then a token's bytes, then the GPT-2 form "Ġthe".)
 
 // From tokenizer_config.json (NULL when absent). Borrowed.
 const char *tok_chat_template(const struct tokenizer *t);

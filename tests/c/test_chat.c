@@ -164,6 +164,19 @@ static void test_limits(void **state) {
     assert_int_equal(render1("{{ range(1000000000) }}", &out, err), -1);
     // huge strings
     assert_int_equal(render1("{{ 'x' * 1000000000 }}", &out, err), -1);
+    // shared nested data: printing, tojson and comparing must stay bounded
+    const char *dag = "{% set ns = namespace(a=[1], b=[1]) %}{% for i in range(60) %}"
+                      "{% set ns.a = [ns.a, ns.a] %}{% set ns.b = [ns.b, ns.b] %}{% endfor %}";
+    char src[512];
+    snprintf(src, sizeof src, "%s{{ ns.a }}", dag);
+    assert_int_equal(render1(src, &out, err), -1);
+    assert_non_null(strstr(err, "too long"));
+    snprintf(src, sizeof src, "%s{{ ns.a == ns.a }}{{ ns.a == ns.b }}", dag);
+    assert_int_equal(render1(src, &out, err), 0); // identity shortcut, then the comparison budget
+    free(out);
+    assert_int_equal(render1("{% set ns = namespace(l=[1]) %}{% for i in range(60) %}{% set ns.l = ns.l + ns.l %}"
+                             "{% endfor %}", &out, err), -1);
+    assert_non_null(strstr(err, "list too long"));
     assert_int_equal(render1("{% set ns = namespace(s='xxxxxxxxxxxxxxxx') %}{% for i in range(40) %}"
                              "{% set ns.s = ns.s + ns.s %}{% endfor %}{{ ns.s | length }}", &out, err), -1);
 }

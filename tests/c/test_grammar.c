@@ -311,6 +311,31 @@ static void test_cache_threads(void **state) {
     grammar_cache_free(c);
 }
 
+static void test_ebnf_embedded_json_schema(void **state) {
+    (void)state;
+    const char *src = "root ::= \"<a>\" %json {\"type\":\"object\",\"properties\":{\"x\":{\"type\":\"integer\"}},"
+                      "\"required\":[\"x\"]} \"</a>\" tail\ntail ::= \"!\"?";
+    char err[PG_ERR_LEN];
+    struct grammar *g = grammar_compile(g_vocab, GRAMMAR_EBNF, src, strlen(src), NULL, err);
+    if (!g) fail_msg("%s", err);
+    const char *good[] = {"<a>{\"x\":12}</a>", "<a>{ \"x\": -3 }</a>!"};
+    const char *bad[] = {"<a>{\"x\":\"s\"}</a>", "<a>{}</a>", "{\"x\":1}"};
+    for (size_t i = 0; i < 2; i++) {
+        struct grammar_matcher *m = grammar_matcher_new(g);
+        if (!feed(m, good[i]) || !grammar_can_end(m)) fail_msg("rejected %s", good[i]);
+        grammar_matcher_free(m);
+    }
+    for (size_t i = 0; i < 3; i++) {
+        struct grammar_matcher *m = grammar_matcher_new(g);
+        if (feed(m, bad[i]) && grammar_can_end(m)) fail_msg("accepted %s", bad[i]);
+        grammar_matcher_free(m);
+    }
+    grammar_release(g);
+    const char *broken = "root ::= %json {\"type\": \"strange\"}";
+    assert_null(grammar_compile(g_vocab, GRAMMAR_EBNF, broken, strlen(broken), NULL, err));
+    assert_non_null(strstr(err, "strange"));
+}
+
 static void test_left_recursion_rejected(void **state) {
     (void)state;
     const char *src = "root ::= a\na ::= b? a \"x\" | \"y\"\nb ::= \"z\"";
@@ -331,6 +356,7 @@ int main(void) {
         cmocka_unit_test(test_cache_threads),
         cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_left_recursion_rejected),
+        cmocka_unit_test(test_ebnf_embedded_json_schema),
     };
     return cmocka_run_group_tests(tests, setup, teardown);
 }

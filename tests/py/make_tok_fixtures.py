@@ -54,6 +54,22 @@ def merges_as_strings(path):
     json.dump(d, open(path, "w", encoding="utf-8"), ensure_ascii=False, indent=1)
 
 
+def llama3_ignore_merges(path):
+    """ignore_merges, plus whole words in the vocab that no merge sequence reaches, so that the
+    flag changes the result (as in Llama-3, whose vocab has such words)."""
+    d = json.load(open(path, encoding="utf-8"))
+    d["model"]["ignore_merges"] = True
+    vocab = d["model"]["vocab"]
+    for w in ["Ġzyxwv", "qqqq", "Ġ12345", "Ġä½łå¥½åķĬ"]:  # " 你好啊"
+        if w not in vocab:
+            vocab[w] = len(vocab)
+    n = len(vocab)
+    for a in d["added_tokens"]:  # keep added-token ids past the vocab
+        if a["id"] < n and a["content"] not in vocab:
+            raise SystemExit("added token id collides with the new vocab entries")
+    json.dump(d, open(path, "w", encoding="utf-8"), ensure_ascii=False, indent=1)
+
+
 def main():
     os.makedirs(OUT, exist_ok=True)
     t = train(pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True), 3000, ["<|endoftext|>"])
@@ -71,9 +87,7 @@ def main():
                                        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]),
               4000, special)
     t.save(f"{OUT}/llama3.json")
-    d = json.load(open(f"{OUT}/llama3.json", encoding="utf-8"))
-    d["model"]["ignore_merges"] = True
-    json.dump(d, open(f"{OUT}/llama3.json", "w", encoding="utf-8"), ensure_ascii=False, indent=1)
+    llama3_ignore_merges(f"{OUT}/llama3.json")
 
     t = train(pre_tokenizers.ByteLevel(add_prefix_space=True, use_regex=True), 2000, ["<s>", "</s>"],
               normalizer=normalizers.Sequence([normalizers.NFC()]))
@@ -99,6 +113,7 @@ GOLDEN_TEXTS = [
     "<|begin_of_text|><|start_header_id|>user<|end_header_id|>\n\nhi<|eot_id|>",
     "edge: a <mask> b   <mask>c [SEP]  d fooword xfooword é! <tool>x  y",
     "   spaces   and\ttabs\r\n\r\n  ",
+    "ignore_merges: zyxwv qqqq 12345 你好啊",
 ]
 
 

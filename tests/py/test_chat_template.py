@@ -21,7 +21,20 @@ from jinja2.sandbox import ImmutableSandboxedEnvironment
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 FIX = os.path.join(ROOT, "tests", "fixtures", "chat")
 QWEN = os.path.join(ROOT, "..", "shared", "models", "qwen-tokenizer")
-PAGODA = os.path.join(ROOT, "build", "pagoda")
+PAGODA = os.environ.get("PAGODA_BIN", os.path.join(ROOT, "build", "pagoda"))  # e.g. build-san/pagoda
+
+
+class Generation(jinja2.ext.Extension):
+    """transformers' AssistantTracker as far as rendering goes: {% generation %} renders its body."""
+    tags = {"generation"}
+
+    def parse(self, parser):
+        lineno = next(parser.stream).lineno
+        body = parser.parse_statements(["name:endgeneration"], drop_needle=True)
+        return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+    def _render(self, caller):
+        return caller()
 
 
 def hf_env():
@@ -33,7 +46,7 @@ def hf_env():
                           sort_keys=sort_keys)
 
     env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True,
-                                        extensions=[jinja2.ext.loopcontrols])
+                                        extensions=[Generation, jinja2.ext.loopcontrols])
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception
     env.globals["strftime_now"] = lambda fmt: datetime.now().strftime(fmt)
@@ -205,6 +218,7 @@ SNIPPETS = [
     "{{ '中文 ' ~ '😀' }} {{ '\\u4e2d\\x41\\n' }} {{ \"it's\" }} {{ 'a' 'b' }}",
     "{{ ['x'] | tojson }} {{ '{{' }} {{ {'a': {'b': 1}} }} {{ ({'a': 1}) }} {{ (1, 2) | list }}",
     "{% filter upper %}shout {{ 'it' }}{% endfilter %} {% set s | trim %}  padded  {% endset %}[{{ s }}]",
+    "{% for m in messages %}{% if m.role == 'assistant' %}{% generation %}{{ m.content }}!{% endgeneration %}{% else %}{{ m.content }}{% endif %}\n{% endfor %}",
     "{{ [1, 2, 3] | sum }} {{ [1, 2, 3] | max }} {{ [3, 1] | min }} {{ -3 | abs }} {{ 2.567 | round(2) }} {{ 2.5 | round }} {{ 'ab' | replace('a', 'x') }}",
     "{{ 'line1\\nline2' | indent(2) }}|{{ 'a\\n\\nb' | indent(2, true) }}|{{ '<a href=\"x\">&' | e }}|{{ 'hello world foo' | wordcount }}",
     "{{ 'Hello' | capitalize }} {{ 'hello world' | title }} {{ {'b': 1, 'a': 2} | dictsort | map('join', ':') | join(',') }}",

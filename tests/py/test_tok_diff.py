@@ -49,6 +49,7 @@ def handpicked():
         "edge: a <mask> b   <mask>c [SEP]  d [SEP]\n e fooword xfooword foowordy (fooword) é! e\u0301! <tool>x  y",
         "numbers 0 12 345 6789 12345678901234567890 ١٢٣ ½ ² Ⅻ",
         "apostrophes 's 'S 'Ll 'LL ſ 'ſ K 'K",
+        "ignore_merges: zyxwv qqqq 12345 你好啊",
         "x" * 5000, "ab" * 3000, "中" * 3000, " " * 3000, "\n" * 500, "😀" * 700,
     ]
 
@@ -88,7 +89,7 @@ def test_one_megabyte(model):
     rng = random.Random(7)
     mixed = "".join(rng.choice(handpicked()[2:25]) for _ in range(2000))
     mb = lambda s: (s * (1 + (1 << 20) // len(s))).encode("utf-8")[: 1 << 20].decode("utf-8", "ignore")
-    texts = [mb(cs), mb(mixed)]
+    texts = [mb(cs), mb(mixed)] if model == "qwen" else [mb(mixed)]
     compare(model, texts)
 
 

@@ -1,4 +1,5 @@
 """Helpers for the tokenizer differential tests: run `pagoda tokenize --batch` on many strings."""
+import functools
 import json
 import os
 import subprocess
@@ -66,7 +67,9 @@ def uses_nfc(model):
     return "NFC" in json.dumps(d.get("normalizer"))
 
 
+@functools.lru_cache(maxsize=None)
 def hf_tokenizer(model, special=True):
+    """One HF tokenizer per (file, special) for the whole session (loading Qwen takes ~1 s)."""
     from tokenizers import Tokenizer
     t = Tokenizer.from_file(model)
     t.encode_special_tokens = not special
