@@ -287,6 +287,10 @@ int serve_args_no_effect(const struct serve_args *a, bool have_cuda, char **msgs
         n = add_msg(msgs, n, max, "--kv-cache-memory has no effect on %s (use "
                     "--gpu-memory-utilization)%.0s", "CUDA", 0);
     }
+    if (strcmp(a->generation_config, "auto") && strcmp(a->generation_config, "vllm"))
+        n = add_msg(msgs, n, max, "--generation-config %s has no effect: defaults come from the "
+                    "model directory's generation_config.json (or 'vllm')%.0s",
+                    a->generation_config, 0);
     if (strcmp(a->dtype, "auto"))
         n = add_msg(msgs, n, max, "--dtype %s has no effect: weights run in the checkpoint's "
                     "dtype%.0s", a->dtype, 0);

@@ -57,6 +57,11 @@ static void test_args_vllm_line(void **state) {
     }
     assert_true(saw_tp);
     assert_int_equal(serve_args_no_effect(&a, true, msgs, 8), 0);
+    assert_int_equal(parse_args(&a, err, "m", "--generation-config", "/elsewhere", "--dtype",
+                                "half", NULL), 0);
+    n = serve_args_no_effect(&a, true, msgs, 8);
+    assert_int_equal(n, 2);
+    for (int i = 0; i < n; i++) free(msgs[i]);
 }
 
 static void test_args_all_flags(void **state) {
