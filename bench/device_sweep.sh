@@ -32,6 +32,5 @@ json.dump({"chat_template": open(t).read(), "bos_token": None, "eos_token": "<|i
 PY
 timeout 540 python3 bench/sweep_cs.py --pagoda $D/bin/pagoda --model $M --configs "$CONFIGS" \
   --concurrency "$CONC" --limit "$LIMIT" --max-tokens "$MAXTOK" --out $OUT/sweep 2>&1 | tail -40
-cp $OUT/sweep/sweep.md $OUT/sweep/sweep.json $OUT/sweep/sweep-latency.svg $OUT/ 2>/dev/null
-tail -5 $OUT/sweep/server-0.log > $OUT/server0-tail.txt 2>/dev/null
-rm -rf $OUT/sweep/c*-n*.csv
+cp $OUT/sweep/sweep.md $OUT/sweep/sweep-latency.svg $OUT/ 2>/dev/null
+tar czf $OUT/sweep.tgz -C $OUT sweep && rm -rf $OUT/sweep
