@@ -109,7 +109,7 @@ FUZZ_OBJ := $(LIB_SRC:%.c=build-fuzz/%.o)
 fuzz: $(FUZZ_BIN)
 build-fuzz/%.o: %.c
 	@mkdir -p $(dir $@)
-	clang $(FUZZ_CFLAGS) -c -o $@ $<
+	clang $(FUZZ_CFLAGS) -MMD -MP -c -o $@ $<
 build-fuzz/libpagoda.a: $(FUZZ_OBJ)
 	ar rcs $@ $^
 build-fuzz/fuzz_%: fuzz/fuzz_%.c build-fuzz/libpagoda.a
@@ -118,4 +118,4 @@ build-fuzz/fuzz_%: fuzz/fuzz_%.c build-fuzz/libpagoda.a
 clean:
 	rm -rf build build-san build-cuda build-san-cuda build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d)
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(wildcard build-fuzz/src/*/*.d build-fuzz/src/*/*/*.d)

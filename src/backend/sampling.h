@@ -58,6 +58,17 @@ static inline float pg_uniform(uint64_t seed, uint64_t step, uint64_t k) {
 
 // Samples one token from logits[vocab] (modified in place: penalties, bias, masks,
 // temperature). scratch must hold 2 * vocab floats + vocab ints (see sampler_scratch_size).
+// Semantics (host sampler, backend/sampler.c; a device sampler must match):
+//   1. allowed bitmask / banned ids -> -inf; 2. logit_bias added; 3. repetition penalty
+//   (prompt + output; logit > 0 divided, else multiplied), then presence/frequency
+//   penalties (output tokens only).
+//   logprob / top_logprobs = log-softmax of the logits after steps 1-3 (before temperature
+//   and before top-k/top-p/min-p).
+//   temperature < 1e-5: argmax (ties -> lowest id). Otherwise logits / temperature; kept set
+//   on the probability-sorted order (ties -> lower id first): top_k best, then the top_p
+//   nucleus (smallest prefix with mass >= top_p of the top_k set's mass), then min_p
+//   (prob >= min_p * max prob). Draw u = pg_uniform(seed, step, 0) * (kept mass), walk the
+//   kept tokens in ascending id order, take the first whose cumulative mass exceeds u.
 size_t sampler_scratch_size(int vocab);
 void sampler_sample(float *logits, int vocab, const struct sample_input *in, void *scratch,
                     struct sample_output *out);

@@ -11,6 +11,7 @@
 
 #include "backend/backend.h"
 #include "cli/commands.h"
+#include "cli/tool_exec.h"
 #include "model/make_model.h"
 #ifdef PAGODA_CUDA
 #include "backend/cuda/cuda_ops.h"
@@ -288,6 +289,9 @@ static int run_prefill(const struct backend_ops *be, void *ctx, const struct mod
 
 int cmd_bench(int argc, char **argv) {
     struct bopt o;
+    // `pagoda bench serve`: the load generator for any OpenAI-compatible endpoint (a client
+    // tool, tools/bench_serve.py, outside the serving path).
+    if (argc >= 2 && !strcmp(argv[1], "serve")) return tool_exec("bench_serve.py", argc - 2, argv + 2);
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h"))) {
         usage(stdout);
         return 0;

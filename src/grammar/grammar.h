@@ -14,6 +14,11 @@ struct grammar_matcher;
 // allowed). eos_ids: the tokens that end generation (allowed only where the grammar accepts).
 struct grammar_vocab *grammar_vocab_new(const struct tokenizer *t, int model_vocab,
                                         const int32_t *eos_ids, int n_eos);
+// The same from raw token byte strings: tokens[i] (lens[i] bytes) for ids [0, n_tokens); a NULL
+// or empty entry is never allowed (use it for special tokens). Copies everything. NULL + err.
+struct grammar_vocab *grammar_vocab_new_from_bytes(const char *const *tokens, const size_t *lens,
+                                                   int n_tokens, int model_vocab,
+                                                   const int32_t *eos_ids, int n_eos, char *err);
 void grammar_vocab_free(struct grammar_vocab *v);
 
 enum grammar_kind {
@@ -41,6 +46,14 @@ struct grammar *grammar_cache_get(struct grammar_cache *c, enum grammar_kind kin
                                   const char *spec, size_t spec_len,
                                   const char *whitespace_pattern, char *err);
 
+// Warm-up (e.g. --structured-warmup): gets the grammar through the cache (compiling it if
+// needed) and fills its mask cache with n_walks seeded pseudo-random walks of up to max_tokens
+// tokens each, so that a first real request finds the compiled grammar and the common masks.
+// Thread-safe; run it off the engine thread. Returns 0 or -1 with err (compile error).
+int grammar_cache_warmup(struct grammar_cache *c, enum grammar_kind kind, const char *spec,
+                         size_t spec_len, const char *whitespace_pattern, int n_walks,
+                         int max_tokens, char *err);
+
 struct grammar_matcher *grammar_matcher_new(struct grammar *g); // retains g
 void grammar_matcher_free(struct grammar_matcher *m);
 // mask: ceil(model_vocab / 32) words; bit (id % 32) of word id / 32 set = token allowed next.
@@ -49,3 +62,5 @@ void grammar_fill_mask(struct grammar_matcher *m, uint32_t *mask);
 int grammar_accept_token(struct grammar_matcher *m, int32_t token);
 // True when the output so far is complete and nothing else may follow (generation must stop).
 bool grammar_is_terminated(const struct grammar_matcher *m);
+// True when the output so far is a complete match (EOS would be accepted now).
+bool grammar_can_end(const struct grammar_matcher *m);

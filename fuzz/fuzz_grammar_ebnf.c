@@ -1,0 +1,4 @@
+// libFuzzer target: the ebnf compiler of the grammar engine (plus a few matcher steps).
+#include "grammar_fuzz_common.h"
+
+int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) { return fuzz_one(GRAMMAR_EBNF, data, size); }

@@ -1,0 +1,625 @@
+// Engine tests on the test-double backend (tests/c/test_engine_backend.h): outputs equal the
+// one-by-one oracle under every scheduling configuration, prefix caching, preemption, n > 1,
+// seeds, stop conditions, aborts, validation, a randomized stress test and threads.
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include "engine/engine.h"
+#include "engine/engine_impl.h"
+#include "model/config.h"
+#include "test_engine_backend.h"
+
+#define VOCAB 64
+#define EOS 1
+#define MAXTOK 256
+
+struct out_seq {
+    int32_t toks[MAXTOK];
+    int n;
+    enum finish_reason fin;
+    int32_t stop_token;
+    int n_cached, n_updates, n_after_finish, n_logprobs;
+};
+
+struct out_req {
+    struct coll *c;
+    struct out_seq seq[8];
+    int abort_after;          // abort the request from the callback after this many tokens
+    struct engine *e;
+    uint64_t id;
+};
+
+struct coll {
+    pthread_mutex_t mu;
+    pthread_cond_t cv;
+    int n_finished_seqs;
+    struct out_req *reqs;
+};
+
+static void on_out(void *user, const struct engine_output *o) {
+    struct out_req *r = user;
+    pthread_mutex_lock(&r->c->mu);
+    struct out_seq *s = &r->seq[o->index];
+    if (s->fin != FINISH_NONE) s->n_after_finish++;
+    for (int i = 0; i < o->n_tokens && s->n < MAXTOK; i++) s->toks[s->n++] = o->tokens[i];
+    if (o->logprobs) s->n_logprobs++;
+    s->n_updates++;
+    s->n_cached = o->n_cached_tokens;
+    if (o->finish != FINISH_NONE) {
+        s->fin = o->finish;
+        s->stop_token = o->stop_token;
+        r->c->n_finished_seqs++;
+        pthread_cond_broadcast(&r->c->cv);
+    }
+    bool ab = r->abort_after > 0 && s->n >= r->abort_after && o->finish == FINISH_NONE;
+    pthread_mutex_unlock(&r->c->mu);
+    if (ab) engine_abort(r->e, o->req_id);
+}
+
+static struct coll *coll_new(int n) {
+    struct coll *c = calloc(1, sizeof *c);
+    pthread_mutex_init(&c->mu, NULL);
+    pthread_cond_init(&c->cv, NULL);
+    c->reqs = calloc((size_t)n, sizeof *c->reqs);
+    for (int i = 0; i < n; i++) c->reqs[i].c = c;
+    return c;
+}
+
+static void coll_free(struct coll *c) {
+    pthread_mutex_destroy(&c->mu);
+    pthread_cond_destroy(&c->cv);
+    free(c->reqs);
+    free(c);
+}
+
+static struct model_config test_mcfg(int max_pos) {
+    struct model_config m;
+    memset(&m, 0, sizeof m);
+    m.vocab = VOCAB;
+    m.max_pos = max_pos;
+    m.eos_ids[0] = EOS;
+    m.n_eos = 1;
+    return m;
+}
+
+// The oracle: what the request's sequence `index` must produce, computed one token at a time.
+static int ref_generate(const struct gen_request *r, int index, int max_model_len, int32_t *out) {
+    int32_t toks[1024];
+    memcpy(toks, r->prompt, (size_t)r->n_prompt * sizeof *toks);
+    int n = r->n_prompt, k = 0;
+    struct sampling_params sp = r->sp;
+    if (index > 0) sp.seed = pg_mix64(sp.seed + (uint64_t)index);
+    int max_tokens = r->max_tokens > 0 ? r->max_tokens : max_model_len - r->n_prompt;
+    int32_t banned[17];
+    int n_banned = 0;
+    if (!r->ignore_eos) banned[n_banned++] = EOS;
+    for (int i = 0; i < r->n_stop_token_ids; i++) banned[n_banned++] = r->stop_token_ids[i];
+    for (;;) {
+        struct sample_input in = {.params = &sp, .step = (uint64_t)k};
+        if (k < r->min_tokens) {
+            in.banned = banned;
+            in.n_banned = n_banned;
+        }
+        int32_t t = ref_next(toks, n, &in, VOCAB);
+        toks[n++] = t;
+        out[k++] = t;
+        bool stop = (!r->ignore_eos && t == EOS);
+        for (int i = 0; i < r->n_stop_token_ids; i++) stop = stop || t == r->stop_token_ids[i];
+        if ((stop && k > r->min_tokens) || k >= max_tokens || n >= max_model_len) return k;
+    }
+}
+
+static void check_engine(struct engine *e) {
+    char err[PG_ERR_LEN] = "";
+    if (sched_check(e->sched, err)) fail_msg("invariant: %s", err);
+}
+
+static void run_to_completion(struct engine *e) {
+    for (int guard = 0; engine_has_work(e); guard++) {
+        assert_true(engine_step(e) >= 0);
+        check_engine(e);
+        assert_true(guard < 100000);
+    }
+}
+
+static void assert_all_free(struct engine *e) {
+    struct engine_stats st;
+    engine_stats(e, &st);
+    assert_int_equal(st.num_free_blocks, st.num_blocks);
+    assert_int_equal(st.num_running + st.num_waiting, 0);
+    check_engine(e);
+}
+
+// A deterministic mixed workload: prompts from 4 shared prefixes plus distinct tails.
+static int32_t g_prompts[64][200];
+static void make_prompt(int i, int len, int32_t *p) {
+    uint64_t x = 1000 + (uint64_t)(i % 4);
+    for (int j = 0; j < len; j++) {
+        if (j == 40) x = 5000 + (uint64_t)i; // distinct tail after a shared 40-token prefix
+        x = pg_mix64(x);
+        p[j] = 2 + (int32_t)(x % (VOCAB - 2));
+    }
+}
+
+static void workload(int n, struct gen_request *reqs, struct coll *c) {
+    for (int i = 0; i < n; i++) {
+        int len = 1 + (i * 37) % 120;
+        make_prompt(i, len, g_prompts[i]);
+        gen_request_defaults(&reqs[i]);
+        reqs[i].prompt = g_prompts[i];
+        reqs[i].n_prompt = len;
+        reqs[i].sp.temperature = 0;
+        reqs[i].max_tokens = 1 + (i * 13) % 40;
+        reqs[i].ignore_eos = i % 5 == 0;
+        reqs[i].on_output = on_out;
+        reqs[i].user = &c->reqs[i];
+    }
+}
+
+struct run_opts {
+    bool caching, chunked;
+    int num_blocks, budget, block_size, max_num_seqs, steps;
+    bool async; // async scheduling, on a backend that computes at collect
+};
+
+// Runs the 32-request workload and checks every output against the oracle.
+static void run_workload(struct run_opts o, struct engine_stats *st_out) {
+    const int N = 32, MML = 160;
+    struct engine_config cfg;
+    engine_config_defaults(&cfg);
+    cfg.block_size = o.block_size ? o.block_size : 4;
+    cfg.max_model_len = MML;
+    cfg.enable_prefix_caching = o.caching;
+    cfg.enable_chunked_prefill = o.chunked;
+    cfg.max_num_batched_tokens = o.budget;
+    cfg.max_num_seqs = o.max_num_seqs ? o.max_num_seqs : 256;
+    cfg.num_scheduler_steps = o.steps ? o.steps : 1;
+    cfg.async_scheduling = o.async;
+    struct model_config m = test_mcfg(MML);
+    struct tb *t = tb_new(o.num_blocks, cfg.block_size, VOCAB);
+    t->lazy = o.async;
+    char err[PG_ERR_LEN] = "";
+    struct engine *e = engine_create(&cfg, &m, &tb_ops, t, o.num_blocks, NULL, err);
+    if (!e) fail_msg("%s", err);
+    struct coll *c = coll_new(N);
+    struct gen_request reqs[32];
+    workload(N, reqs, c);
+    for (int i = 0; i < N; i++) {
+        c->reqs[i].e = e;
+        if (engine_add(e, &reqs[i], &c->reqs[i].id, err)) fail_msg("add %d: %s", i, err);
+    }
+    run_to_completion(e);
+    for (int i = 0; i < N; i++) {
+        int32_t want[MAXTOK];
+        int nw = ref_generate(&reqs[i], 0, MML, want);
+        struct out_seq *s = &c->reqs[i].seq[0];
+        assert_int_equal(s->n, nw);
+        assert_memory_equal(s->toks, want, (size_t)nw * sizeof *want);
+        assert_true(s->fin == FINISH_STOP || s->fin == FINISH_LENGTH);
+        assert_int_equal(s->n_after_finish, 0);
+    }
+    assert_true(t->max_tokens_seen <= o.budget);
+    assert_true(t->max_seqs_seen <= cfg.max_num_seqs);
+    assert_all_free(e);
+    engine_stats(e, st_out);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void test_batch_configs(void **state) {
+    (void)state;
+    struct engine_stats st;
+    struct run_opts base = {.caching = true, .chunked = true, .num_blocks = 2000, .budget = 256};
+    run_workload(base, &st);
+    assert_true(st.prefix_hits > 0);
+    assert_int_equal(st.num_preemptions, 0);
+    struct run_opts o = base;
+    o.caching = false;
+    run_workload(o, &st);
+    assert_int_equal(st.prefix_hits, 0);
+    o = base;
+    o.budget = 16; // long prompts are chunked across many steps
+    run_workload(o, &st);
+    o.chunked = false;
+    o.budget = 160;
+    run_workload(o, &st);
+    o = base;
+    o.num_blocks = 48; // 192 token slots for 32 requests: forced preemption
+    run_workload(o, &st);
+    assert_true(st.num_preemptions > 0);
+    o.caching = false;
+    run_workload(o, &st);
+    assert_true(st.num_preemptions > 0);
+    o = base;
+    o.max_num_seqs = 3;
+    o.block_size = 16;
+    o.num_blocks = 30;
+    o.budget = 40;
+    o.steps = 3;
+    run_workload(o, &st);
+    // async scheduling: the same outputs, with and without preemption and chunking
+    o = base;
+    o.async = true;
+    run_workload(o, &st);
+    assert_true(st.prefix_hits > 0);
+    o.num_blocks = 48;
+    run_workload(o, &st);
+    assert_true(st.num_preemptions > 0);
+    o.budget = 16;
+    o.caching = false;
+    run_workload(o, &st);
+    o = base;
+    o.async = true;
+    o.chunked = false;
+    o.budget = 160;
+    o.steps = 4;
+    run_workload(o, &st);
+}
+
+// Runs one request alone and returns its output in out_seq form.
+static struct engine *mk_engine(struct tb **t, int num_blocks, int bs, int mml, bool caching) {
+    struct engine_config cfg;
+    engine_config_defaults(&cfg);
+    cfg.block_size = bs;
+    cfg.max_model_len = mml;
+    cfg.enable_prefix_caching = caching;
+    static struct model_config m;
+    m = test_mcfg(mml);
+    *t = tb_new(num_blocks, bs, VOCAB);
+    char err[PG_ERR_LEN] = "";
+    struct engine *e = engine_create(&cfg, &m, &tb_ops, *t, num_blocks, NULL, err);
+    if (!e) fail_msg("%s", err);
+    return e;
+}
+
+static void test_prefix_cache_multiturn(void **state) {
+    (void)state;
+    struct tb *t;
+    struct engine *e = mk_engine(&t, 64, 4, 200, true);
+    struct coll *c = coll_new(3);
+    int32_t p1[30], p2[80];
+    make_prompt(7, 30, p1);
+    struct gen_request r;
+    gen_request_defaults(&r);
+    r.prompt = p1;
+    r.n_prompt = 30;
+    r.sp.temperature = 0;
+    r.max_tokens = 10;
+    r.ignore_eos = true;
+    r.on_output = on_out;
+    r.user = &c->reqs[0];
+    char err[PG_ERR_LEN];
+    assert_int_equal(engine_add(e, &r, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    assert_int_equal(c->reqs[0].seq[0].n_cached, 0);
+    // turn 2: the first prompt + its answer + a new user message
+    memcpy(p2, p1, sizeof p1);
+    memcpy(p2 + 30, c->reqs[0].seq[0].toks, 10 * sizeof *p2);
+    for (int i = 40; i < 55; i++) p2[i] = 2 + i % 50;
+    r.prompt = p2;
+    r.n_prompt = 55;
+    r.user = &c->reqs[1];
+    assert_int_equal(engine_add(e, &r, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    // 40 tokens (prompt + answer) were computed before; the answer's last token was sampled
+    // but never fed back, so positions 0..38 are cached: 9 full blocks of 4
+    assert_int_equal(c->reqs[1].seq[0].n_cached, 36);
+    int32_t want[MAXTOK];
+    int nw = ref_generate(&r, 0, 200, want);
+    assert_int_equal(c->reqs[1].seq[0].n, nw);
+    assert_memory_equal(c->reqs[1].seq[0].toks, want, (size_t)nw * sizeof *want);
+    // the same prompt again: everything but the last token's block comes from the cache
+    r.user = &c->reqs[2];
+    assert_int_equal(engine_add(e, &r, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    assert_int_equal(c->reqs[2].seq[0].n_cached, 52);
+    assert_memory_equal(c->reqs[2].seq[0].toks, want, (size_t)nw * sizeof *want);
+    struct engine_stats st;
+    engine_stats(e, &st);
+    assert_int_equal(st.prefix_queries, 30 + 55 + 55);
+    assert_int_equal(st.prefix_hits, 36 + 52);
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void test_seeds_and_n(void **state) {
+    (void)state;
+    struct tb *t;
+    struct engine *e = mk_engine(&t, 256, 4, 200, true);
+    struct coll *c = coll_new(40);
+    struct gen_request reqs[40];
+    workload(40, reqs, c);
+    char err[PG_ERR_LEN];
+    // request 0 alone, seeded, temperature 1
+    reqs[0].sp.temperature = 1.0f;
+    reqs[0].sp.seed = 42;
+    reqs[0].seeded = true;
+    reqs[0].max_tokens = 30;
+    reqs[0].ignore_eos = true;
+    assert_int_equal(engine_add(e, &reqs[0], NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    // the same request in a batch with others: same tokens
+    struct gen_request same = reqs[0];
+    same.user = &c->reqs[1];
+    for (int i = 2; i < 12; i++) assert_int_equal(engine_add(e, &reqs[i], NULL, err), ENGINE_OK);
+    assert_int_equal(engine_add(e, &same, NULL, err), ENGINE_OK);
+    // a different seed
+    struct gen_request other = reqs[0];
+    other.sp.seed = 43;
+    other.user = &c->reqs[12];
+    assert_int_equal(engine_add(e, &other, NULL, err), ENGINE_OK);
+    // n = 4 with the same seed: index 0 equals the n = 1 output, the others differ
+    struct gen_request par = reqs[0];
+    par.n = 4;
+    par.sp.logprobs = 3;
+    par.user = &c->reqs[13];
+    assert_int_equal(engine_add(e, &par, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    struct out_seq *a = &c->reqs[0].seq[0];
+    assert_int_equal(a->n, 30);
+    assert_memory_equal(c->reqs[1].seq[0].toks, a->toks, 30 * sizeof(int32_t));
+    assert_memory_not_equal(c->reqs[12].seq[0].toks, a->toks, 30 * sizeof(int32_t));
+    assert_memory_equal(c->reqs[13].seq[0].toks, a->toks, 30 * sizeof(int32_t));
+    for (int i = 0; i < 4; i++) {
+        int32_t want[MAXTOK];
+        assert_int_equal(ref_generate(&par, i, 200, want), 30);
+        assert_int_equal(c->reqs[13].seq[i].n, 30);
+        assert_memory_equal(c->reqs[13].seq[i].toks, want, 30 * sizeof *want);
+        assert_int_equal(c->reqs[13].seq[i].n_logprobs, 30);
+        if (i) assert_memory_not_equal(c->reqs[13].seq[i].toks, a->toks, 30 * sizeof(int32_t));
+    }
+    // the n = 4 siblings shared the prompt's full blocks through the prefix cache
+    int full = (par.n_prompt - 1) / 4 * 4;
+    for (int i = 1; i < 4; i++) assert_int_equal(c->reqs[13].seq[i].n_cached, full);
+    assert_int_equal(c->reqs[0].seq[0].n_logprobs, 0);
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void test_stop_conditions(void **state) {
+    (void)state;
+    struct tb *t;
+    const int MML = 64;
+    struct engine *e = mk_engine(&t, 64, 4, MML, true);
+    struct coll *c = coll_new(8);
+    int32_t p[20];
+    make_prompt(3, 20, p);
+    struct gen_request r;
+    gen_request_defaults(&r);
+    r.prompt = p;
+    r.n_prompt = 20;
+    r.sp.temperature = 0;
+    r.on_output = on_out;
+    char err[PG_ERR_LEN];
+    // find the greedy continuation with ignore_eos, then use its tokens as stop ids
+    r.ignore_eos = true;
+    r.user = &c->reqs[0];
+    assert_int_equal(engine_add(e, &r, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    struct out_seq *full = &c->reqs[0].seq[0];
+    assert_int_equal(full->n, MML - 20); // ran to max_model_len
+    assert_int_equal(full->fin, FINISH_LENGTH);
+    int32_t stop_id = full->toks[5];
+    int first = 0;
+    while (full->toks[first] != stop_id) first++;
+    struct gen_request r2 = r;
+    r2.stop_token_ids = &stop_id;
+    r2.n_stop_token_ids = 1;
+    r2.user = &c->reqs[1];
+    assert_int_equal(engine_add(e, &r2, NULL, err), ENGINE_OK);
+    // min_tokens past the stop id: the stop id is banned until then, output differs
+    struct gen_request r3 = r2;
+    r3.min_tokens = first + 2;
+    r3.max_tokens = first + 6;
+    r3.user = &c->reqs[2];
+    assert_int_equal(engine_add(e, &r3, NULL, err), ENGINE_OK);
+    struct gen_request r4 = r;
+    r4.max_tokens = 3;
+    r4.user = &c->reqs[3];
+    assert_int_equal(engine_add(e, &r4, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    assert_int_equal(c->reqs[1].seq[0].n, first + 1);
+    assert_int_equal(c->reqs[1].seq[0].fin, FINISH_STOP);
+    assert_int_equal(c->reqs[1].seq[0].stop_token, stop_id);
+    int32_t want[MAXTOK];
+    int nw = ref_generate(&r3, 0, MML, want);
+    assert_int_equal(c->reqs[2].seq[0].n, nw);
+    assert_memory_equal(c->reqs[2].seq[0].toks, want, (size_t)nw * sizeof *want);
+    for (int i = 0; i < r3.min_tokens; i++) assert_int_not_equal(want[i], stop_id);
+    assert_int_equal(c->reqs[3].seq[0].n, 3);
+    assert_int_equal(c->reqs[3].seq[0].fin, FINISH_LENGTH);
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void test_abort(void **state) {
+    (void)state;
+    struct tb *t;
+    struct engine *e = mk_engine(&t, 128, 4, 200, true);
+    struct coll *c = coll_new(4);
+    struct gen_request reqs[4];
+    workload(4, reqs, c);
+    char err[PG_ERR_LEN];
+    uint64_t ids[4];
+    for (int i = 0; i < 4; i++) {
+        reqs[i].max_tokens = 50;
+        reqs[i].ignore_eos = true;
+        reqs[i].n = i == 1 ? 3 : 1;
+        reqs[i].sp.temperature = i == 1 ? 0.7f : 0;
+        c->reqs[i].e = e;
+        assert_int_equal(engine_add(e, &reqs[i], &ids[i], err), ENGINE_OK);
+    }
+    c->reqs[0].abort_after = 5; // from the callback
+    for (int k = 0; k < 8; k++) engine_step(e);
+    engine_abort(e, ids[1]);  // mid-stream, from outside
+    engine_abort(e, ids[3]);
+    engine_abort(e, 999999);  // unknown: no-op
+    engine_step(e);
+    struct engine_stats st;
+    engine_stats(e, &st);
+    assert_int_equal(st.num_running + st.num_waiting, 1); // only request 2 left
+    run_to_completion(e);
+    assert_int_equal(c->reqs[0].seq[0].fin, FINISH_ABORT);
+    assert_int_equal(c->reqs[0].seq[0].n, 5);
+    for (int i = 0; i < 3; i++) assert_int_equal(c->reqs[1].seq[i].fin, FINISH_ABORT);
+    assert_int_equal(c->reqs[2].seq[0].fin, FINISH_LENGTH);
+    assert_int_equal(c->reqs[3].seq[0].fin, FINISH_ABORT);
+    for (int i = 0; i < 4; i++) assert_int_equal(c->reqs[i].seq[0].n_after_finish, 0);
+    engine_abort(e, ids[2]); // already finished: no-op
+    engine_step(e);
+    assert_int_equal(c->reqs[2].seq[0].n_after_finish, 0);
+    engine_stats(e, &st);
+    assert_int_equal(st.finished[FINISH_ABORT], 5);
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void test_backend_failure(void **state) {
+    (void)state;
+    struct tb *t;
+    struct engine *e = mk_engine(&t, 128, 4, 200, true);
+    struct coll *c = coll_new(3);
+    struct gen_request reqs[3];
+    workload(3, reqs, c);
+    char err[PG_ERR_LEN];
+    for (int i = 0; i < 3; i++) assert_int_equal(engine_add(e, &reqs[i], NULL, err), ENGINE_OK);
+    t->fail_at_step = 2;
+    engine_step(e);
+    assert_int_equal(engine_step(e), -1);
+    run_to_completion(e);
+    for (int i = 0; i < 3; i++) assert_true(c->reqs[i].seq[0].fin != FINISH_NONE);
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void expect_einval(struct engine *e, const struct gen_request *r, const char *needle) {
+    char err[PG_ERR_LEN] = "";
+    assert_int_equal(engine_add(e, r, NULL, err), ENGINE_EINVAL);
+    if (!strstr(err, needle)) fail_msg("expected '%s' in '%s'", needle, err);
+}
+
+static void test_validation(void **state) {
+    (void)state;
+    struct tb *t;
+    struct engine *e = mk_engine(&t, 64, 4, 100, true);
+    struct coll *c = coll_new(1);
+    int32_t p[120];
+    make_prompt(1, 120, p);
+    struct gen_request ok;
+    gen_request_defaults(&ok);
+    ok.prompt = p;
+    ok.n_prompt = 10;
+    ok.on_output = on_out;
+    ok.user = &c->reqs[0];
+    struct gen_request r = ok;
+    r.n_prompt = 100;
+    expect_einval(e, &r, "100 tokens");
+    r = ok;
+    r.n_prompt = 0;
+    expect_einval(e, &r, "empty");
+    r = ok;
+    r.max_tokens = 95;
+    expect_einval(e, &r, "105");
+    r = ok;
+    r.sp.temperature = -0.5f;
+    expect_einval(e, &r, "temperature");
+    r = ok;
+    r.sp.top_p = 0;
+    expect_einval(e, &r, "top_p");
+    r.sp.top_p = 1.5f;
+    expect_einval(e, &r, "top_p");
+    r = ok;
+    r.sp.top_k = -2;
+    expect_einval(e, &r, "top_k");
+    r = ok;
+    r.sp.min_p = 1.1f;
+    expect_einval(e, &r, "min_p");
+    r = ok;
+    r.sp.repetition_penalty = 0;
+    expect_einval(e, &r, "repetition_penalty");
+    r = ok;
+    r.sp.logprobs = SAMPLING_MAX_LOGPROBS + 1;
+    expect_einval(e, &r, "logprobs");
+    r = ok;
+    r.n = 0;
+    expect_einval(e, &r, "n must");
+    r.n = 100000;
+    expect_einval(e, &r, "n must");
+    int32_t bad[3] = {1, VOCAB, 2};
+    r = ok;
+    r.prompt = bad;
+    r.n_prompt = 3;
+    expect_einval(e, &r, "vocabulary");
+    r = ok;
+    r.stop_token_ids = bad + 1;
+    r.n_stop_token_ids = 1;
+    expect_einval(e, &r, "stop_token_ids");
+    int32_t bias_id = -1;
+    float bias_val = 1;
+    r = ok;
+    r.sp.logit_bias_ids = &bias_id;
+    r.sp.logit_bias_vals = &bias_val;
+    r.sp.n_logit_bias = 1;
+    expect_einval(e, &r, "logit_bias");
+    r = ok;
+    r.stop[0] = "x";
+    r.n_stop = 1;
+    expect_einval(e, &r, "tokenizer"); // no tokenizer in this engine
+    r = ok;
+    r.min_tokens = 5;
+    r.max_tokens = 3;
+    expect_einval(e, &r, "min_tokens");
+    r = ok;
+    r.max_tokens = -5;
+    expect_einval(e, &r, "max_tokens");
+    // nothing was queued; a valid request still runs
+    char err[PG_ERR_LEN];
+    assert_false(engine_has_work(e));
+    assert_int_equal(engine_add(e, &ok, NULL, err), ENGINE_OK);
+    run_to_completion(e);
+    assert_true(c->reqs[0].seq[0].fin != FINISH_NONE);
+    // a pool too small for max_model_len is refused at creation
+    struct engine_config cfg;
+    engine_config_defaults(&cfg);
+    cfg.block_size = 4;
+    cfg.max_model_len = 100;
+    struct model_config m = test_mcfg(100);
+    assert_null(engine_create(&cfg, &m, &tb_ops, t, 10, NULL, err));
+    assert_non_null(strstr(err, "max-model-len"));
+    cfg.enable_chunked_prefill = false;
+    cfg.max_num_batched_tokens = 50;
+    assert_null(engine_create(&cfg, &m, &tb_ops, t, 100, NULL, err));
+    assert_non_null(strstr(err, "chunked"));
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+
+int main(void) {
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_batch_configs),
+        cmocka_unit_test(test_prefix_cache_multiturn),
+        cmocka_unit_test(test_seeds_and_n),
+        cmocka_unit_test(test_stop_conditions),
+        cmocka_unit_test(test_abort),
+        cmocka_unit_test(test_backend_failure),
+        cmocka_unit_test(test_validation),
+    };
+    return cmocka_run_group_tests(tests, NULL, NULL);
+}
