@@ -227,7 +227,7 @@ static bool penalized(const struct sampling_params *sp) {
 
 static bool plain_greedy(const struct sample_input *in) {
     const struct sampling_params *sp = in->params;
-    return !(sp->temperature > 0) && !penalized(sp) && sp->n_logit_bias == 0 && sp->logprobs <= 0 &&
+    return sp->temperature < 1e-5f && !penalized(sp) && sp->n_logit_bias == 0 && sp->logprobs <= 0 &&
            !in->allowed && in->n_banned == 0;
 }
 

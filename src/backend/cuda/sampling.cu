@@ -1,14 +1,13 @@
-// Sampling on the GPU. Per row, in this order: repetition penalty (HF: over prompt and
-// output tokens, each distinct token once), presence/frequency penalties (output tokens),
-// logit bias, the allowed bitmask and banned tokens (-inf); then temperature (0 = greedy:
-// argmax, ties to the lower id); min_p (keep p >= min_p * p_max), top_k (keep p >= the k-th
-// largest p; ties kept), top_p (keep the smallest high-probability set whose mass reaches
-// top_p of what min_p/top_k kept; ties kept); draw u = pg_uniform(seed, step, 0) and take the
-// first kept token in id order whose cumulative kept mass exceeds u * kept mass.
-// logprob = log softmax of the processed logits / temperature (1 when greedy), before any
-// truncation; top-n logprobs are the n largest of the same distribution.
-// Thresholds are found by bisection over the float bits of p (monotone for p >= 0), so no
-// sort is needed: one block of 1024 threads per row, ~60 passes over an L2-resident row.
+// Sampling on the GPU, with the host sampler's semantics (backend/sampling.h): allowed
+// bitmask and banned ids (-inf), logit bias, repetition penalty (HF: prompt and output
+// tokens, each distinct token once), presence/frequency penalties (output tokens);
+// logprob = log softmax of those logits (before temperature and truncation), top-n logprobs
+// from the same; temperature < 1e-5: argmax (ties to the lower id); else p = softmax(l / T),
+// top_k, then the top_p nucleus of what top_k kept, then min_p (p >= min_p * p_max); draw
+// u = pg_uniform(seed, step, 0) and take the first kept token in id order whose cumulative
+// kept mass exceeds u * kept mass. Thresholds are found by bisection over the float bits of
+// p (monotone for p >= 0), so no sort is needed: one block of 1024 threads per row. Exact
+// ties of probability at a top_k / top_p boundary are all kept (the host keeps lower ids).
 #include <math.h>
 
 #include "backend/cuda/cuda_ops.h"
@@ -72,9 +71,18 @@ __device__ void bargmax(float v, int idx, float *redv, int *redi, float *ov, int
     *oi = bi;
 }
 
+// Masks, then logit bias, then penalties: the order of the host sampler (backend/sampler.c).
 __global__ void k_penalties(float *logits, int vocab, const struct cu_sample_params *pp, struct cu_sample_lists L) {
     const struct cu_sample_params p = pp[blockIdx.x];
     float *row = logits + (size_t)blockIdx.x * vocab;
+    if (p.allowed_off >= 0)
+        for (int v = threadIdx.x; v < vocab; v += blockDim.x)
+            if (!((L.allowed[p.allowed_off + (v >> 5)] >> (v & 31)) & 1)) row[v] = -INFINITY;
+    for (int e = threadIdx.x; e < p.ban_n; e += blockDim.x) row[L.ban[p.ban_off + e]] = -INFINITY;
+    __syncthreads();
+    if (threadIdx.x == 0)
+        for (int e = 0; e < p.bias_n; e++) row[L.bias_tok[p.bias_off + e]] += L.bias_val[p.bias_off + e];
+    __syncthreads();
     for (int e = threadIdx.x; e < p.pen_n; e += blockDim.x) {
         int t = L.pen_tok[p.pen_off + e], cnt = L.pen_cnt[p.pen_off + e];
         float l = row[t];
@@ -83,14 +91,6 @@ __global__ void k_penalties(float *logits, int vocab, const struct cu_sample_par
         if (cnt > 0) l -= p.presence_penalty + p.frequency_penalty * cnt;
         row[t] = l;
     }
-    __syncthreads();
-    if (threadIdx.x == 0)
-        for (int e = 0; e < p.bias_n; e++) row[L.bias_tok[p.bias_off + e]] += L.bias_val[p.bias_off + e];
-    __syncthreads();
-    if (p.allowed_off >= 0)
-        for (int v = threadIdx.x; v < vocab; v += blockDim.x)
-            if (!((L.allowed[p.allowed_off + (v >> 5)] >> (v & 31)) & 1)) row[v] = -INFINITY;
-    for (int e = threadIdx.x; e < p.ban_n; e += blockDim.x) row[L.ban[p.ban_off + e]] = -INFINITY;
 }
 
 // count of p >= t (as float bits) or mass of p >= t
@@ -141,13 +141,15 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, c
     const float *row = logits + (size_t)blockIdx.x * vocab;
     float *pr = scratch + (size_t)blockIdx.x * vocab;
     struct cu_sample_out *o = outs + blockIdx.x;
-    const bool greedy = !(p.temperature > 0);
+    const bool greedy = !(p.temperature >= 1e-5f);
     const float inv_t = greedy ? 1.0f : 1.0f / p.temperature;
 
+    // max / argmax and the log-partition of the processed logits at temperature 1 (logprobs);
+    // p = exp((l - max) / T) for the draw (the max of l / T is max / T since T > 0).
     float mx = -INFINITY;
     int mi = 0x7fffffff;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
-        float z = row[v] * inv_t;
+        float z = row[v];
         if (z > mx || (z == mx && v < mi)) {
             mx = z;
             mi = v;
@@ -158,22 +160,21 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, c
     bargmax(mx, mi, redv, redi, &M, &amax);
     float z = 0;
     for (int v = threadIdx.x; v < vocab; v += blockDim.x) {
-        float e = __expf(row[v] * inv_t - M);
-        pr[v] = e;
-        z += e;
+        z += __expf(row[v] - M);
+        if (!greedy) pr[v] = __expf((row[v] - M) * inv_t);
     }
     const float Z = bsum(z, red), logZ = logf(Z);
     int tok = amax;
     if (!greedy) {
+        // top_k (ties kept), then the top_p nucleus of what top_k kept, then min_p.
         uint32_t thr = 0;
-        if (p.min_p > 0) thr = __float_as_uint(p.min_p);
         if (p.top_k > 0 && p.top_k < vocab) {
             uint32_t lo = 0, hi = 0x3F800001u;
             while (hi - lo > 1) {
                 uint32_t mid = lo + (hi - lo) / 2;
                 if (pass_ge(pr, vocab, mid, false, red) >= (float)p.top_k) lo = mid; else hi = mid;
             }
-            thr = max(thr, lo);
+            thr = lo;
         }
         if (p.top_p < 1.0f) {
             float target = p.top_p * pass_ge(pr, vocab, thr, true, red);
@@ -184,6 +185,7 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, c
             }
             thr = lo;
         }
+        if (p.min_p > 0) thr = max(thr, __float_as_uint(p.min_p));
         const float t = __uint_as_float(thr);
         // Contiguous ranges per thread so that the scan runs in token-id order.
         const int per = (vocab + SB - 1) / SB, b0 = threadIdx.x * per, b1 = min(vocab, b0 + per);
@@ -222,10 +224,10 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, c
     }
     if (threadIdx.x == 0) {
         o->token = tok;
-        o->logprob = row[tok] * inv_t - M - logZ;
+        o->logprob = row[tok] - M - logZ;
         o->n_top = 0;
     }
-    if (p.n_logprobs > 0) top_logprobs(row, vocab, inv_t, M, logZ, min(p.n_logprobs, 20), o, redv, redi);
+    if (p.n_logprobs > 0) top_logprobs(row, vocab, 1.0f, M, logZ, min(p.n_logprobs, 20), o, redv, redi);
 }
 
 extern "C" void cu_sample(float *logits, int n, int vocab, const struct cu_sample_params *p,
