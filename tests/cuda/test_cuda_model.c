@@ -11,7 +11,7 @@
 #include "backend/backend.h"
 #include "model/make_model.h"
 
-extern const struct backend_ops backend_cuda;
+extern const struct backend_ops backend_cuda;  // backend_cpu: backend/backend.h
 
 // ---- CPU reference ----
 struct ref {
@@ -411,11 +411,78 @@ static void test_fp8_kv(void **state) {
     run_fp8(PG_F8_E5M2, "fp8_e5m2");
 }
 
+// The CUDA backend against the CPU backend (backend/cpu, the project's oracle) on the same
+// in-memory checkpoint: prefill logits, and each of 8 greedy GPU tokens must be a
+// near-argmax of the CPU backend's logits for the same sequence.
+static void run_vs_cpu(const char *preset, bool gptq, double tol) {
+    char err[PG_ERR_LEN] = "";
+    struct model_config mc;
+    assert_int_equal(make_model_config(preset, gptq, &mc, err), 0);
+    struct model_weights *w = make_model_weights(&mc, 23, 0, err);
+    assert_non_null(w);
+    struct backend_config bc;
+    memset(&bc, 0, sizeof bc);
+    bc.block_size = 16;
+    bc.num_blocks = 64;
+    bc.kv_dtype = PG_F32;
+    bc.max_num_seqs = 4;
+    bc.max_num_batched_tokens = 512;
+    bc.max_model_len = 1024;
+    bc.tensor_parallel_size = 1;
+    void *cpu = NULL;
+    int nb = 0;
+    if (backend_cpu.init(&cpu, w, &bc, &nb, err)) fail_msg("cpu init: %s", err);
+    struct gpu g;
+    gpu_init(&g, w, false, PG_BF16);
+    const int V = mc.vocab, NP = 24, ND = 8;
+    int32_t toks[64], bt[64];
+    for (int i = 0; i < 64; i++) bt[i] = i;
+    for (int i = 0; i < NP; i++) toks[i] = urand() % V;
+    float *gl = pg_malloc(sizeof(float) * V), *cl = pg_malloc(sizeof(float) * V);
+    struct step_seq s = one_seq(toks, NP, 0, bt, &g.sp, 0);
+    gpu_logits(&g, &s, 1, false, gl);
+    struct step_batch b = {1, &s, NP};
+    if (backend_cpu.logits(cpu, &b, false, cl, err)) fail_msg("cpu logits: %s", err);
+    printf("== %s %s vs the CPU backend\n", preset, gptq ? "gptq-int4" : "bf16");
+    CHECK_ERR("prefill logits vs CPU backend", logit_rel(gl, cl, V), tol);
+    struct step_result res[1];
+    gpu_step(&g, &s, 1, res);
+    int n = NP, worst_rank = 0;
+    double worst_gap = 0;
+    for (int it = 0; it < ND; it++) {
+        toks[n] = res[0].token;
+        struct step_seq cs = one_seq(toks, n, 0, bt + 32, &g.sp, 0);  // CPU: full sequence again
+        struct step_batch cb = {1, &cs, n};
+        if (backend_cpu.logits(cpu, &cb, false, cl, err)) fail_msg("cpu logits: %s", err);
+        int am = argmaxf(cl, V), rank = 0;
+        for (int v = 0; v < V; v++) rank += cl[v] > cl[res[0].token];
+        double gap = (cl[am] - cl[res[0].token]) / stdev(cl, V);
+        if (rank > worst_rank) worst_rank = rank;
+        if (gap > worst_gap) worst_gap = gap;
+        n++;
+        struct step_seq d = one_seq(toks + n - 1, 1, n - 1, bt, &g.sp, it + 1);
+        gpu_step(&g, &d, 1, res);
+    }
+    printf("  greedy %d steps vs CPU backend: worst rank %d, worst gap %.3f std\n", ND, worst_rank, worst_gap);
+    assert_true(worst_rank <= 2 && worst_gap < 0.1);
+    backend_cuda.free(g.ctx);
+    backend_cpu.free(cpu);
+    make_model_free(w);
+    free(gl), free(cl);
+}
+
+static void test_vs_cpu_backend(void **state) {
+    (void)state;
+    run_vs_cpu("tiny", false, 1.5e-2);
+    run_vs_cpu("tiny", true, 1.5e-2);
+    run_vs_cpu("qwen2.5-0.5b", true, 4e-2);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_bf16),       cmocka_unit_test(test_tiny_gptq),   cmocka_unit_test(test_qwen05_bf16),
         cmocka_unit_test(test_qwen05_gptq),     cmocka_unit_test(test_seeded_sampling), cmocka_unit_test(test_kv_refusal),
-        cmocka_unit_test(test_fp8_kv),
+        cmocka_unit_test(test_fp8_kv),          cmocka_unit_test(test_vs_cpu_backend),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
