@@ -2,7 +2,8 @@
 # On the GPU machine, from the repository root: the customer-service configuration sweep on a
 # random-weight Qwen2.5-14B GPTQ-Int4 checkpoint (bench/sweep_cs.py).
 # Prepare here first:  bash bench/device_sweep.sh --prepare   (bundles build-cuda/pagoda, its
-# libraries and the Qwen tokenizer into .devwork/sweep, which the device call carries).
+# libraries and the Qwen tokenizer into .devwork/sweep, )
+# (compressed into .devwork/sweepz, which the device call carries)
 # Then on the device:  bash bench/device_sweep.sh [CONFIGS] [CONCURRENCY] [LIMIT] [MAX_TOKENS]
 set -u
 D=.devwork/sweep
@@ -14,8 +15,11 @@ if [ "${1:-}" = "--prepare" ]; then
   ldd build-cuda/pagoda | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libpthread|libdl|librt|ld-linux|libcuda|libcublas|libcudart|libstdc\+\+|libgcc_s' | xargs -r -I{} cp -L {} $D/lib/
   cp ../shared/models/qwen-tokenizer/tokenizer.json ../shared/models/qwen-tokenizer/qwen2.5-chat-template.jinja $D/tok/
   git rev-parse --short HEAD > $D/COMMIT
-  du -sh $D; exit 0
+  strip $D/bin/pagoda
+  rm -rf .devwork/sweepz && mkdir -p .devwork/sweepz && tar cJf .devwork/sweepz/sweep.tar.xz $D
+  du -sh .devwork/sweepz; exit 0
 fi
+[ -d $D ] || tar xJf .devwork/sweepz/sweep.tar.xz
 CONFIGS=${1:-0,1,2,6}; CONC=${2:-1,8,64}; LIMIT=${3:-16}; MAXTOK=${4:-64}
 export LD_LIBRARY_PATH=$PWD/$D/lib:${LD_LIBRARY_PATH:-}
 for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d $d ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; done
