@@ -25,7 +25,7 @@ import json, statistics, subprocess, sys, platform, datetime
 rows = [json.loads(l) for l in open(sys.argv[1])]
 cmd, n, maxtok = sys.argv[3], sys.argv[4], sys.argv[5]
 commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True, text=True).stdout.strip()
+dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no", "--", ".", ":!bench/results"], capture_output=True, text=True).stdout.strip()
 cpu = next((l.split(":", 1)[1].strip() for l in open("/proc/cpuinfo") if l.startswith("model name")), platform.processor())
 cs = [r for r in rows if r["spec"].endswith("customer_service_extraction.json")][0]
 others = [r for r in rows if r is not cs]

@@ -62,7 +62,7 @@ def main():
     ap.add_argument("--served-model-name", default="model")
     ap.add_argument("--concurrency", default="1,2,8,32,64,128")
     ap.add_argument("--configs", default="", help="comma list of config indices (default all)")
-    ap.add_argument("--cases-per-level", type=int, default=0, help="0: max(40, 2*concurrency)")
+    ap.add_argument("--limit", type=int, default=0, help="cases per level (0: all 40)")
     ap.add_argument("--max-tokens", type=int, default=256)
     ap.add_argument("--embed-base-url", default=None)
     ap.add_argument("--port", type=int, default=8123)
@@ -85,6 +85,8 @@ def main():
                 ev = ["--base-url", f"http://127.0.0.1:{args.port}/v1", "--model", args.served_model_name,
                       "--concurrency", str(conc), "--max-tokens", str(args.max_tokens), "--output-dir", args.out,
                       "--tag", tag]
+                if args.limit:
+                    ev += ["--limit", str(args.limit)]
                 if args.embed_base_url:
                     ev += ["--embed-base-url", args.embed_base_url]
                 base = os.path.join(args.out, f"c0-n{conc}.json")

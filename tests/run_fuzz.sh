@@ -14,7 +14,7 @@ for bin in build-fuzz/fuzz_*; do
   case "$bin" in *.a|*.o) continue;; esac
   name=$(basename "$bin"); corpus=fuzz/corpus/${name#fuzz_}
   work=$(mktemp -d); [ -d "$corpus" ] && cp -r "$corpus"/. "$work"/
-  if ASAN_OPTIONS=detect_leaks=1 timeout 300 "$bin" -runs="$RUNS" -max_total_time=60 -max_len=65536 \
+  if ASAN_OPTIONS=detect_leaks=1 timeout 300 "$bin" -runs="$RUNS" -max_total_time=${FUZZ_SECONDS:-20} -max_len=65536 \
         -rss_limit_mb=4096 "$work" >$LOGDIR/$name.log 2>&1; then
     echo "ok   $name"; pass=$((pass + 1))
   else

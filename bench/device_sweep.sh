@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine, from the repository root: the customer-service configuration sweep on a
+# random-weight Qwen2.5-14B GPTQ-Int4 checkpoint (bench/sweep_cs.py).
+# Prepare here first:  bash bench/device_sweep.sh --prepare   (bundles build-cuda/pagoda, its
+# libraries and the Qwen tokenizer into .devwork/sweep, which the device call carries).
+# Then on the device:  bash bench/device_sweep.sh [CONFIGS] [CONCURRENCY] [LIMIT] [MAX_TOKENS]
+set -u
+D=.devwork/sweep
+if [ "${1:-}" = "--prepare" ]; then
+  set -e
+  make -j"$(nproc)" CUDA=1 all
+  rm -rf $D && mkdir -p $D/bin $D/lib $D/tok
+  cp build-cuda/pagoda $D/bin/
+  ldd build-cuda/pagoda | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libpthread|libdl|librt|ld-linux|libcuda|libcublas|libcudart|libstdc\+\+|libgcc_s' | xargs -r -I{} cp -L {} $D/lib/
+  cp ../shared/models/qwen-tokenizer/tokenizer.json ../shared/models/qwen-tokenizer/qwen2.5-chat-template.jinja $D/tok/
+  git rev-parse --short HEAD > $D/COMMIT
+  du -sh $D; exit 0
+fi
+CONFIGS=${1:-0,1,2,6}; CONC=${2:-1,8,64}; LIMIT=${3:-16}; MAXTOK=${4:-64}
+export LD_LIBRARY_PATH=$PWD/$D/lib:${LD_LIBRARY_PATH:-}
+for d in /usr/local/cuda/lib64 /usr/local/cuda/targets/x86_64-linux/lib; do [ -d $d ] && export LD_LIBRARY_PATH=$LD_LIBRARY_PATH:$d; done
+OUT=${OUT:-/tmp/out}; mkdir -p $OUT
+M=/tmp/q14-int4
+{ date -u; echo "commit $(cat $D/COMMIT)"; nvidia-smi --query-gpu=name,memory.total --format=csv,noheader; } | tee $OUT/sweep-info.txt
+[ -f $M/config.json ] || timeout 120 $D/bin/pagoda make-model --out $M --preset qwen2.5-14b --gptq-int4 > $OUT/makemodel.log 2>&1
+cp $D/tok/tokenizer.json $M/
+python3 - "$M" "$D/tok/qwen2.5-chat-template.jinja" <<'PY'
+import json, sys
+m, t = sys.argv[1], sys.argv[2]
+json.dump({"chat_template": open(t).read(), "bos_token": None, "eos_token": "<|im_end|>",
+           "pad_token": "<|endoftext|>"}, open(m + "/tokenizer_config.json", "w"))
+PY
+timeout 540 python3 bench/sweep_cs.py --pagoda $D/bin/pagoda --model $M --configs "$CONFIGS" \
+  --concurrency "$CONC" --limit "$LIMIT" --max-tokens "$MAXTOK" --out $OUT/sweep 2>&1 | tail -40
+cp $OUT/sweep/sweep.md $OUT/sweep/sweep-latency.svg $OUT/ 2>/dev/null
+tar czf $OUT/sweep.tgz -C $OUT sweep && rm -rf $OUT/sweep
