@@ -19,12 +19,13 @@ LOG=$(mktemp)
   --enable-prefix-caching >"$LOG" 2>&1 &
 PID=$!
 trap 'kill $PID 2>/dev/null; wait $PID 2>/dev/null; rm -f "$LOG"' EXIT
-for _ in $(seq 1 120); do
+for _ in $(seq 1 600); do  # a GGUF loads (dequantizes) before the server listens
   curl -sf "http://127.0.0.1:$PORT/health" >/dev/null 2>&1 && break
   kill -0 $PID 2>/dev/null || { cat "$LOG"; echo "server exited" >&2; exit 1; }
   sleep 1
 done
-python3 - "$PORT" "$CASE" <<'PY'
+curl -sf "http://127.0.0.1:$PORT/health" >/dev/null || { tail -n 40 "$LOG"; echo "server not healthy" >&2; exit 1; }
+if python3 - "$PORT" "$CASE" <<'PY'
 import json, sys, time, urllib.request
 port, case_id = sys.argv[1], sys.argv[2]
 cases = {c["id"]: c for c in map(json.loads, open("data/customer-service/cases.jsonl", encoding="utf-8"))}
@@ -41,3 +42,4 @@ print(f"== Pagoda's reply ({time.time() - t0:.1f} s, {r['usage']['completion_tok
 print(r["choices"][0]["message"]["content"])
 print(f"\n== reference reply ==\n{case['reference_reply']}")
 PY
+then :; else rc=$?; echo "== server log (tail) ==" >&2; tail -n 40 "$LOG" >&2; exit $rc; fi

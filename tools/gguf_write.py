@@ -160,6 +160,10 @@ def _tokenizer_kv(w, hf_dir, pre):
     w.add("tokenizer.ggml.tokens", ARR, toks, STR)
     w.add("tokenizer.ggml.token_type", ARR, types, I32)
     w.add("tokenizer.ggml.merges", ARR, merges, STR)
+    tc = os.path.join(hf_dir, "tokenizer_config.json")  # as llama.cpp's converter: the template too
+    tmpl = json.load(open(tc, encoding="utf-8")).get("chat_template") if os.path.exists(tc) else None
+    if isinstance(tmpl, str):
+        w.add("tokenizer.chat_template", STR, tmpl)
     return n
 
 

@@ -11,7 +11,10 @@
 //      normalized over the top_k set, is >= top_p), then min_p (prob >= min_p * max prob).
 //      Draw: u = pg_uniform(seed, step, 0) * (sum of kept probs); walk the kept tokens in
 //      ascending id order and take the first whose cumulative prob exceeds u.
-//      (Nothing is sorted: top_k by quickselect, top_p by a weighted quickselect.)
+//      (Nothing big is sorted: top_k by one pass keeping the k best when k <= 256, else by
+//      quickselect; top_p by a weighted quickselect over weights computed once; without
+//      top_k/top_p one pass computes the weights and their sum, then an inverse-CDF walk.)
+//   logprobs < 0: no log-softmax is computed (out->logprob is 0).
 #include <math.h>
 #include <stdlib.h>
 #include <string.h>
@@ -64,8 +67,9 @@ static void apply_penalties(float *lg, int vocab, const struct sample_input *in,
 
 static int argmax(const float *lg, int vocab) {
     int best = 0;
+    float bv = lg[0];
     for (int i = 1; i < vocab; i++)
-        if (lg[i] > lg[best]) best = i;
+        if (lg[i] > bv) bv = lg[i], best = i;
     return best;
 }
 
@@ -79,14 +83,16 @@ static float logsumexp(const float *lg, int vocab, float mx) {
 // Top-k ids by logit (desc, ties to lower id) with k <= SAMPLING_MAX_LOGPROBS.
 static void top_logprobs(const float *lg, int vocab, int k, float lse, struct sample_output *out) {
     int n = 0;
+    float kth = -INFINITY; // the k-th best so far once n == k
     for (int i = 0; i < vocab; i++) {
-        if (n == k && !(lg[i] > lg[out->top_ids[n - 1]])) continue;
+        if (n == k && !(lg[i] > kth)) continue;
         int j = n < k ? n++ : n - 1;
         while (j > 0 && lg[i] > lg[out->top_ids[j - 1]]) {
             out->top_ids[j] = out->top_ids[j - 1];
             j--;
         }
         out->top_ids[j] = i;
+        if (n == k) kth = lg[out->top_ids[n - 1]];
     }
     out->n_top = n;
     for (int i = 0; i < n; i++) out->top_logprobs[i] = lg[out->top_ids[i]] - lse;
@@ -115,10 +121,10 @@ static void select_top(int32_t *idx, int n, int m, const float *v) {
     }
 }
 
-// idx[0, n): candidates with weights exp(v - mx). Reorders idx so that its first c entries
-// are the best c, for the smallest c whose weight reaches target (at least 1; n when the
-// target is never reached through rounding). Weighted quickselect: expected O(n).
-static int select_mass(int32_t *idx, int n, const float *v, float mx, double target) {
+// idx[0, n): candidates with weights w[id] (exp(v - mx), precomputed). Reorders idx so that
+// its first c entries are the best c (by v), for the smallest c whose weight reaches target (at
+// least 1; n when the target is never reached through rounding). Weighted quickselect: O(n).
+static int select_mass(int32_t *idx, int n, const float *v, const float *w, double target) {
     int lo = 0, hi = n; // kept: [0, lo) with weight acc < target; the answer is in (lo, hi]
     double acc = 0;
     while (lo < hi) {
@@ -129,7 +135,7 @@ static int select_mass(int32_t *idx, int n, const float *v, float mx, double tar
         for (int i = lo; i < hi - 1; i++)
             if (before(v, idx[i], piv)) {
                 int32_t t = idx[i]; idx[i] = idx[k]; idx[k] = t;
-                mb += expf(v[idx[k]] - mx);
+                mb += w[idx[k]];
                 k++;
             }
         idx[hi - 1] = idx[k], idx[k] = piv; // better: [lo, k), pivot at k, worse: (k, hi)
@@ -137,41 +143,48 @@ static int select_mass(int32_t *idx, int n, const float *v, float mx, double tar
             hi = k;
             continue;
         }
-        acc += mb + expf(v[piv] - mx);
+        acc += mb + w[piv];
         if (acc >= target) return k + 1;
         lo = k + 1;
     }
     return hi > 0 ? hi : 1;
 }
 
-// Temperature; the kept set (top_k best, then the top_p nucleus of those, then min_p), all
-// by selection without sorting; then a draw walking the kept tokens in id order.
-static int sample_random(float *lg, int vocab, const struct sample_input *in, float *e, int32_t *idx) {
-    const struct sampling_params *p = in->params;
+// The k best finite ids of v (k small): one pass keeping a sorted list (ties -> lower id, as
+// `before`), most tokens rejected by a single compare with the current k-th best.
+static int small_top(const float *v, int vocab, int k, int32_t *idx) {
     int n = 0;
-    float mx = -INFINITY;
-    for (int i = 0; i < vocab; i++)
-        if (lg[i] > -INFINITY) {
-            idx[n++] = i;
-            lg[i] /= p->temperature;
-            if (lg[i] > mx) mx = lg[i];
+    float kth = -INFINITY; // the k-th best so far once n == k; -inf is never kept
+    for (int i = 0; i < vocab; i++) {
+        if (!(v[i] > kth)) continue;
+        int j = n < k ? n++ : n - 1;
+        while (j > 0 && v[i] > v[idx[j - 1]]) {
+            idx[j] = idx[j - 1];
+            j--;
         }
-    if (n == 0) return 0;
-    if (p->top_k > 0 && p->top_k < n) {
-        select_top(idx, n, p->top_k, lg);
-        n = p->top_k;
+        idx[j] = i;
+        if (n == k) kth = v[idx[n - 1]];
     }
-    if (p->top_p > 0 && p->top_p < 1) {
-        double z = 0;
-        for (int i = 0; i < n; i++) z += expf(lg[idx[i]] - mx);
-        n = select_mass(idx, n, lg, mx, p->top_p * z);
-    }
-    memset(e, 0, (size_t)vocab * sizeof *e); // e[id]: weight of each kept token
+    return n;
+}
+
+static int cmp_id(const void *a, const void *b) {
+    int32_t x = *(const int32_t *)a, y = *(const int32_t *)b;
+    return (x > y) - (x < y);
+}
+
+// No top_k / top_p: every finite token is a candidate. One pass scales the logits (in place)
+// and computes the weights (min_p applied) and their sum, then the inverse-CDF walk in id
+// order. mx: the max of the scaled logits.
+static int draw_all(float *lg, int vocab, const struct sample_input *in, float mx, float *e) {
+    const struct sampling_params *p = in->params;
     double sum = 0;
-    for (int i = 0; i < n; i++) {
-        float w = expf(lg[idx[i]] - mx); // the max has w = 1, so min_p keeps at least one
-        if (p->min_p > 0 && w < p->min_p) continue;
-        sum += e[idx[i]] = w;
+    for (int i = 0; i < vocab; i++) {
+        lg[i] /= p->temperature; // -inf stays -inf
+        float w = lg[i] > -INFINITY ? expf(lg[i] - mx) : 0.0f; // the max has w = 1
+        if (p->min_p > 0 && w < p->min_p) w = 0;
+        e[i] = w;
+        sum += w;
     }
     double u = pg_uniform(p->seed, in->step, 0) * sum, cum = 0;
     int last = 0;
@@ -184,26 +197,103 @@ static int sample_random(float *lg, int vocab, const struct sample_input *in, fl
     return last;
 }
 
+// Candidates idx[0, n) (weights w[id] when have_w, else computed here; z: the candidates'
+// total weight, or < 0 to sum it here): the top_p nucleus, then min_p; the kept ids sorted
+// and walked in id order.
+static int draw_some(const float *lg, const struct sample_input *in, float mx, float *w, bool have_w,
+                     double z, int32_t *idx, int n) {
+    const struct sampling_params *p = in->params;
+    if (!have_w)
+        for (int i = 0; i < n; i++) w[idx[i]] = expf(lg[idx[i]] - mx);
+    if (p->top_p > 0 && p->top_p < 1) {
+        if (z < 0) {
+            z = 0;
+            for (int i = 0; i < n; i++) z += w[idx[i]];
+        }
+        n = select_mass(idx, n, lg, w, p->top_p * z);
+    }
+    int m = 0;
+    for (int i = 0; i < n; i++) // the max is always in the kept set (w = 1 >= min_p)
+        if (!(p->min_p > 0 && w[idx[i]] < p->min_p)) idx[m++] = idx[i];
+    qsort(idx, (size_t)m, sizeof *idx, cmp_id);
+    double sum = 0;
+    for (int i = 0; i < m; i++) sum += w[idx[i]];
+    double u = pg_uniform(p->seed, in->step, 0) * sum, cum = 0;
+    for (int i = 0; i < m; i++) {
+        cum += w[idx[i]];
+        if (u < cum) return idx[i];
+    }
+    return m ? idx[m - 1] : 0;
+}
+
+#define SMALL_TOP_K 256
+
+// Temperature; the kept set (top_k best, then the top_p nucleus of those, then min_p); a draw
+// walking the kept tokens in id order. best: the argmax of lg before scaling.
+static int sample_random(float *lg, int vocab, const struct sample_input *in, int best, float *e, int32_t *idx) {
+    const struct sampling_params *p = in->params;
+    if (!(lg[best] > -INFINITY)) return 0;
+    float mx = lg[best] / p->temperature; // division by t > 0 is monotonic: still the max
+    bool k_on = p->top_k > 0 && p->top_k < vocab, p_on = p->top_p > 0 && p->top_p < 1;
+    if (!k_on && !p_on) return draw_all(lg, vocab, in, mx, e);
+    for (int i = 0; i < vocab; i++) lg[i] /= p->temperature; // -inf stays -inf
+    if (k_on && p->top_k <= SMALL_TOP_K) {
+        int n = small_top(lg, vocab, p->top_k, idx);
+        return draw_some(lg, in, mx, e, false, -1, idx, n);
+    }
+    int n = 0;
+    if (k_on) {
+        for (int i = 0; i < vocab; i++)
+            if (lg[i] > -INFINITY) idx[n++] = i;
+        if (p->top_k < n) {
+            select_top(idx, n, p->top_k, lg);
+            n = p->top_k;
+        }
+        return draw_some(lg, in, mx, e, false, -1, idx, n);
+    }
+    // top_p alone: every weight once, then the selection among the tokens that can be in the
+    // nucleus. The tokens lighter than t = (1 - top_p) z / vocab weigh less than (1 - top_p) z
+    // together, so the nucleus (sorted prefix reaching top_p z) holds none of them; t is
+    // halved as a margin for rounding.
+    double z = 0;
+    for (int i = 0; i < vocab; i++) {
+        e[i] = lg[i] > -INFINITY ? expf(lg[i] - mx) : 0.0f;
+        z += e[i];
+    }
+    double t = 0.5 * (1.0 - p->top_p) * z / vocab;
+    for (int i = 0; i < vocab; i++)
+        if (e[i] > 0 && e[i] >= t) idx[n++] = i;
+    return draw_some(lg, in, mx, e, true, z, idx, n);
+}
+
+static bool penalized(const struct sampling_params *p) {
+    return (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) || p->presence_penalty != 0 ||
+           p->frequency_penalty != 0;
+}
+
 void sampler_sample(float *logits, int vocab, const struct sample_input *in, void *scratch,
                     struct sample_output *out) {
     const struct sampling_params *p = in->params;
     float *probs = scratch;
     float *raw = probs + vocab;
     int32_t *idx = (int32_t *)(raw + vocab);
-    memset(idx, 0, (size_t)vocab * sizeof *idx);
     apply_masks(logits, vocab, in);
-    apply_penalties(logits, vocab, in, idx);
+    if (penalized(p)) {
+        memset(idx, 0, (size_t)vocab * sizeof *idx);
+        apply_penalties(logits, vocab, in, idx);
+    }
     int best = argmax(logits, vocab);
-    float lse = logsumexp(logits, vocab, logits[best]);
     memset(out, 0, sizeof *out);
+    // logprobs < 0: no log-softmax at all (out->logprob stays 0; nobody reads it)
+    float lse = p->logprobs >= 0 ? logsumexp(logits, vocab, logits[best]) : 0.0f;
     if (p->logprobs > 0)
         top_logprobs(logits, vocab, p->logprobs < SAMPLING_MAX_LOGPROBS ? p->logprobs : SAMPLING_MAX_LOGPROBS, lse, out);
     int tok = best;
     if (p->temperature >= 1e-5f) {
-        memcpy(raw, logits, (size_t)vocab * sizeof *raw);
-        tok = sample_random(logits, vocab, in, probs, idx);
-        out->logprob = raw[tok] - lse;
-    } else {
+        if (p->logprobs >= 0) memcpy(raw, logits, (size_t)vocab * sizeof *raw);
+        tok = sample_random(logits, vocab, in, best, probs, idx);
+        if (p->logprobs >= 0) out->logprob = raw[tok] - lse;
+    } else if (p->logprobs >= 0) {
         out->logprob = logits[tok] - lse;
     }
     out->token = tok;

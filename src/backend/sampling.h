@@ -20,7 +20,8 @@ struct sampling_params {
     int n_logit_bias;
     const int32_t *logit_bias_ids;
     const float *logit_bias_vals;
-    int logprobs;              // -1: none; 0: the chosen token's; k: plus top-k
+    int logprobs;              // -1: none (sample_output.logprob is then not computed: 0);
+                               // 0: the chosen token's; k: plus top-k
 };
 
 struct sample_input {

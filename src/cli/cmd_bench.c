@@ -18,9 +18,6 @@
 extern const struct backend_ops backend_cuda;
 #endif
 
-#pragma weak model_load
-#pragma weak model_free
-
 #define MAXL 16
 
 struct bopt {
@@ -325,13 +322,13 @@ int cmd_bench(int argc, char **argv) {
             fprintf(stderr, "pagoda bench: %s\n", err);
             return 1;
         }
-    } else if (o.model && model_load) {
+    } else if (o.model) {
         if (!(w = model_load(o.model, err))) {
             fprintf(stderr, "pagoda bench: %s\n", err);
             return 1;
         }
     } else {
-        fprintf(stderr, "pagoda bench: give --random PRESET%s\n", model_load ? " or --model DIR" : " (no loader linked)");
+        fprintf(stderr, "pagoda bench: give --random PRESET or --model DIR\n");
         return 2;
     }
     printf("weights ready in %.1f s\n", pg_now() - t0);

@@ -12,6 +12,7 @@
 #include "engine/engine.h"
 #include "grammar/grammar.h"
 #include "model/embed.h"
+#include "model/gguf.h"
 #include "model/weights.h"
 #include "server/args.h"
 #include "server/server.h"
@@ -32,17 +33,6 @@ struct serve {
     struct grammar_cache *gcache;
     struct embed_model *emb;
     struct server_model model;
-};
-
-// The engine references the streaming detokenizer and the grammar matcher weakly (its unit
-// tests link without them); from a static archive a weak reference pulls nothing in, so serve
-// takes strong references here to make sure both are linked.
-typedef void (*any_fn)(void);
-static any_fn volatile const serve_links[] = {
-    (any_fn)detok_new, (any_fn)detok_push, (any_fn)detok_flush, (any_fn)detok_free,
-    (any_fn)grammar_matcher_new, (any_fn)grammar_matcher_free, (any_fn)grammar_fill_mask,
-    (any_fn)grammar_accept_token, (any_fn)grammar_is_terminated, (any_fn)grammar_retain,
-    (any_fn)grammar_release,
 };
 
 // ---- server_model adapters ---------------------------------------------------------------------
@@ -154,8 +144,10 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
                   a->model_dir);
         return -1;
     }
-    if (!(S->tok = tok_load(a->model_dir, err)) || load_template(S, err)) return -1;
-    if (!(S->w = model_load(a->model_dir, err))) return -1;
+    // the same loaders as `pagoda generate`: a Hugging Face directory, a .gguf file, or a
+    // directory holding one (tokenizer and chat template then come from the GGUF metadata)
+    if (!(S->tok = model_open_tokenizer(a->model_dir, err)) || load_template(S, err)) return -1;
+    if (!S->w && !(S->w = model_open(a->model_dir, err))) return -1;
     if (!(S->be = backend_pick(a->device, err))) return -1;
     struct backend_config bc = {
         .block_size = a->block_size, .kv_cache_bytes = (size_t)a->kv_cache_memory,
@@ -271,7 +263,6 @@ static void server_config_from_args(const struct serve_args *a, struct server_co
 int cmd_serve(int argc, char **argv) {
     struct serve S;
     memset(&S, 0, sizeof S);
-    (void)serve_links[0];
     char err[PG_ERR_LEN] = "";
     serve_args_defaults(&S.a);
     int rc = serve_args_parse(&S.a, argc, argv, err);
@@ -312,7 +303,17 @@ int cmd_serve(int argc, char **argv) {
                                         .embed_dim = embed_model_dim(S.emb)};
         if (!(srv = server_start(&sc, err))) goto fail;
     } else {
-        if (model_config_load(&S.mcfg, S.a.model_dir, err)) goto fail;
+        // A GGUF carries its hyperparameters, eos ids and tokenizer in the file: load it now
+        // (the config comes with the weights); a Hugging Face directory is read from
+        // config.json and its weights load while /health answers 503.
+        char *gguf = model_gguf_path(S.a.model_dir);
+        if (gguf) {
+            free(gguf);
+            if (!(S.w = model_open(S.a.model_dir, err))) goto fail;
+            S.mcfg = S.w->cfg;
+        } else if (model_config_load(&S.mcfg, S.a.model_dir, err)) {
+            goto fail;
+        }
         sc.limits.max_model_len = S.a.max_model_len ? S.a.max_model_len : S.mcfg.max_pos;
         sc.limits.vocab = S.mcfg.vocab;
         sc.limits.gen = S.mcfg.gen;

@@ -47,7 +47,7 @@ struct flag {
 
 #define OFF(f) offsetof(struct serve_args, f)
 static const struct flag flags[] = {
-    {"--model", F_STR, OFF(model_dir), 0, 0, NULL, "model directory (also positional)"},
+    {"--model", F_STR, OFF(model_dir), 0, 0, NULL, "model directory or .gguf file (also positional)"},
     {"--host", F_STR, OFF(host), 0, 0, NULL, "address to listen on (0.0.0.0)"},
     {"--port", F_INT, OFF(port), 0, 65535, NULL, "port (8000; 0 picks a free one)"},
     {"--api-key", F_STR, OFF(api_key), 0, 0, NULL, "require 'Authorization: Bearer KEY'"},

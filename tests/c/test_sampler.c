@@ -55,6 +55,7 @@ static void test_masks_bias(void **state) {
     struct sample_output o = run(L, &p, (struct sample_input){.banned = banned, .n_banned = 2});
     assert_int_equal(o.token, 2);
     uint32_t allowed[1] = {(1u << 4) | (1u << 6)};
+    p.logprobs = 0; // the chosen token's logprob (-1: none computed)
     o = run(L, &p, (struct sample_input){.allowed = allowed});
     assert_int_equal(o.token, 6);
     assert_float_equal(o.logprob, -log1p(exp(-1.0)), 1e-5); // softmax over {4, 6} only
@@ -65,6 +66,10 @@ static void test_masks_bias(void **state) {
     p.logit_bias_vals = vals;
     o = run(L, &p, (struct sample_input){0});
     assert_int_equal(o.token, 5);
+    p.logprobs = -1; // none asked: none computed
+    o = run(L, &p, (struct sample_input){0});
+    assert_int_equal(o.token, 5);
+    assert_float_equal(o.logprob, 0, 0);
 }
 
 static void test_penalties(void **state) {
@@ -144,6 +149,7 @@ static void test_random(void **state) {
     histogram(L, &p, 500, cnt);
     assert_int_equal(cnt[1] + cnt[3], 500);
     // logprob of a sampled token is from the pre-temperature distribution
+    p.logprobs = 0;
     struct sample_output o = run(L, &p, (struct sample_input){.step = 1});
     assert_float_equal(o.logprob, L[o.token] - log(z), 1e-5);
 }

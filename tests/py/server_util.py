@@ -76,12 +76,12 @@ def serve_available():
 
 
 class Server:
-    def __init__(self, *flags, name="tiny"):
+    def __init__(self, *flags, name="tiny", model=None):
         why = serve_available()
         if why:
             pytest.skip(why)
         self.port = free_port()
-        self.model = find_model()
+        self.model = model or find_model()
         self.name = name
         cmd = [BIN, "serve", self.model, "--host", "127.0.0.1", "--port", str(self.port),
                "--served-model-name", name, "--max-model-len", "256", "--max-num-seqs", "32",
