@@ -337,13 +337,13 @@ void sched_schedule(struct sched *s, struct sched_plan *plan) {
     while (budget > 0 && s->n_running < s->cfg.max_num_seqs) {
         int wi = pick_waiting(s);
         if (wi < 0 || s->waiting[wi]->priority >= floor) break;
-        int n = admit(s, plan, wi, budget);
+        int b0 = budget, n = admit(s, plan, wi, budget);
         if (n < 0 && !preemption_frees(s, s->waiting[wi]->priority, s->admit_need)) break;
         while (n < 0) {
             int vp = preempt_for(s, plan, wi, &budget);
             if (vp == INT_MIN) break;
             if (vp < floor) floor = vp;
-            n = admit(s, plan, wi, budget);
+            n = admit(s, plan, wi, b0); // b0: the victims' tokens must not raise the need
         }
         if (n <= 0) break; // head of line does not fit: keep the order, try next step
         budget -= n;
