@@ -7,7 +7,7 @@
 //
 // A JSONL input line is an object with "prompt" (text), "messages" (chat) or
 // "prompt_token_ids", an optional "id", and any sampling field gen_request_from_json reads
-// (max_tokens, temperature, top_p, top_k, min_p, seed, n, stop, ...); flags give the
+// (max_tokens, temperature, top_p, top_k, min_p, seed, n, stop, logit_bias, ...); flags give the
 // defaults. Each output line: {"id", "prompt_tokens", "cached_tokens", "outputs": [{"index",
 // "text", "token_ids", "finish_reason", "stop_reason"}]} or {"id", "error"}, in input order.
 #include <errno.h>
@@ -340,6 +340,8 @@ struct line_req {
     json_t *obj;
     int32_t *ids;
     int32_t stop_ids[64];
+    int32_t bias_ids[300];  // logit_bias: up to 300 entries, as OpenAI
+    float bias_vals[300];
     char error[PG_ERR_LEN];
 };
 
@@ -372,7 +374,9 @@ static int prepare_line(struct gen_state *s, struct line_req *L, struct gen_requ
         pg_seterr(L->error, "a line needs \"prompt\", \"messages\" or \"prompt_token_ids\"");
         return -1;
     }
-    if (gen_request_from_json(r, o, L->stop_ids, 64, L->error)) return -1;
+    if (gen_request_from_json_bias(r, o, L->stop_ids, 64, L->bias_ids, L->bias_vals, 300,
+                                   L->error))
+        return -1;
     r->prompt = L->ids;
     r->n_prompt = n;
     default_max_tokens(s, r, n);

@@ -94,6 +94,14 @@ static enum pg_dtype kv_dtype(const char *s, enum pg_dtype model) {
     return model;
 }
 
+// Compiled grammars kept by the server's LRU grammar cache. Each grammar's mask cache may
+// grow to 16 MiB, so 64 grammars bound it at ~1 GiB (256 could reach 4 GiB).
+#define GRAMMAR_CACHE_CAPACITY 64
+// --structured-warmup fills each grammar's mask cache with this many seeded random walks of
+// up to this many tokens (grammar_cache_warmup).
+#define WARMUP_WALKS 8
+#define WARMUP_WALK_TOKENS 128
+
 // JSONL lines {"type": "json"|"json_object"|"regex"|"choice"|"grammar", "spec": ...}
 static int structured_warmup(struct serve *S, char *err) {
     char *text = pg_read_file(S->a.structured_warmup, NULL, err);
@@ -121,19 +129,23 @@ static int structured_warmup(struct serve *S, char *err) {
         char *s = json_is_string(spec) ? pg_strdup(json_string_value(spec))
                   : spec ? json_dumps(spec, JSON_COMPACT) : pg_strdup("");
         char gerr[PG_ERR_LEN] = "";
-        struct grammar *g = grammar_cache_get(S->gcache, t[i].k, s, strlen(s), NULL, gerr);
+        int rc = grammar_cache_warmup(S->gcache, t[i].k, s, strlen(s), NULL, WARMUP_WALKS,
+                                      WARMUP_WALK_TOKENS, gerr);
         free(s);
         json_decref(j);
-        if (!g) {
+        if (rc) {
             pg_seterr(err, "%s:%d: %s", S->a.structured_warmup, line, gerr);
             free(text);
             return -1;
         }
-        grammar_release(g);
         n++;
     }
     free(text);
-    pg_info("structured warm-up: %d grammars compiled", n);
+    if (n > GRAMMAR_CACHE_CAPACITY)
+        pg_warn("structured warm-up: %d grammars, but the grammar cache keeps only the %d most "
+                "recently used", n, GRAMMAR_CACHE_CAPACITY);
+    pg_info("structured warm-up: %d grammars compiled, masks pre-filled (%d walks of up to %d "
+            "tokens each)", n, WARMUP_WALKS, WARMUP_WALK_TOKENS);
     return 0;
 }
 
@@ -187,7 +199,7 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
     if (!(S->eng = engine_create(&ec, &S->mcfg, S->be, S->be_ctx, num_blocks, S->tok, err)))
         return -1;
     S->gvocab = grammar_vocab_new(S->tok, S->mcfg.vocab, S->mcfg.eos_ids, S->mcfg.n_eos);
-    S->gcache = S->gvocab ? grammar_cache_new(S->gvocab, 256) : NULL;
+    S->gcache = S->gvocab ? grammar_cache_new(S->gvocab, GRAMMAR_CACHE_CAPACITY) : NULL;
     if (a->structured_warmup && (!S->gcache || structured_warmup(S, err))) {
         if (!S->gcache) pg_seterr(err, "--structured-warmup: no grammar engine");
         return -1;

@@ -1,6 +1,8 @@
 // Offline batch runner and JSON sampling parameters (see engine_offline.h).
 #include "engine/engine_offline.h"
 
+#include <errno.h>
+#include <math.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -186,8 +188,53 @@ static int get_logprobs(struct gen_request *r, const json_t *obj, char *err) {
     return get_int(obj, "logprobs", &r->sp.logprobs, err);
 }
 
+// logit_bias: {"<token id>": bias in [-100, 100]} into ids / vals (max entries).
+static int get_logit_bias(struct gen_request *r, const json_t *obj, int32_t *ids, float *vals,
+                          int max, char *err) {
+    json_t *v = json_object_get(obj, "logit_bias");
+    if (!v || json_is_null(v)) return 0;
+    if (!json_is_object(v)) {
+        pg_seterr(err, "'logit_bias' must be an object {\"token id\": bias}");
+        return -1;
+    }
+    if (json_object_size(v) > (size_t)max) {
+        if (max == 0) pg_seterr(err, "'logit_bias' is not supported here");
+        else pg_seterr(err, "'logit_bias' has more than %d entries", max);
+        return -1;
+    }
+    const char *k;
+    json_t *x;
+    int n = 0;
+    json_object_foreach(v, k, x) {
+        char *end;
+        errno = 0;
+        long id = strtol(k, &end, 10);
+        if (*k < '0' || *k > '9' || *end || errno || id > 0x7fffffff) {
+            pg_seterr(err, "'logit_bias' key '%.40s' is not a token id", k);
+            return -1;
+        }
+        double b = json_is_number(x) ? json_number_value(x) : NAN;
+        if (!(b >= -100 && b <= 100)) {
+            pg_seterr(err, "'logit_bias' value for token %ld must be a number in [-100, 100]", id);
+            return -1;
+        }
+        ids[n] = (int32_t)id;
+        vals[n++] = (float)b;
+    }
+    r->sp.logit_bias_ids = ids;
+    r->sp.logit_bias_vals = vals;
+    r->sp.n_logit_bias = n;
+    return 0;
+}
+
 int gen_request_from_json(struct gen_request *r, const json_t *obj, int32_t *stop_ids,
                           int max_stop_ids, char *err) {
+    return gen_request_from_json_bias(r, obj, stop_ids, max_stop_ids, NULL, NULL, 0, err);
+}
+
+int gen_request_from_json_bias(struct gen_request *r, const json_t *obj, int32_t *stop_ids,
+                               int max_stop_ids, int32_t *bias_ids, float *bias_vals,
+                               int max_bias, char *err) {
     if (!json_is_object(obj)) {
         pg_seterr(err, "sampling parameters must be a JSON object");
         return -1;
@@ -213,7 +260,8 @@ int gen_request_from_json(struct gen_request *r, const json_t *obj, int32_t *sto
         get_bool(obj, "ignore_eos", &r->ignore_eos, err) ||
         get_bool(obj, "skip_special_tokens", &r->skip_special_tokens, err) ||
         get_stop(r, obj, err) || get_logprobs(r, obj, err) ||
-        get_stop_ids(r, obj, stop_ids, max_stop_ids, err))
+        get_stop_ids(r, obj, stop_ids, max_stop_ids, err) ||
+        get_logit_bias(r, obj, bias_ids, bias_vals, max_bias, err))
         return -1;
     return 0;
 }

@@ -43,6 +43,14 @@ void offline_results_free(struct offline_result *results, int n);
 // Unset fields keep r's values. Strings stay borrowed from obj; stop_token_ids are copied
 // into stop_ids (max_stop_ids entries, caller-owned, must live as long as r). Wrong types
 // and too many entries fail with a message naming the field; value ranges are checked by
-// engine_add. (logit_bias is not read here.) Returns 0 or -1.
+// engine_add. logit_bias is not supported here (a non-empty one fails: use
+// gen_request_from_json_bias). Returns 0 or -1.
 int gen_request_from_json(struct gen_request *r, const json_t *obj, int32_t *stop_ids,
                           int max_stop_ids, char *err);
+// The same, and also logit_bias as OpenAI: an object {"<token id>": bias in [-100, 100]},
+// copied into bias_ids / bias_vals (max_bias entries, caller-owned, must live as long as r)
+// and pointed to by r->sp. Keys must be decimal non-negative token ids (the vocabulary bound
+// is checked by engine_add); null or absent keeps r's bias.
+int gen_request_from_json_bias(struct gen_request *r, const json_t *obj, int32_t *stop_ids,
+                               int max_stop_ids, int32_t *bias_ids, float *bias_vals,
+                               int max_bias, char *err);

@@ -2,6 +2,7 @@
 // recompute (see sched.h).
 #include "engine/sched.h"
 
+#include <limits.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -20,6 +21,7 @@ struct sched {
     uint64_t *scratch_hashes;
     int cap_scratch;
     uint64_t n_preemptions;
+    int admit_need;             // blocks the last admit that returned -1 needed
 };
 
 void sched_seq_init(struct sched_seq *s, const int32_t *prompt, int n_prompt) {
@@ -245,7 +247,8 @@ static int pick_waiting(const struct sched *s) {
     return best;
 }
 
-// Tries to admit waiting[wi]; returns the tokens scheduled, or 0 if it does not fit.
+// Tries to admit waiting[wi]; returns the tokens scheduled, 0 if it does not fit in the
+// token budget, or -1 if it does not fit in the free blocks (nothing changed either way).
 static int admit(struct sched *s, struct sched_plan *plan, int wi, int budget) {
     struct sched_seq *q = s->waiting[wi];
     int bs = s->bs, n_hit = 0;
@@ -269,7 +272,10 @@ static int admit(struct sched *s, struct sched_plan *plan, int wi, int budget) {
     // reference removes them from it). Check first so a failure changes nothing.
     int need = blocks_for(s, computed + n_new) - n_hit;
     for (int i = 0; i < n_hit; i++) need += kv_pool_refcount(s->pool, s->scratch_ids[i]) == 0;
-    if (need > kv_pool_num_free(s->pool)) return 0;
+    if (need > kv_pool_num_free(s->pool)) {
+        s->admit_need = need;
+        return -1;
+    }
     reserve_blocks(q, blocks_for(s, q->n_tokens) + 1);
     if (s->cfg.stable_arrays) // nothing points into q yet: it is not in a batch in flight
         sched_seq_reserve(q, (q->max_len > 0 ? q->max_len : s->cfg.max_model_len) + 1, bs);
@@ -293,16 +299,53 @@ static int admit(struct sched *s, struct sched_plan *plan, int wi, int budget) {
     return n_new;
 }
 
+// PRIORITY: waiting[wi] is short of blocks; preempts one running sequence of strictly
+// lower priority (highest value, then newest), dropping its item from the plan. Returns
+// the victim's priority, or INT_MIN if there is none (nothing changed).
+static int preempt_for(struct sched *s, struct sched_plan *plan, int wi, int *budget) {
+    if (!s->cfg.priority_policy || s->n_running == 0) return INT_MIN;
+    int v = pick_victim(s);
+    struct sched_seq *vq = s->running[v];
+    if (vq->priority <= s->waiting[wi]->priority) return INT_MIN;
+    drop_item(plan, vq, budget);
+    preempt(s, v); // appended to waiting: wi stays valid
+    plan->n_preempted++;
+    return vq->priority;
+}
+
+// PRIORITY: whether preempting every running sequence of priority value > prio would free
+// at least `need` blocks (counting only blocks no other sequence holds: conservative).
+static bool preemption_frees(const struct sched *s, int prio, int need) {
+    if (!s->cfg.priority_policy) return false;
+    int n = kv_pool_num_free(s->pool);
+    for (int i = 0; i < s->n_running && n < need; i++) {
+        const struct sched_seq *q = s->running[i];
+        if (q->priority <= prio) continue;
+        for (int b = 0; b < q->n_blocks; b++) n += kv_pool_refcount(s->pool, q->blocks[b]) == 1;
+    }
+    return n >= need;
+}
+
 void sched_schedule(struct sched *s, struct sched_plan *plan) {
     memset(plan, 0, sizeof *plan);
     plan->items = s->items;
     int budget = schedule_running(s, plan, s->cfg.max_num_batched_tokens);
     if (plan->n_preempted) return; // the pool is full: admit nobody this step
+    // Once lower-priority sequences were preempted for a waiting one, only sequences of
+    // strictly higher priority than every victim are admitted this step (no churn).
+    int floor = INT_MAX;
     while (budget > 0 && s->n_running < s->cfg.max_num_seqs) {
         int wi = pick_waiting(s);
-        if (wi < 0) break;
-        int n = admit(s, plan, wi, budget);
-        if (n == 0) break; // head of line does not fit: keep the order, try next step
+        if (wi < 0 || s->waiting[wi]->priority >= floor) break;
+        int b0 = budget, n = admit(s, plan, wi, budget);
+        if (n < 0 && !preemption_frees(s, s->waiting[wi]->priority, s->admit_need)) break;
+        while (n < 0) {
+            int vp = preempt_for(s, plan, wi, &budget);
+            if (vp == INT_MIN) break;
+            if (vp < floor) floor = vp;
+            n = admit(s, plan, wi, b0); // b0: the victims' tokens must not raise the need
+        }
+        if (n <= 0) break; // head of line does not fit: keep the order, try next step
         budget -= n;
     }
 }

@@ -12,7 +12,12 @@
 //      lowest priority value, then oldest) while budget, max_num_seqs and blocks allow:
 //      the longest cached prefix (whole blocks, always leaving >= 1 token to compute) is
 //      taken from the prefix cache; without chunked prefill a prompt is admitted only
-//      whole.
+//      whole. PRIORITY only (vLLM v1): when the best waiting sequence is short of KV blocks
+//      and preempting the running sequences of strictly lower priority (higher value) would
+//      free enough blocks held by them alone, those are preempted (by recompute) one at a
+//      time, lowest priority then newest first, until it fits; dropped from the plan if
+//      they were scheduled in step 1. After that, only sequences of strictly higher
+//      priority than every victim are admitted in the same step.
 // and emits a plain-data plan. The engine executes it and then calls sched_update, which
 // advances num_computed and registers newly full blocks in the prefix cache. Appending the
 // sampled token (sched_seq_append) and finishing (sched_remove) are the engine's calls.

@@ -260,6 +260,87 @@ static void test_batch_configs(void **state) {
     run_workload(o, &st);
 }
 
+// --scheduling-policy priority on a tiny pool: 12 low-priority requests fill it, then 4
+// higher-priority ones arrive that fit only by preempting them (one gets its first token in
+// the very next step); every output still equals the oracle.
+static void priority_preemption_case(bool async) {
+    enum { N = 16, N1 = 12 };
+    const int MML = 160, NB = 48;
+    struct engine_config cfg;
+    engine_config_defaults(&cfg);
+    cfg.block_size = 4;
+    cfg.max_model_len = MML;
+    cfg.enable_prefix_caching = true;
+    cfg.enable_chunked_prefill = true;
+    cfg.max_num_batched_tokens = 256;
+    cfg.policy = SCHED_PRIORITY;
+    cfg.async_scheduling = async;
+    struct model_config m = test_mcfg(MML);
+    struct tb *t = tb_new(NB, cfg.block_size, VOCAB);
+    t->lazy = async;
+    char err[PG_ERR_LEN] = "";
+    struct engine *e = engine_create(&cfg, &m, &tb_ops, t, NB, NULL, err);
+    if (!e) fail_msg("%s", err);
+    struct coll *c = coll_new(N);
+    struct gen_request reqs[N];
+    for (int i = 0; i < N; i++) {
+        int len = i < N1 ? 12 : 60; // 3 blocks each, then 15 blocks each
+        for (int j = 0; j < len; j++)
+            g_prompts[i][j] = 2 + (int32_t)(pg_mix64(7000 + (uint64_t)(i * 1000 + j)) % (VOCAB - 2));
+        gen_request_defaults(&reqs[i]);
+        reqs[i].prompt = g_prompts[i];
+        reqs[i].n_prompt = len;
+        reqs[i].sp.temperature = i % 2 ? 0.8f : 0;
+        reqs[i].sp.seed = (uint64_t)i;
+        reqs[i].seeded = true;
+        reqs[i].max_tokens = i < N1 ? 30 : 10;
+        reqs[i].ignore_eos = i < N1;
+        reqs[i].priority = i < N1 ? 5 : i % 2;
+        reqs[i].on_output = on_out;
+        reqs[i].user = &c->reqs[i];
+        c->reqs[i].e = e;
+    }
+    for (int i = 0; i < N1; i++)
+        if (engine_add(e, &reqs[i], &c->reqs[i].id, err)) fail_msg("add %d: %s", i, err);
+    for (int k = 0; k < 4; k++) {
+        assert_true(engine_step(e) >= 0);
+        check_engine(e);
+    }
+    struct engine_stats st;
+    engine_stats(e, &st);
+    assert_true(st.num_free_blocks < 15); // a newcomer does not fit without preemption
+    uint64_t pre0 = st.num_preemptions;
+    for (int i = N1; i < N; i++)
+        if (engine_add(e, &reqs[i], &c->reqs[i].id, err)) fail_msg("add %d: %s", i, err);
+    assert_true(engine_step(e) >= 0);
+    if (async) assert_true(engine_step(e) >= 0); // its results arrive one step later
+    check_engine(e);
+    engine_stats(e, &st);
+    assert_true(st.num_preemptions > pre0);
+    int got = 0;
+    for (int i = N1; i < N; i++) got += c->reqs[i].seq[0].n > 0 && reqs[i].priority == 0;
+    assert_true(got > 0);
+    run_to_completion(e);
+    for (int i = 0; i < N; i++) {
+        int32_t want[MAXTOK];
+        int nw = ref_generate(&reqs[i], 0, MML, want);
+        struct out_seq *sq = &c->reqs[i].seq[0];
+        assert_int_equal(sq->n, nw);
+        assert_memory_equal(sq->toks, want, (size_t)nw * sizeof *want);
+        assert_int_equal(sq->n_after_finish, 0);
+    }
+    assert_all_free(e);
+    engine_free(e);
+    tb_free(t);
+    coll_free(c);
+}
+
+static void test_priority_preemption(void **state) {
+    (void)state;
+    priority_preemption_case(false);
+    priority_preemption_case(true); // async scheduling: victims may be in the batch in flight
+}
+
 // Runs one request alone and returns its output in out_seq form.
 static struct engine *mk_engine(struct tb **t, int num_blocks, int bs, int mml, bool caching) {
     struct engine_config cfg;
@@ -614,6 +695,7 @@ static void test_validation(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_configs),
+        cmocka_unit_test(test_priority_preemption),
         cmocka_unit_test(test_prefix_cache_multiturn),
         cmocka_unit_test(test_seeds_and_n),
         cmocka_unit_test(test_stop_conditions),

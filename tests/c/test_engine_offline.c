@@ -5,6 +5,7 @@
 #include <stdint.h>
 #include <cmocka.h>
 
+#include "backend/sampling.h"
 #include "engine/engine_offline.h"
 #include "model/config.h"
 #include "test_engine_backend.h"
@@ -141,10 +142,107 @@ static void test_from_json(void **state) {
     json_decref(o);
 }
 
+// logit_bias (OpenAI: {"token id": bias in [-100, 100]}): parsed into the caller's arrays,
+// rejected when malformed or when the caller gives no room, and it steers generation.
+static void test_logit_bias(void **state) {
+    (void)state;
+    json_error_t je;
+    json_t *o = json_loads("{\"logit_bias\": {\"9\": 100, \"12\": -100, \"3\": 0.5},"
+                           " \"temperature\": 0, \"max_tokens\": 6}", 0, &je);
+    assert_non_null(o);
+    struct gen_request r;
+    gen_request_defaults(&r);
+    int32_t stop[4], bids[4];
+    float bvals[4];
+    char err[PG_ERR_LEN] = "";
+    assert_int_equal(gen_request_from_json_bias(&r, o, stop, 4, bids, bvals, 4, err), 0);
+    assert_int_equal(r.sp.n_logit_bias, 3);
+    assert_ptr_equal(r.sp.logit_bias_ids, bids);
+    assert_ptr_equal(r.sp.logit_bias_vals, bvals);
+    int32_t want_ids[3] = {9, 12, 3};
+    float want_vals[3] = {100, -100, 0.5f};
+    for (int i = 0; i < 3; i++) {
+        assert_int_equal(bids[i], want_ids[i]);
+        assert_true(bvals[i] == want_vals[i]);
+    }
+    // with the host sampler, greedy: token 12 wins unbiased, token 9 with the parsed bias
+    float logits[VOCAB] = {0};
+    logits[12] = 50;
+    void *scratch = malloc(sampler_scratch_size(VOCAB));
+    struct sample_output so;
+    struct sampling_params plain = r.sp;
+    plain.n_logit_bias = 0;
+    struct sample_input in = {.params = &plain};
+    sampler_sample(logits, VOCAB, &in, scratch, &so);
+    assert_int_equal(so.token, 12);
+    memset(logits, 0, sizeof logits);
+    logits[12] = 50;
+    in.params = &r.sp;
+    sampler_sample(logits, VOCAB, &in, scratch, &so);
+    assert_int_equal(so.token, 9);
+    free(scratch);
+    // engine_add takes it (arrays copied); an id outside the vocabulary is rejected there
+    struct model_config m;
+    memset(&m, 0, sizeof m);
+    m.vocab = VOCAB;
+    m.max_pos = 64;
+    m.eos_ids[0] = EOS;
+    m.n_eos = 1;
+    struct engine_config cfg;
+    engine_config_defaults(&cfg);
+    cfg.block_size = 4;
+    cfg.max_model_len = 64;
+    struct tb *t = tb_new(40, 4, VOCAB);
+    struct engine *e = engine_create(&cfg, &m, &tb_ops, t, 40, NULL, err);
+    assert_non_null(e);
+    int32_t prompt[5] = {4, 8, 15, 16, 23};
+    r.prompt = prompt;
+    r.n_prompt = 5;
+    struct gen_request two[2] = {r, r};
+    json_t *o2 = json_loads("{\"logit_bias\": {\"50\": 1}}", 0, &je);
+    int32_t bids2[1];
+    float bvals2[1];
+    assert_int_equal(gen_request_from_json_bias(&two[1], o2, stop, 4, bids2, bvals2, 1, err), 0);
+    struct offline_result res[2];
+    assert_int_equal(engine_run_offline(e, two, 2, res, err), 0);
+    assert_int_equal(res[0].n, 1);
+    assert_int_equal(res[0].seqs[0].n_tokens, 6);
+    assert_int_equal(res[1].n, 0);
+    assert_non_null(strstr(res[1].error, "logit_bias"));
+    offline_results_free(res, 2);
+    json_decref(o2);
+    engine_free(e);
+    tb_free(t);
+    // the plain parser has no room for a bias: a non-empty one is an error, not ignored
+    err[0] = 0;
+    assert_int_equal(gen_request_from_json(&r, o, stop, 4, err), -1);
+    assert_non_null(strstr(err, "logit_bias"));
+    json_decref(o);
+    const char *bad[] = {"{\"logit_bias\": [1]}", "{\"logit_bias\": {\"x\": 1}}",
+                         "{\"logit_bias\": {\"-1\": 1}}", "{\"logit_bias\": {\"5\": 101}}",
+                         "{\"logit_bias\": {\"5\": \"1\"}}", "{\"logit_bias\": {\"5a\": 1}}",
+                         "{\"logit_bias\": {\"99999999999\": 1}}",
+                         "{\"logit_bias\": {\"1\": 1, \"2\": 1, \"3\": 1, \"4\": 1, \"5\": 1}}"};
+    for (size_t i = 0; i < sizeof bad / sizeof *bad; i++) {
+        o = json_loads(bad[i], 0, &je);
+        assert_non_null(o);
+        err[0] = 0;
+        assert_int_equal(gen_request_from_json_bias(&r, o, stop, 4, bids, bvals, 4, err), -1);
+        assert_non_null(strstr(err, "logit_bias"));
+        json_decref(o);
+    }
+    o = json_loads("{\"logit_bias\": {}}", 0, &je); // empty or null: fine for both
+    gen_request_defaults(&r);
+    assert_int_equal(gen_request_from_json(&r, o, stop, 4, err), 0);
+    assert_int_equal(r.sp.n_logit_bias, 0);
+    json_decref(o);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_run_offline),
         cmocka_unit_test(test_from_json),
+        cmocka_unit_test(test_logit_bias),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

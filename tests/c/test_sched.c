@@ -198,6 +198,77 @@ static void test_priority_admission(void **state) {
     kv_pool_free(f.pool);
 }
 
+// PRIORITY: a waiting sequence short of blocks preempts running ones of strictly lower
+// priority, lowest then newest first, until it fits. A (prio 2), B and C (prio 5) hold the
+// 6 blocks (2 each); H arrives with prio h_prio and h_len prompt tokens.
+// want_victims: how many of C, then B are preempted (0 => H waits, nothing preempted).
+static void waiting_preempt_case(bool prio, int h_prio, int h_len, int want_victims) {
+    struct fx f;
+    fx_init(&f, 6, 4, 100, true, prio, false, 8);
+    struct sched_seq q[3], h;
+    int prios[3] = {2, 5, 5};
+    for (int i = 0; i < 3; i++) {
+        mkseq(&q[i], 6, (uint64_t)i, prios[i], 10 * i);
+        sched_add(f.s, &q[i]);
+    }
+    step(&f); // 6 prompt tokens + 1 sampled each: 2 blocks each, pool full
+    assert_int_equal(kv_pool_num_free(f.pool), 0);
+    int32_t c_blocks[2] = {q[2].blocks[0], q[2].blocks[1]};
+    mkseq(&h, h_len, 3, h_prio, 100);
+    sched_add(f.s, &h);
+    step(&f); // running decode within their blocks; H needs blocks
+    assert_int_equal(f.plan.n_preempted, want_victims);
+    assert_int_equal(sched_num_preemptions(f.s), (uint64_t)want_victims);
+    bool c_out = want_victims >= 1, b_out = want_victims >= 2;
+    assert_int_equal(q[0].status, SEQ_RUNNING); // A: higher priority than every victim
+    assert_non_null(item_of(&f, &q[0]));
+    assert_int_equal(q[1].status, b_out ? SEQ_WAITING : SEQ_RUNNING);
+    assert_int_equal(q[2].status, c_out ? SEQ_WAITING : SEQ_RUNNING);
+    assert_true((item_of(&f, &q[1]) == NULL) == b_out);
+    assert_true((item_of(&f, &q[2]) == NULL) == c_out);
+    if (c_out) {
+        assert_int_equal(q[2].n_preempted, 1);
+        assert_int_equal(q[2].num_computed, 0);
+        assert_int_equal(q[2].n_tokens, 7); // keeps its sampled output for recompute
+    }
+    const struct sched_item *ih = item_of(&f, &h);
+    if (want_victims) {
+        assert_non_null(ih);
+        assert_int_equal(h.status, SEQ_RUNNING);
+        assert_int_equal(ih->pos0, 0);
+        assert_int_equal(ih->n_new, h_len);
+        assert_true(ih->sample);
+        // C released its blocks last first (tail of the free list): H gets them reversed
+        assert_int_equal(h.blocks[0], c_blocks[1]);
+        assert_int_equal(h.blocks[1], c_blocks[0]);
+        assert_int_equal(f.plan.n_items, 3 - want_victims + 1); // + H
+        assert_int_equal(f.plan.n_admitted, 1);
+    } else {
+        assert_null(ih);
+        assert_int_equal(h.status, SEQ_WAITING);
+        assert_int_equal(f.plan.n_items, 3);
+        assert_int_equal(f.plan.n_admitted, 0);
+    }
+    step(&f); // victims are not re-admitted while the pool is full
+    assert_int_equal(sched_num_preemptions(f.s), (uint64_t)want_victims);
+    for (int i = 0; i < 3; i++) sched_remove(f.s, &q[i]);
+    sched_remove(f.s, &h);
+    assert_int_equal(kv_pool_num_free(f.pool), 6);
+    for (int i = 0; i < 3; i++) sched_seq_destroy(&q[i]);
+    sched_seq_destroy(&h);
+    sched_free(f.s);
+    kv_pool_free(f.pool);
+}
+
+static void test_priority_preempts_for_waiting(void **state) {
+    (void)state;
+    waiting_preempt_case(true, 0, 5, 1);   // needs 2 blocks: C (prio 5, newest) yields
+    waiting_preempt_case(true, 3, 13, 2);  // needs 4: C then B yield; A (prio 2) is kept
+    waiting_preempt_case(true, 3, 17, 0);  // needs 5: B and C hold only 4, nobody yields
+    waiting_preempt_case(true, 5, 5, 0);   // equal priority never preempts
+    waiting_preempt_case(false, 0, 5, 0);  // FCFS: unchanged, H waits
+}
+
 // A second sequence with the same prompt reuses the first's full blocks (same ids) and
 // computes only the rest; a sibling with a leader waits for the leader's prompt blocks.
 static void test_prefix_admission(void **state) {
@@ -241,6 +312,7 @@ int main(void) {
         cmocka_unit_test(test_no_chunking_head_of_line),
         cmocka_unit_test(test_preemption_order),
         cmocka_unit_test(test_priority_admission),
+        cmocka_unit_test(test_priority_preempts_for_waiting),
         cmocka_unit_test(test_prefix_admission),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

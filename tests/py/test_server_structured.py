@@ -13,9 +13,22 @@ openai = pytest.importorskip("openai")
 jsonschema = pytest.importorskip("jsonschema")
 
 
+REGEX = r"[a-z]{2,5}@(x|y)\.com"
+
+
+def warm_file(tmp_path_factory, lines):
+    p = tmp_path_factory.mktemp("warm") / "warm.jsonl"
+    p.write_text("".join(json.dumps(x) + "\n" for x in lines) if isinstance(lines, list) else lines)
+    return str(p)
+
+
 @pytest.fixture(scope="module")
-def srv():
-    s = Server("--max-model-len", "1024")  # the Qwen template's tool preamble is long
+def srv(tmp_path_factory):
+    # --structured-warmup: the grammars (and their first masks) are ready before /health
+    warm = warm_file(tmp_path_factory, [{"type": "json", "spec": SCHEMA},
+                                        {"type": "regex", "spec": REGEX}])
+    # the Qwen template's tool preamble is long
+    s = Server("--max-model-len", "1024", "--structured-warmup", warm)
     try:
         yield s
     finally:
@@ -94,8 +107,8 @@ def test_json_object(client):
 
 def test_regex_and_choice(client):
     for seed in range(3):
-        r = chat(client, seed=seed, extra_body={"guided_regex": r"[a-z]{2,5}@(x|y)\.com"})
-        assert re.fullmatch(r"[a-z]{2,5}@(x|y)\.com", r.choices[0].message.content)
+        r = chat(client, seed=seed, extra_body={"guided_regex": REGEX})  # warmed at startup
+        assert re.fullmatch(REGEX, r.choices[0].message.content)
         r = chat(client, seed=seed, extra_body={"guided_choice": ["refund", "replace", "escalate"]})
         assert r.choices[0].message.content in ("refund", "replace", "escalate")
         r = client.completions.create(model="tiny", prompt="Answer:", max_tokens=20, seed=seed,
@@ -119,6 +132,27 @@ def test_unsupported_keyword_is_400(srv):
     status, _, body = srv.request("POST", "/v1/chat/completions", {
         "messages": MSGS, "guided_regex": "a(b"})
     assert status == 400 and json.loads(body)["error"]["param"] == "guided_regex"
+
+
+def test_structured_warmup_errors_and_capacity(tmp_path_factory):
+    # a grammar that does not compile stops startup, naming the file and line
+    bad = warm_file(tmp_path_factory, [{"type": "regex", "spec": "a+"},
+                                       {"type": "json", "spec": {"type": "integer",
+                                                                 "multipleOf": 3}}])
+    with pytest.raises(RuntimeError, match=r"warm\.jsonl:2: .*multipleOf"):
+        Server("--structured-warmup", bad).stop()
+    with pytest.raises(RuntimeError, match=r"warm\.jsonl:1: expected"):
+        Server("--structured-warmup", warm_file(tmp_path_factory, "{\"type\": \"xml\"}\n")).stop()
+    # more grammars than the cache holds (64): a warning, and the server still runs
+    many = warm_file(tmp_path_factory, [{"type": "choice", "spec": [f"w{i}", "z"]}
+                                        for i in range(65)])
+    s = Server("--structured-warmup", many)
+    try:
+        assert "65 grammars, but the grammar cache keeps only the 64" in s.read_log()
+        status, _, _ = s.request("GET", "/health")
+        assert status == 200
+    finally:
+        s.stop()
 
 
 def check_call(call, tools):
