@@ -1,4 +1,4 @@
-// Fuzzes the request path: body bytes -> JSON -> api_request_parse (chat and completions) ->
+// Fuzzes the request path: body bytes -> JSON -> api_request_parse (chat and completions) and api_structured_parse ->
 // length check; and the hermes tool-call parser on the same bytes split at a fuzzed point.
 // First byte: bit 0 picks chat/completions, the rest is the split point.
 #include <stdlib.h>
@@ -26,6 +26,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
         } else {
             json_decref(api_error_json(&e));
         }
+        api_request_free(&r);
+        if (api_structured_parse(&r, body, &lim, &e) != 0) json_decref(api_error_json(&e));
         api_request_free(&r);
         json_decref(body);
     }

@@ -58,7 +58,20 @@ static struct grammar *m_grammar(void *c, enum grammar_kind k, const char *spec,
                                  const char *ws, char *err) {
     return grammar_cache_get(((struct serve *)c)->gcache, k, spec, len, ws, err);
 }
+// Compiled grammars kept by the server's LRU grammar cache. Each grammar's mask cache may
+// grow to 16 MiB, so 64 grammars bound it at ~1 GiB (256 could reach 4 GiB).
+#define GRAMMAR_CACHE_CAPACITY 64
+// --structured-warmup fills each grammar's mask cache with this many seeded random walks of
+// up to this many tokens (grammar_cache_warmup).
+#define WARMUP_WALKS 8
+#define WARMUP_WALK_TOKENS 128
+
 static void m_grammar_release(void *c, struct grammar *g) { grammar_release(g); }
+static int m_grammar_warmup(void *c, enum grammar_kind k, const char *spec, size_t len,
+                            const char *ws, char *err) {
+    return grammar_cache_warmup(((struct serve *)c)->gcache, k, spec, len, ws, WARMUP_WALKS,
+                                WARMUP_WALK_TOKENS, err);
+}
 static int m_embed(void *c, const char *const *t, int n, float *out, int *nt, char *err) {
     return embed_model_encode(((struct serve *)c)->emb, t, n, out, nt, err);
 }
@@ -94,13 +107,6 @@ static enum pg_dtype kv_dtype(const char *s, enum pg_dtype model) {
     return model;
 }
 
-// Compiled grammars kept by the server's LRU grammar cache. Each grammar's mask cache may
-// grow to 16 MiB, so 64 grammars bound it at ~1 GiB (256 could reach 4 GiB).
-#define GRAMMAR_CACHE_CAPACITY 64
-// --structured-warmup fills each grammar's mask cache with this many seeded random walks of
-// up to this many tokens (grammar_cache_warmup).
-#define WARMUP_WALKS 8
-#define WARMUP_WALK_TOKENS 128
 
 // JSONL lines {"type": "json"|"json_object"|"regex"|"choice"|"grammar", "spec": ...}
 static int structured_warmup(struct serve *S, char *err) {
@@ -212,6 +218,7 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
         .ctx = S, .add = m_add, .abort = m_abort, .stats = m_stats, .encode = m_encode,
         .decode = m_decode, .token_bytes = m_token_bytes, .render_chat = S->tmpl ? m_render : NULL,
         .grammar_get = S->gcache ? m_grammar : NULL, .grammar_release = m_grammar_release,
+        .grammar_warmup = S->gcache ? m_grammar_warmup : NULL,
         .bos_token = tok_bos_token(S->tok), .eos_token = tok_eos_token(S->tok),
     };
     pg_info("engine ready: backend %s, %d KV blocks of %d tokens, max_model_len %d",

@@ -77,6 +77,11 @@ struct api_request {
 // Parses and validates body (an object) for kind. On failure returns -1 with e set (400 for
 // malformed or out-of-range fields, naming the field; 404 for another model) and leaves req
 // freeable. Never aborts on any input.
+// Parses the body of POST /v1/structured_outputs/warmup: only "model" and the structured-output
+// fields (guided_*, structured_outputs, response_format), exactly one constraint. -1 with e set.
+int api_structured_parse(struct api_request *req, json_t *body, const struct api_limits *lim,
+                         struct api_error *e);
+
 int api_request_parse(struct api_request *req, enum api_kind kind, json_t *body,
                       const struct api_limits *lim, struct api_error *e);
 void api_request_free(struct api_request *req);

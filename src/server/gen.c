@@ -747,6 +747,38 @@ static int do_embeddings(struct req *q, json_t *body, struct api_error *e) {
     return 0;
 }
 
+// POST /v1/structured_outputs/warmup: compiles a constraint into the grammar cache and pre-fills
+// its masks, generating nothing, so that the first real request with it pays nothing.
+static int do_warmup(struct req *q, json_t *body, struct api_error *e) {
+    const struct server_model *m = q->model;
+    struct api_request r;
+    int rc = -1;
+    if (api_structured_parse(&r, body, &q->srv->cfg.limits, e)) goto done;
+    char err[PG_ERR_LEN] = "";
+    double t0 = pg_now();
+    if (m->grammar_warmup) {
+        if (m->grammar_warmup(m->ctx, r.grammar_kind, r.grammar_spec, r.grammar_spec_len,
+                              r.whitespace_pattern, err)) {
+            api_error_set(e, 400, r.grammar_param, "'%s': %s", r.grammar_param, err);
+            goto done;
+        }
+    } else {
+        struct grammar *g = m->grammar_get(m->ctx, r.grammar_kind, r.grammar_spec,
+                                           r.grammar_spec_len, r.whitespace_pattern, err);
+        if (!g) {
+            api_error_set(e, 400, r.grammar_param, "'%s': %s", r.grammar_param, err);
+            goto done;
+        }
+        m->grammar_release(m->ctx, g);
+    }
+    req_reply_json(q, 200, json_pack("{s:s, s:s, s:f}", "object", "structured_outputs.warmup",
+                                     "constraint", r.grammar_param, "seconds", pg_now() - t0));
+    rc = 0;
+done:
+    api_request_free(&r);
+    return rc;
+}
+
 void tokenize_job(void *arg) {
     struct req *q = arg;
     struct api_error e = {0};
@@ -755,6 +787,7 @@ void tokenize_job(void *arg) {
     if (body && !json_is_object(body)) api_error_set(&e, 400, NULL, "the body must be an object");
     else if (body && q->route == R_TOKENIZE) rc = do_tokenize(q, body, &e);
     else if (body && q->route == R_DETOKENIZE) rc = do_detokenize(q, body, &e);
+    else if (body && q->route == R_WARMUP) rc = do_warmup(q, body, &e);
     else if (body) rc = do_embeddings(q, body, &e);
     json_decref(body);
     pthread_mutex_lock(&q->mu);

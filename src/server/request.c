@@ -778,6 +778,44 @@ int api_check_length(struct api_request *r, int n_prompt, const struct api_limit
     return 0;
 }
 
+int api_structured_parse(struct api_request *r, json_t *body, const struct api_limits *lim,
+                         struct api_error *e) {
+    static const char *const allowed[] = {"model", "guided_json", "guided_regex", "guided_choice",
+                                          "guided_grammar", "guided_whitespace_pattern",
+                                          "structured_outputs", "response_format", NULL};
+    memset(r, 0, sizeof *r);
+    if (!json_is_object(body)) {
+        api_error_set(e, 400, NULL, "the request body must be a JSON object");
+        return -1;
+    }
+    r->body = json_incref(body);
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v) {
+        int i;
+        for (i = 0; allowed[i] && strcmp(allowed[i], k); i++) {}
+        if (!allowed[i]) {
+            api_error_set(e, 400, k, "unknown field '%s' (a warm-up takes only the structured-"
+                          "output fields of a generation request)", k);
+            return -1;
+        }
+    }
+    if (get_string(body, "model", &r->model, e)) return -1;
+    if (r->model && lim->model_name && strcmp(r->model, lim->model_name)) {
+        api_error_set(e, 404, "model", "The model '%.200s' does not exist (this server serves "
+                      "'%.200s')", r->model, lim->model_name);
+        return -1;
+    }
+    if (parse_structured_outputs(r, body, e)) return -1;
+    if (!r->has_grammar) {
+        api_error_set(e, 400, NULL, "a warm-up needs one structured-output constraint (guided_json, "
+                      "guided_regex, guided_choice, guided_grammar, structured_outputs or "
+                      "response_format)");
+        return -1;
+    }
+    return 0;
+}
+
 void api_request_free(struct api_request *r) {
     json_decref(r->messages);
     for (int i = 0; i < r->n_prompts; i++) free(r->prompts[i].ids);

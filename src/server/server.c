@@ -20,6 +20,7 @@ static const struct { const char *path; enum route r; const char *method; } rout
     {"/metrics", R_METRICS, "GET"}, {"/tokenize", R_TOKENIZE, "POST"},
     {"/detokenize", R_DETOKENIZE, "POST"}, {"/version", R_VERSION, "GET"},
     {"/v1/embeddings", R_EMBEDDINGS, "POST"},
+    {"/v1/structured_outputs/warmup", R_WARMUP, "POST"},
 };
 
 static enum MHD_Result queue_body(struct MHD_Connection *c, int status, const char *type,
@@ -225,6 +226,11 @@ static void dispatch(struct req *q) {
     }
     if ((q->route == R_TOKENIZE || q->route == R_DETOKENIZE) && !q->model->encode) {
         api_error_set(&e, 404, NULL, "this server's model has no tokenizer endpoints");
+        req_reply_error(q, &e);
+        return;
+    }
+    if (q->route == R_WARMUP && !q->model->grammar_get) {
+        api_error_set(&e, 404, NULL, "this server has no structured-output engine");
         req_reply_error(q, &e);
         return;
     }

@@ -30,6 +30,9 @@ struct server_model {
     struct grammar *(*grammar_get)(void *ctx, enum grammar_kind kind, const char *spec,
                                    size_t len, const char *ws, char *err);
     void (*grammar_release)(void *ctx, struct grammar *g);
+    // compiles through the cache and pre-fills its masks (NULL: compile only)
+    int (*grammar_warmup)(void *ctx, enum grammar_kind kind, const char *spec, size_t len,
+                          const char *ws, char *err);
     // embeddings (non-NULL only when serving an embedding model)
     int (*embed)(void *ctx, const char *const *texts, int n, float *out, int *n_tokens, char *err);
     int embed_dim;

@@ -134,6 +134,38 @@ def test_unsupported_keyword_is_400(srv):
     assert status == 400 and json.loads(body)["error"]["param"] == "guided_regex"
 
 
+def test_warmup_endpoint_generates_nothing(srv, client):
+    # POST /v1/structured_outputs/warmup compiles and warms a constraint without generating
+    schema = {"type": "object", "properties": {"k": {"enum": ["a", "b"]}}, "required": ["k"],
+              "additionalProperties": False}
+    before = srv.request("GET", "/metrics")[2].decode()
+    gen_before = re.search(r"^vllm:generation_tokens_total\S* (\S+)", before, re.M)
+    status, _, body = srv.request("POST", "/v1/structured_outputs/warmup", {"guided_json": schema})
+    assert status == 200, body
+    out = json.loads(body)
+    assert out["object"] == "structured_outputs.warmup" and out["constraint"] == "guided_json"
+    after = srv.request("GET", "/metrics")[2].decode()
+    gen_after = re.search(r"^vllm:generation_tokens_total\S* (\S+)", after, re.M)
+    assert gen_before and gen_after and gen_before.group(1) == gen_after.group(1)
+    # the warmed constraint then works as usual
+    r = chat(client, seed=3, extra_body={"guided_json": schema})
+    assert json.loads(r.choices[0].message.content)["k"] in ("a", "b")
+    # every other spelling, and the errors
+    for body_ in ({"response_format": {"type": "json_object"}}, {"guided_regex": REGEX},
+                  {"structured_outputs": {"choice": ["x", "y"]}}, {"guided_choice": ["p", "q"]}):
+        assert srv.request("POST", "/v1/structured_outputs/warmup", body_)[0] == 200
+    for body_, param in (({"guided_json": {"type": "integer", "multipleOf": 3}}, "guided_json"),
+                         ({"guided_regex": "a(b"}, "guided_regex"),
+                         ({"messages": MSGS, "guided_regex": "a"}, "messages"),
+                         ({}, None)):
+        status, _, b = srv.request("POST", "/v1/structured_outputs/warmup", body_)
+        assert status == 400 and json.loads(b)["error"]["param"] == param
+    status, _, _ = srv.request("POST", "/v1/structured_outputs/warmup", {"model": "other",
+                                                                         "guided_regex": "a"})
+    assert status == 404
+    assert srv.request("GET", "/v1/structured_outputs/warmup")[0] == 405
+
+
 def test_structured_warmup_errors_and_capacity(tmp_path_factory):
     # a grammar that does not compile stops startup, naming the file and line
     bad = warm_file(tmp_path_factory, [{"type": "regex", "spec": "a+"},
