@@ -127,15 +127,8 @@ static bool g_async;
 static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunked, bool prio,
                          int budget) {
     static struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = MML;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = MML;
+    m = tb_model_config(VOCAB, MML, EOS);
+    struct engine_config cfg = tb_engine_config(MML);
     cfg.enable_prefix_caching = caching;
     cfg.enable_chunked_prefill = chunked;
     cfg.policy = prio ? SCHED_PRIORITY : SCHED_FCFS;
@@ -335,15 +328,8 @@ static void test_stop_grace(void **state) {
 static void test_max_waiting(void **state) {
     (void)state;
     static struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = MML;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = MML;
+    m = tb_model_config(VOCAB, MML, EOS);
+    struct engine_config cfg = tb_engine_config(MML);
     cfg.max_waiting = 3;
     struct tb *t = tb_new(100, 4, VOCAB);
     char err[PG_ERR_LEN];
