@@ -39,14 +39,8 @@ int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size) {
     base.on_output = on_out;
     if (base.n > 4) base.n = 4;
     static struct model_config m;
-    m.vocab = VOCAB;
-    m.max_pos = 64;
-    m.eos_ids[0] = 1;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = 64;
+    m = tb_model_config(VOCAB, 64, 1);
+    struct engine_config cfg = tb_engine_config(64);
     cfg.max_num_batched_tokens = 24;
     cfg.async_scheduling = size % 2;
     struct tb *t = tb_new(24, 4, VOCAB);

@@ -22,14 +22,19 @@ static void print_ids(FILE *f, const int32_t *ids, int n) {
     fputs("]\n", f);
 }
 
+// Reads a whole input file; on failure says why on stderr and returns NULL.
+static char *read_input(const char *path, size_t *len) {
+    char err[PG_ERR_LEN];
+    char *buf = pg_read_file(path, len, err);
+    if (!buf) fprintf(stderr, "pagoda tokenize: %s\n", err);
+    return buf;
+}
+
 static int tokenize_batch(const struct tokenizer *t, const char *path, bool special, bool roundtrip) {
     char err[PG_ERR_LEN];
     size_t len;
-    char *buf = pg_read_file(path, &len, err);
-    if (!buf) {
-        fprintf(stderr, "pagoda tokenize: %s\n", err);
-        return 1;
-    }
+    char *buf = read_input(path, &len);
+    if (!buf) return 1;
     int rc = 0;
     size_t pos = 0;
     for (long rec = 0; pos < len; rec++) {
@@ -73,11 +78,8 @@ static double cpu_now(void) { // process CPU seconds (robust to other load on th
 static int tokenize_bench(const struct tokenizer *t, const char *path, int reps, double load_s) {
     char err[PG_ERR_LEN];
     size_t len;
-    char *buf = pg_read_file(path, &len, err);
-    if (!buf) {
-        fprintf(stderr, "pagoda tokenize: %s\n", err);
-        return 1;
-    }
+    char *buf = read_input(path, &len);
+    if (!buf) return 1;
     double best = 1e30, best_cpu = 1e30;
     int n = 0;
     for (int r = 0; r < reps; r++) {

@@ -58,26 +58,41 @@ static int parse_bytes(const char *name, const char *s, size_t *out, char *err) 
     return 0;
 }
 
-// Shared integer flags; returns 1 if parsed, 0 if not one of them, -1 on error.
-#define INT_FLAG(NAME, LO, HI, DST)                                                     \
-    if (flag_is(flag, len, NAME)) {                                                     \
-        long v_;                                                                        \
-        if (parse_long(NAME, val, LO, HI, &v_, err)) return ENGINE_ARGS_ERROR;          \
-        DST = (int)v_;                                                                  \
-        return used;                                                                    \
+// One integer flag of a table: its name, its range and where its value goes.
+struct int_flag {
+    const char *name;
+    long lo, hi;
+    int *dst;
+};
+
+// Parses flag if it is one of the table's; returns used, ENGINE_ARGS_ERROR or ENGINE_ARGS_UNKNOWN.
+static int parse_int_flags(const struct int_flag *t, size_t n, const char *flag, size_t len,
+                           const char *val, int used, char *err) {
+    for (size_t i = 0; i < n; i++) {
+        if (!flag_is(flag, len, t[i].name)) continue;
+        long v;
+        if (parse_long(t[i].name, val, t[i].lo, t[i].hi, &v, err)) return ENGINE_ARGS_ERROR;
+        *t[i].dst = (int)v;
+        return used;
     }
+    return ENGINE_ARGS_UNKNOWN;
+}
 
 int engine_args_parse(struct engine_config *c, const char *flag, const char *value, char *err) {
     const char *inl;
     size_t len = flag_name_len(flag, &inl);
     const char *val = inl ? inl : value;
     int used = inl ? 0 : 1;
-    INT_FLAG("--block-size", 1, 4096, c->block_size);
-    INT_FLAG("--max-num-seqs", 1, 1 << 20, c->max_num_seqs);
-    INT_FLAG("--max-num-batched-tokens", 1, 1 << 24, c->max_num_batched_tokens);
-    INT_FLAG("--max-model-len", 1, 1 << 24, c->max_model_len);
-    INT_FLAG("--num-scheduler-steps", 1, 1024, c->num_scheduler_steps);
-    INT_FLAG("--max-waiting", 0, 1 << 24, c->max_waiting);
+    const struct int_flag ints[] = {
+        {"--block-size", 1, 4096, &c->block_size},
+        {"--max-num-seqs", 1, 1 << 20, &c->max_num_seqs},
+        {"--max-num-batched-tokens", 1, 1 << 24, &c->max_num_batched_tokens},
+        {"--max-model-len", 1, 1 << 24, &c->max_model_len},
+        {"--num-scheduler-steps", 1, 1024, &c->num_scheduler_steps},
+        {"--max-waiting", 0, 1 << 24, &c->max_waiting},
+    };
+    int r = parse_int_flags(ints, sizeof ints / sizeof ints[0], flag, len, val, used, err);
+    if (r != ENGINE_ARGS_UNKNOWN) return r;
     if (flag_is(flag, len, "--seed")) {
         if (!val) {
             pg_seterr(err, "--seed: missing value");
@@ -165,14 +180,18 @@ int backend_args_parse(struct backend_config *c, const char *flag, const char *v
     size_t len = flag_name_len(flag, &inl);
     const char *val = inl ? inl : value;
     int used = inl ? 0 : 1;
-    INT_FLAG("--block-size", 1, 4096, c->block_size);
-    INT_FLAG("--max-num-seqs", 1, 1 << 20, c->max_num_seqs);
-    INT_FLAG("--max-num-batched-tokens", 1, 1 << 24, c->max_num_batched_tokens);
-    INT_FLAG("--max-model-len", 1, 1 << 24, c->max_model_len);
-    INT_FLAG("--num-gpu-blocks-override", 1, 1 << 30, c->num_blocks);
-    INT_FLAG("--tensor-parallel-size", 1, 64, c->tensor_parallel_size);
-    INT_FLAG("-tp", 1, 64, c->tensor_parallel_size);
-    INT_FLAG("--threads", 0, 4096, c->n_threads);
+    const struct int_flag ints[] = {
+        {"--block-size", 1, 4096, &c->block_size},
+        {"--max-num-seqs", 1, 1 << 20, &c->max_num_seqs},
+        {"--max-num-batched-tokens", 1, 1 << 24, &c->max_num_batched_tokens},
+        {"--max-model-len", 1, 1 << 24, &c->max_model_len},
+        {"--num-gpu-blocks-override", 1, 1 << 30, &c->num_blocks},
+        {"--tensor-parallel-size", 1, 64, &c->tensor_parallel_size},
+        {"-tp", 1, 64, &c->tensor_parallel_size},
+        {"--threads", 0, 4096, &c->n_threads},
+    };
+    int r = parse_int_flags(ints, sizeof ints / sizeof ints[0], flag, len, val, used, err);
+    if (r != ENGINE_ARGS_UNKNOWN) return r;
     if (flag_is(flag, len, "--seed")) {
         char *end;
         if (!val || val[0] == '-' || (c->seed = strtoull(val, &end, 10), *end) || end == val) {

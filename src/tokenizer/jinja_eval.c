@@ -734,35 +734,6 @@ static int out_check(struct ectx *e) {
     return 0;
 }
 
-// Turns an iterable into an array of items (dict -> keys, str -> characters).
-static int iter_items(struct ectx *e, const jv *v, json_t **items) {
-    if (v->kind == JV_UNDEF) { *items = json_array(); return 0; }
-    if (v->kind != JV_JSON) return jerr(&e->c, "'%s' object is not iterable", jv_type_name(v));
-    switch (json_typeof(v->j)) {
-    case JSON_ARRAY: *items = json_incref(v->j); return 0;
-    case JSON_OBJECT: {
-        const char *k;
-        json_t *x;
-        *items = json_array();
-        json_object_foreach(v->j, k, x) json_array_append_new(*items, json_string(k));
-        return 0;
-    }
-    case JSON_STRING: {
-        const char *s = json_string_value(v->j);
-        size_t n = json_string_length(v->j);
-        *items = json_array();
-        for (size_t i = 0; i < n;) {
-            uint32_t cp;
-            int k = utf8_dec(s + i, n - i, &cp);
-            json_array_append_new(*items, json_stringn_nocheck(s + i, (size_t)k));
-            i += (size_t)k;
-        }
-        return 0;
-    }
-    default: return jerr(&e->c, "'%s' object is not iterable", jv_type_name(v));
-    }
-}
-
 static int bind_targets(struct ectx *e, const struct jnode *n, json_t *item, struct jframe *f) {
     if (n->n_names == 1) {
         frame_set(f, n->names[0], jv_json(json_incref(item)));
@@ -770,7 +741,7 @@ static int bind_targets(struct ectx *e, const struct jnode *n, json_t *item, str
     }
     json_t *parts = NULL;
     jv it = jv_json(item);
-    if (iter_items(e, &it, &parts)) return -1;
+    if (jv_items(&e->c, &it, &parts)) return -1;
     if ((int)json_array_size(parts) != n->n_names) {
         json_decref(parts);
         return jerr(&e->c, "cannot unpack %zu values into %d names", json_array_size(parts), n->n_names);
@@ -784,7 +755,7 @@ static int exec_for(struct ectx *e, const struct jnode *n) {
     jv it;
     json_t *items = NULL;
     if (eval(e, n->a, &it)) return -1;
-    int rc = iter_items(e, &it, &items);
+    int rc = jv_items(&e->c, &it, &items);
     jv_drop(&it);
     if (rc) return -1;
     struct jframe f = {.parent = e->frame};
@@ -848,7 +819,7 @@ static int assign(struct ectx *e, const struct jnode *target, jv v) { // steals 
     }
     // tuple unpacking
     json_t *parts;
-    if (iter_items(e, &v, &parts)) { jv_drop(&v); return -1; }
+    if (jv_items(&e->c, &v, &parts)) { jv_drop(&v); return -1; }
     jv_drop(&v);
     if ((int)json_array_size(parts) != target->n_names) {
         json_decref(parts);

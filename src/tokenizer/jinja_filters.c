@@ -44,31 +44,6 @@ static void unbind(struct slots *s) {
 }
 #define GIVEN(v) ((v).kind != JV_UNDEF)
 
-static int items_of(struct jctx *c, const jv *v, json_t **out) {
-    if (v->kind == JV_UNDEF) { *out = json_array(); return 0; }
-    if (jv_is(v, JSON_ARRAY)) { *out = json_incref(v->j); return 0; }
-    if (jv_is(v, JSON_OBJECT)) {
-        const char *k;
-        json_t *x;
-        *out = json_array();
-        json_object_foreach(v->j, k, x) json_array_append_new(*out, json_string(k));
-        return 0;
-    }
-    if (is_str(v)) {
-        const char *s = json_string_value(v->j);
-        size_t n = json_string_length(v->j);
-        *out = json_array();
-        for (size_t i = 0; i < n;) {
-            uint32_t cp;
-            int k = utf8_dec(s + i, n - i, &cp);
-            json_array_append_new(*out, json_stringn_nocheck(s + i, (size_t)k));
-            i += (size_t)k;
-        }
-        return 0;
-    }
-    return jerr(c, "'%s' object is not iterable", jv_type_name(v));
-}
-
 // item[attr] with dotted paths ("a.b", "0"), as jinja2's make_attrgetter; Undefined if missing.
 static jv attr_get(json_t *item, const char *attr) {
     json_t *cur = item;
@@ -135,7 +110,7 @@ static int f_join(struct jctx *c, jv *in, struct jargs *a, jv *out) {
     struct slots s;
     json_t *items = NULL;
     int rc = bind(c, "join", a, n, 2, &s);
-    if (rc || (rc = items_of(c, in, &items))) goto done;
+    if (rc || (rc = jv_items(c, in, &items))) goto done;
     struct jbuf b = {0};
     for (size_t i = 0; i < json_array_size(items); i++) {
         if (i && GIVEN(s.v[0])) jv_to_str(&s.v[0], &b);
@@ -192,7 +167,7 @@ static int f_int(struct jctx *c, jv *in, struct jargs *a, jv *out, bool flt) {
 // Applies test `name` (with extra args) to each item: select/reject/selectattr/rejectattr.
 static int f_select(struct jctx *c, jv *in, struct jargs *a, jv *out, bool keep, bool by_attr) {
     json_t *items;
-    if (items_of(c, in, &items)) return -1;
+    if (jv_items(c, in, &items)) return -1;
     int first = by_attr ? 1 : 0;
     if (by_attr && (a->n < 1 || !is_str(&a->v[0]))) { json_decref(items); return jerr(c, "selectattr needs an attribute name"); }
     const char *test = a->n > first && is_str(&a->v[first]) ? json_string_value(a->v[first].j) : NULL;
@@ -217,7 +192,7 @@ static int f_select(struct jctx *c, jv *in, struct jargs *a, jv *out, bool keep,
 
 static int f_map(struct jctx *c, jv *in, struct jargs *a, jv *out) {
     json_t *items;
-    if (items_of(c, in, &items)) return -1;
+    if (jv_items(c, in, &items)) return -1;
     const char *attr = NULL;
     jv *dflt = NULL;
     for (int i = 0; i < a->n; i++) {
@@ -310,7 +285,7 @@ static int f_sort(struct jctx *c, jv *in, struct jargs *a, jv *out, bool dict) {
         const char *k;
         json_t *x;
         json_object_foreach(in->j, k, x) json_array_append_new(items, json_pack("[sO]", k, x));
-    } else if ((rc = items_of(c, in, &items))) {
+    } else if ((rc = jv_items(c, in, &items))) {
         goto done;
     }
     size_t cnt = json_array_size(items);
@@ -338,7 +313,7 @@ done:
 
 static int f_first_last(struct jctx *c, jv *in, jv *out, bool last) {
     json_t *items;
-    if (items_of(c, in, &items)) return -1;
+    if (jv_items(c, in, &items)) return -1;
     size_t n = json_array_size(items);
     *out = n ? jv_json(json_incref(json_array_get(items, last ? n - 1 : 0))) : jv_undef(last ? "last" : "first", NULL);
     json_decref(items);
@@ -428,7 +403,7 @@ static int f_unique_reverse(struct jctx *c, jv *in, jv *out, bool unique) {
         return 0;
     }
     json_t *items, *r = json_array();
-    if (items_of(c, in, &items)) { json_decref(r); return -1; }
+    if (jv_items(c, in, &items)) { json_decref(r); return -1; }
     size_t n = json_array_size(items);
     for (size_t i = 0; i < n; i++) {
         json_t *x = json_array_get(items, unique ? i : n - 1 - i);
@@ -451,7 +426,7 @@ static int f_unique_reverse(struct jctx *c, jv *in, jv *out, bool unique) {
 
 static int f_minmax_sum(struct jctx *c, jv *in, struct jargs *a, jv *out, int mode) { // 0 min 1 max 2 sum
     json_t *items;
-    if (items_of(c, in, &items)) return -1;
+    if (jv_items(c, in, &items)) return -1;
     const jv *attr = NULL;
     jv start = jv_json(json_integer(0));
     for (int i = 0; i < a->n; i++) {
@@ -526,7 +501,7 @@ int jinja_filter(struct jctx *c, const char *f, jv *in, struct jargs *a, jv *out
     if (!strcmp(f, "replace")) return via_method(c, "replace", in, a, out);
     if (!strcmp(f, "list")) {
         json_t *items;
-        if (items_of(c, in, &items)) return -1;
+        if (jv_items(c, in, &items)) return -1;
         *out = jv_json(json_copy(items));
         json_decref(items);
         return 0;

@@ -58,6 +58,9 @@ void jv_drop(jv *v);
 
 bool jv_truthy(const jv *v);
 const char *jv_type_name(const jv *v); // Python type name: str, int, dict, ...
+// The items of an iterable as a new JSON array (caller decrefs): list -> itself, dict -> keys,
+// str -> characters, undefined -> empty. -1 with jerr for anything else.
+int jv_items(struct jctx *c, const jv *v, json_t **out);
 // Python str(v) appended to b.
 void jv_to_str(const jv *v, struct jbuf *b);
 // Python repr of a JSON value.

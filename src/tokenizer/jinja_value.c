@@ -189,6 +189,32 @@ const char *jv_type_name(const jv *v) {
     return "object";
 }
 
+// Turns an iterable into an array of items (dict -> keys, str -> characters).
+int jv_items(struct jctx *c, const jv *v, json_t **out) {
+    if (v->kind == JV_UNDEF) { *out = json_array(); return 0; }
+    if (jv_is(v, JSON_ARRAY)) { *out = json_incref(v->j); return 0; }
+    if (jv_is(v, JSON_OBJECT)) {
+        const char *k;
+        json_t *x;
+        *out = json_array();
+        json_object_foreach(v->j, k, x) json_array_append_new(*out, json_string(k));
+        return 0;
+    }
+    if (jv_is(v, JSON_STRING)) {
+        const char *s = json_string_value(v->j);
+        size_t n = json_string_length(v->j);
+        *out = json_array();
+        for (size_t i = 0; i < n;) {
+            uint32_t cp;
+            int k = utf8_dec(s + i, n - i, &cp);
+            json_array_append_new(*out, json_stringn_nocheck(s + i, (size_t)k));
+            i += (size_t)k;
+        }
+        return 0;
+    }
+    return jerr(c, "'%s' object is not iterable", jv_type_name(v));
+}
+
 static void repr_str(const char *s, size_t n, struct jbuf *b) {
     bool has_sq = memchr(s, '\'', n) != NULL, has_dq = memchr(s, '"', n) != NULL;
     char q = has_sq && !has_dq ? '"' : '\'';

@@ -75,16 +75,6 @@ static void coll_free(struct coll *c) {
     free(c);
 }
 
-static struct model_config test_mcfg(int max_pos) {
-    struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = max_pos;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    return m;
-}
-
 // The oracle: what the request's sequence `index` must produce, computed one token at a time.
 static int ref_generate(const struct gen_request *r, int index, int max_model_len, int32_t *out) {
     int32_t toks[1024];
@@ -178,7 +168,7 @@ static void run_workload(struct run_opts o, struct engine_stats *st_out) {
     cfg.max_num_seqs = o.max_num_seqs ? o.max_num_seqs : 256;
     cfg.num_scheduler_steps = o.steps ? o.steps : 1;
     cfg.async_scheduling = o.async;
-    struct model_config m = test_mcfg(MML);
+    struct model_config m = tb_model_config(VOCAB, MML, EOS);
     struct tb *t = tb_new(o.num_blocks, cfg.block_size, VOCAB);
     t->lazy = o.async;
     char err[PG_ERR_LEN] = "";
@@ -266,16 +256,13 @@ static void test_batch_configs(void **state) {
 static void priority_preemption_case(bool async) {
     enum { N = 16, N1 = 12 };
     const int MML = 160, NB = 48;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = MML;
+    struct engine_config cfg = tb_engine_config(MML);
     cfg.enable_prefix_caching = true;
     cfg.enable_chunked_prefill = true;
     cfg.max_num_batched_tokens = 256;
     cfg.policy = SCHED_PRIORITY;
     cfg.async_scheduling = async;
-    struct model_config m = test_mcfg(MML);
+    struct model_config m = tb_model_config(VOCAB, MML, EOS);
     struct tb *t = tb_new(NB, cfg.block_size, VOCAB);
     t->lazy = async;
     char err[PG_ERR_LEN] = "";
@@ -349,7 +336,7 @@ static struct engine *mk_engine(struct tb **t, int num_blocks, int bs, int mml, 
     cfg.max_model_len = mml;
     cfg.enable_prefix_caching = caching;
     static struct model_config m;
-    m = test_mcfg(mml);
+    m = tb_model_config(VOCAB, mml, EOS);
     *t = tb_new(num_blocks, bs, VOCAB);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, *t, num_blocks, NULL, err);
@@ -674,11 +661,8 @@ static void test_validation(void **state) {
     run_to_completion(e);
     assert_true(c->reqs[0].seq[0].fin != FINISH_NONE);
     // a pool too small for max_model_len is refused at creation
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = 100;
-    struct model_config m = test_mcfg(100);
+    struct engine_config cfg = tb_engine_config(100);
+    struct model_config m = tb_model_config(VOCAB, 100, EOS);
     assert_null(engine_create(&cfg, &m, &tb_ops, t, 10, NULL, err));
     assert_non_null(strstr(err, "max-model-len"));
     cfg.enable_chunked_prefill = false;

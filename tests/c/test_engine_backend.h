@@ -16,6 +16,27 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "engine/engine.h"
+
+// A model config with only what the engine reads: vocab, max positions and one EOS id.
+static inline struct model_config tb_model_config(int vocab, int max_pos, int eos) {
+    struct model_config m;
+    memset(&m, 0, sizeof m);
+    m.vocab = vocab;
+    m.max_pos = max_pos;
+    m.eos_ids[0] = eos;
+    m.n_eos = 1;
+    return m;
+}
+
+// Engine defaults with 4-token blocks and the given max_model_len (most engine tests' set-up).
+static inline struct engine_config tb_engine_config(int max_model_len) {
+    struct engine_config c;
+    engine_config_defaults(&c);
+    c.block_size = 4;
+    c.max_model_len = max_model_len;
+    return c;
+}
 
 struct tb {
     int num_blocks, bs, vocab;

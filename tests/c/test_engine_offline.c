@@ -15,16 +15,8 @@
 
 static void test_run_offline(void **state) {
     (void)state;
-    struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = 128;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = 128;
+    struct model_config m = tb_model_config(VOCAB, 128, EOS);
+    struct engine_config cfg = tb_engine_config(128);
     cfg.max_num_batched_tokens = 32;
     struct tb *t = tb_new(80, 4, VOCAB);
     char err[PG_ERR_LEN] = "";
@@ -182,16 +174,8 @@ static void test_logit_bias(void **state) {
     assert_int_equal(so.token, 9);
     free(scratch);
     // engine_add takes it (arrays copied); an id outside the vocabulary is rejected there
-    struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = 64;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = 64;
+    struct model_config m = tb_model_config(VOCAB, 64, EOS);
+    struct engine_config cfg = tb_engine_config(64);
     struct tb *t = tb_new(40, 4, VOCAB);
     struct engine *e = engine_create(&cfg, &m, &tb_ops, t, 40, NULL, err);
     assert_non_null(e);

@@ -127,15 +127,8 @@ static bool g_async;
 static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunked, bool prio,
                          int budget) {
     static struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = MML;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = MML;
+    m = tb_model_config(VOCAB, MML, EOS);
+    struct engine_config cfg = tb_engine_config(MML);
     cfg.enable_prefix_caching = caching;
     cfg.enable_chunked_prefill = chunked;
     cfg.policy = prio ? SCHED_PRIORITY : SCHED_FCFS;
@@ -153,6 +146,18 @@ static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunk
 static void check_inv(struct engine *e) {
     char err[PG_ERR_LEN] = "";
     if (sched_check(e->sched, err)) fail_msg("invariant: %s", err);
+}
+
+// Checks every output against the oracle and that every KV block came back; *st gets the
+// final stats. Frees the engine, the backend and reqs.
+static void verify_and_free(struct engine *e, struct tb *t, struct oreq *reqs, int n,
+                            struct engine_stats *st) {
+    verify(reqs, n);
+    engine_stats(e, st);
+    assert_int_equal(st->num_free_blocks, st->num_blocks);
+    engine_free(e);
+    tb_free(t);
+    free(reqs);
 }
 
 static void stress_run(uint64_t seed, int num_blocks, bool caching, bool chunked, bool prio,
@@ -183,14 +188,9 @@ static void stress_run(uint64_t seed, int num_blocks, bool caching, bool chunked
         check_inv(e);
         assert_true(guard < 100000);
     }
-    verify(reqs, n_req);
     struct engine_stats st;
-    engine_stats(e, &st);
-    assert_int_equal(st.num_free_blocks, st.num_blocks);
+    verify_and_free(e, t, reqs, n_req, &st);
     if (num_blocks < 60) assert_true(st.num_preemptions > 0);
-    engine_free(e);
-    tb_free(t);
-    free(reqs);
 }
 
 static void test_stress(void **state) {
@@ -274,35 +274,40 @@ static void test_threads(void **state) {
     free(reqs);
 }
 
+// Starts the engine loop and adds n random requests (seeded by seed); endless ones have no
+// max_tokens and are expected to be aborted by engine_stop. Returns the number of sequences.
+static int start_with_requests(struct engine *e, struct oreq *reqs, int n, uint64_t seed,
+                               bool endless) {
+    uint64_t rs = seed;
+    g_finished = 0;
+    assert_int_equal(engine_start(e), 0);
+    char err[PG_ERR_LEN];
+    int total = 0;
+    for (int i = 0; i < n; i++) {
+        random_request(&reqs[i], &rs);
+        if (endless) {
+            reqs[i].r.max_tokens = -1;
+            reqs[i].r.min_tokens = 0;
+            reqs[i].aborted = true; // may be aborted by the stop
+        }
+        reqs[i].added = true;
+        total += reqs[i].r.n;
+        assert_int_equal(engine_add(e, &reqs[i].r, &reqs[i].id, err), ENGINE_OK);
+    }
+    return total;
+}
+
 // engine_stop with no grace aborts what is still running; engine_free after it is clean.
 static void test_stop_aborts(void **state) {
     (void)state;
     struct tb *t;
     struct engine *e = mk(&t, 100, true, true, false, 64);
     struct oreq *reqs = calloc(20, sizeof *reqs);
-    uint64_t rs = 9;
-    g_finished = 0;
-    assert_int_equal(engine_start(e), 0);
-    char err[PG_ERR_LEN];
-    int total = 0;
-    for (int i = 0; i < 20; i++) {
-        random_request(&reqs[i], &rs);
-        reqs[i].r.max_tokens = -1;
-        reqs[i].r.min_tokens = 0;
-        reqs[i].aborted = true; // may be aborted by the stop
-        reqs[i].added = true;
-        total += reqs[i].r.n;
-        assert_int_equal(engine_add(e, &reqs[i].r, &reqs[i].id, err), ENGINE_OK);
-    }
+    int total = start_with_requests(e, reqs, 20, 9, true);
     engine_stop(e, 0);
     assert_int_equal(g_finished, total);
-    verify(reqs, 20);
     struct engine_stats st;
-    engine_stats(e, &st);
-    assert_int_equal(st.num_free_blocks, st.num_blocks);
-    engine_free(e);
-    tb_free(t);
-    free(reqs);
+    verify_and_free(e, t, reqs, 20, &st);
 }
 
 // engine_stop with a grace period lets running requests finish normally.
@@ -311,39 +316,19 @@ static void test_stop_grace(void **state) {
     struct tb *t;
     struct engine *e = mk(&t, 100, true, true, false, 64);
     struct oreq *reqs = calloc(10, sizeof *reqs);
-    uint64_t rs = 11;
-    g_finished = 0;
-    assert_int_equal(engine_start(e), 0);
-    char err[PG_ERR_LEN];
-    for (int i = 0; i < 10; i++) {
-        random_request(&reqs[i], &rs);
-        reqs[i].added = true;
-        assert_int_equal(engine_add(e, &reqs[i].r, &reqs[i].id, err), ENGINE_OK);
-    }
+    start_with_requests(e, reqs, 10, 11, false);
     engine_stop(e, 60.0); // returns as soon as they are done
-    verify(reqs, 10);     // none aborted (aborted flags are false)
     struct engine_stats st;
-    engine_stats(e, &st);
+    verify_and_free(e, t, reqs, 10, &st); // none aborted (aborted flags are false)
     assert_int_equal(st.finished[FINISH_ABORT], 0);
-    assert_int_equal(st.num_free_blocks, st.num_blocks);
-    engine_free(e);
-    tb_free(t);
-    free(reqs);
 }
 
 // max_waiting: engine_add refuses with ENGINE_EBUSY once that many are queued.
 static void test_max_waiting(void **state) {
     (void)state;
     static struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = MML;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = MML;
+    m = tb_model_config(VOCAB, MML, EOS);
+    struct engine_config cfg = tb_engine_config(MML);
     cfg.max_waiting = 3;
     struct tb *t = tb_new(100, 4, VOCAB);
     char err[PG_ERR_LEN];

@@ -104,15 +104,8 @@ static void on_out(void *user, const struct engine_output *o) {
 static void run(const int32_t *script, int n_script, struct gen_request *r, struct stream *out,
                 bool async) {
     static struct model_config m;
-    memset(&m, 0, sizeof m);
-    m.vocab = VOCAB;
-    m.max_pos = 128;
-    m.eos_ids[0] = EOS;
-    m.n_eos = 1;
-    struct engine_config cfg;
-    engine_config_defaults(&cfg);
-    cfg.block_size = 4;
-    cfg.max_model_len = 128;
+    m = tb_model_config(VOCAB, 128, EOS);
+    struct engine_config cfg = tb_engine_config(128);
     cfg.async_scheduling = async;
     struct tb *t = tb_new(64, 4, VOCAB);
     t->lazy = async;

@@ -53,6 +53,17 @@ static void same_linear(const struct linear *a, const struct linear *b, const ch
     same_tensor(&a->bias, &b->bias, what);
 }
 
+// The seven projections of one layer hold the same f32 values.
+static void same_layer_linears(const struct layer_weights *x, const struct layer_weights *y) {
+    same_linear(&x->q, &y->q, "q");
+    same_linear(&x->k, &y->k, "k");
+    same_linear(&x->v, &y->v, "v");
+    same_linear(&x->o, &y->o, "o");
+    same_linear(&x->gate, &y->gate, "gate");
+    same_linear(&x->up, &y->up, "up");
+    same_linear(&x->down, &y->down, "down");
+}
+
 static void exact_import(const char *fixture, const char *gguf) {
     char err[PG_ERR_LEN] = "";
     struct model_weights *h = model_load(fixture, err);
@@ -79,13 +90,7 @@ static void exact_import(const char *fixture, const char *gguf) {
         const struct layer_weights *x = &h->layers[i], *y = &g->layers[i];
         same_tensor(&x->attn_norm, &y->attn_norm, "attn_norm");
         same_tensor(&x->ffn_norm, &y->ffn_norm, "ffn_norm");
-        same_linear(&x->q, &y->q, "q");
-        same_linear(&x->k, &y->k, "k");
-        same_linear(&x->v, &y->v, "v");
-        same_linear(&x->o, &y->o, "o");
-        same_linear(&x->gate, &y->gate, "gate");
-        same_linear(&x->up, &y->up, "up");
-        same_linear(&x->down, &y->down, "down");
+        same_layer_linears(x, y);
     }
     model_free(h);
     model_free(g);
@@ -207,13 +212,7 @@ static void requant_case(const char *fixture, const char *gguf) {
     assert_false(q->lm_head.quantized);
     for (int i = 0; i < d->cfg.n_layers; i++) {
         const struct layer_weights *x = &d->layers[i], *y = &q->layers[i];
-        same_linear(&x->q, &y->q, "q");
-        same_linear(&x->k, &y->k, "k");
-        same_linear(&x->v, &y->v, "v");
-        same_linear(&x->o, &y->o, "o");
-        same_linear(&x->gate, &y->gate, "gate");
-        same_linear(&x->up, &y->up, "up");
-        same_linear(&x->down, &y->down, "down");
+        same_layer_linears(x, y);
     }
     float *ref, *ref2;
     int np, vocab;

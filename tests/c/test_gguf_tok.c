@@ -13,6 +13,7 @@
 
 #include "model/gguf.h"
 #include "tokenizer/tokenizer.h"
+#include "test_util.h"
 
 #define QWEN "models/qwen2.5-coder-0.5b-instruct/qwen2.5-coder-0.5b-instruct-q4_k_m.gguf"
 #define REF "tests/fixtures/gguf/qwen_tok_ref.json"
@@ -37,8 +38,7 @@ static void test_qwen_gguf_tokenizer_matches_hf(void **state) {
         int32_t *got;
         int n;
         assert_int_equal(tok_encode(t, s, strlen(s), true, &got, &n, err), 0);
-        bool same = (size_t)n == json_array_size(want);
-        for (int k = 0; same && k < n; k++) same = got[k] == json_integer_value(json_array_get(want, (size_t)k));
+        bool same = test_ids_match(got, n, want);
         if (!same) {
             bad++;
             print_error("string %zu differs (%d vs %zu ids): %.80s\n", i, n, json_array_size(want), s);
