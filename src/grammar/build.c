@@ -7,6 +7,7 @@
 #include "grammar/grammar_impl.h"
 
 #define GB_NODE_BUDGET 2000000L
+#define GB_RULE_LIMIT 4000 // as automaton_build; checked here too so a huge grammar fails fast
 
 void gb_init(struct gbuild *b, char *err) {
     memset(b, 0, sizeof(*b));
@@ -17,6 +18,7 @@ void gb_init(struct gbuild *b, char *err) {
 void gb_free(struct gbuild *b) {
     for (int i = 0; i < b->n_rules; i++) free(b->rules[i].name);
     free(b->rules);
+    free(b->hash);
     for (int i = 0; i < b->n_blocks; i++) free(b->blocks[i]);
     free(b->blocks);
 }
@@ -42,15 +44,43 @@ int gb_fail(struct gbuild *b, const char *fmt, ...) {
     return -1;
 }
 
+static uint32_t name_hash(const char *s) {
+    uint32_t h = 2166136261u;
+    for (; *s; s++) h = (h ^ (uint8_t)*s) * 16777619u;
+    return h;
+}
+
+// The slot of name in b->hash: where it is, or the empty slot where it would go.
+static int hash_slot(const struct gbuild *b, const char *name) {
+    uint32_t m = (uint32_t)b->hash_cap - 1, i = name_hash(name) & m;
+    while (b->hash[i] >= 0 && strcmp(b->rules[b->hash[i]].name, name)) i = (i + 1) & m;
+    return (int)i;
+}
+
+static void hash_grow(struct gbuild *b) {
+    free(b->hash);
+    b->hash_cap = b->hash_cap ? 2 * b->hash_cap : 64;
+    b->hash = pg_malloc((size_t)b->hash_cap * sizeof(int));
+    for (int i = 0; i < b->hash_cap; i++) b->hash[i] = -1;
+    for (int r = 0; r < b->n_rules; r++) b->hash[hash_slot(b, b->rules[r].name)] = r;
+}
+
 int gb_rule(struct gbuild *b, const char *name) {
-    for (int i = 0; i < b->n_rules; i++)
-        if (!strcmp(b->rules[i].name, name)) return i;
+    if (2 * (b->n_rules + 1) > b->hash_cap) hash_grow(b);
+    int slot = hash_slot(b, name);
+    if (b->hash[slot] >= 0) return b->hash[slot];
+    if (b->n_rules >= GB_RULE_LIMIT) {
+        // sticky failure; hand back an existing rule so callers stay in bounds
+        gb_fail(b, "grammar too large (more than %d rules)", GB_RULE_LIMIT);
+        return b->n_rules - 1;
+    }
     if (b->n_rules == b->cap_rules) {
         b->cap_rules = b->cap_rules ? 2 * b->cap_rules : 16;
         b->rules = pg_realloc(b->rules, (size_t)b->cap_rules * sizeof(*b->rules));
     }
     b->rules[b->n_rules].name = pg_strdup(name);
     b->rules[b->n_rules].body = NULL;
+    b->hash[slot] = b->n_rules;
     return b->n_rules++;
 }
 

@@ -30,6 +30,8 @@ struct gbuild_rule {
 struct gbuild {
     struct gbuild_rule *rules;
     int n_rules, cap_rules;
+    int *hash;     // open-addressing index of rules by name (-1 = empty), hash_cap slots
+    int hash_cap;
     void **blocks; // arena blocks
     int n_blocks, cap_blocks;
     long budget;   // remaining expression nodes (guards against huge expansions)

@@ -5,6 +5,7 @@
 #include <string.h>
 
 #include "server/api.h"
+#include "server/respond.h"
 
 void api_error_set(struct api_error *e, int status, const char *param, const char *fmt, ...) {
     e->status = status;
@@ -27,9 +28,11 @@ json_t *api_error_json(const struct api_error *e) {
     default: break;
     }
     json_t *err = json_object();
-    json_object_set_new(err, "message", json_string(e->message));
+    // resp_text: a message or param cut inside a UTF-8 character still makes a JSON string
+    json_object_set_new(err, "message", resp_text(e->message, strlen(e->message)));
     json_object_set_new(err, "type", json_string(type));
-    json_object_set_new(err, "param", e->param[0] ? json_string(e->param) : json_null());
+    json_object_set_new(err, "param", e->param[0] ? resp_text(e->param, strlen(e->param))
+                                                  : json_null());
     json_object_set_new(err, "code", code ? json_string(code) : json_integer(e->status));
     json_t *o = json_object();
     json_object_set_new(o, "error", err);

@@ -344,6 +344,30 @@ static void test_left_recursion_rejected(void **state) {
     assert_non_null(strstr(err, "left recursion"));
 }
 
+// A grammar of very many rules (a few MB of request body) is rejected as too large; rules are
+// looked up by hash, so this takes no longer than parsing (it was quadratic in the rule count).
+static void test_many_rules_rejected(void **state) {
+    (void)state;
+    enum { N = 150000 };
+    size_t cap = (size_t)N * 40, len = 0;
+    char *src = malloc(cap);
+    len += (size_t)snprintf(src + len, cap - len, "root ::= r0\n");
+    for (int i = 0; i < N; i++)
+        len += (size_t)snprintf(src + len, cap - len, "r%d ::= r%d \"a\"\n", i, i + 1);
+    len += (size_t)snprintf(src + len, cap - len, "r%d ::= \"b\"\n", N);
+    char err[PG_ERR_LEN];
+    assert_null(grammar_compile(g_vocab, GRAMMAR_EBNF, src, len, NULL, err));
+    assert_non_null(strstr(err, "too large"));
+    // a grammar under the limit that refers to its rules many times still compiles
+    len = (size_t)snprintf(src, cap, "root ::= (r0 | r1999)*\n");
+    for (int i = 0; i < 2000; i++)
+        len += (size_t)snprintf(src + len, cap - len, "r%d ::= \"w%d\"\n", i, i);
+    struct grammar *g = grammar_compile(g_vocab, GRAMMAR_EBNF, src, len, NULL, err);
+    assert_non_null(g);
+    grammar_release(g);
+    free(src);
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_regex_masks_match_pcre2),
@@ -356,6 +380,7 @@ int main(void) {
         cmocka_unit_test(test_cache_threads),
         cmocka_unit_test(test_warmup),
         cmocka_unit_test(test_left_recursion_rejected),
+        cmocka_unit_test(test_many_rules_rejected),
         cmocka_unit_test(test_ebnf_embedded_json_schema),
     };
     return cmocka_run_group_tests(tests, setup, teardown);

@@ -464,6 +464,26 @@ static void test_error_json(void **state) {
     }
 }
 
+// Messages and params are cut to fixed buffers; a cut inside a multi-byte UTF-8 character must
+// still give an error body with its message and param (jansson refuses invalid UTF-8).
+static void test_error_json_cut_utf8(void **state) {
+    (void)state;
+    char big[3000] = "{\"prompt\": \"a\", \"a";
+    size_t n = strlen(big);
+    for (int i = 0; i < 1000; i++) n += (size_t)sprintf(big + n, "\u00e9");
+    strcpy(big + n, "\": 1}");
+    struct api_request r;
+    struct api_error e = {0};
+    assert_int_equal(parse(&r, API_COMPLETION, big, &e), 400);
+    api_request_free(&r);
+    json_t *j = api_error_json(&e), *err = json_object_get(j, "error");
+    const char *msg = json_string_value(json_object_get(err, "message"));
+    assert_non_null(msg);
+    assert_non_null(strstr(msg, "unknown field"));
+    assert_true(json_is_string(json_object_get(err, "param")));
+    json_decref(j);
+}
+
 // ---- hermes tool calls ------------------------------------------------------------------------------
 
 static const char *HERMES =
@@ -643,6 +663,7 @@ int main(void) {
         cmocka_unit_test(test_structured_outputs),
         cmocka_unit_test(test_tools),
         cmocka_unit_test(test_error_json),
+        cmocka_unit_test(test_error_json_cut_utf8),
         cmocka_unit_test(test_hermes_streaming_splits),
         cmocka_unit_test(test_hermes_unclosed_and_forced),
         cmocka_unit_test(test_metrics_render),
