@@ -45,14 +45,20 @@ struct sample_output {
     float top_logprobs[SAMPLING_MAX_LOGPROBS];
 };
 
-// Uniform float in [0, 1) from (seed, step, k): splitmix64 mixing; also used on the GPU.
-static inline uint64_t pg_mix64(uint64_t x) {
+// Uniform float in [0, 1) from (seed, step, k): splitmix64 mixing; the same functions serve
+// the host sampler and the CUDA sampler (compiled for both by nvcc).
+#ifdef __CUDACC__
+#define PG_HOST_DEVICE __host__ __device__
+#else
+#define PG_HOST_DEVICE
+#endif
+static inline PG_HOST_DEVICE uint64_t pg_mix64(uint64_t x) {
     x += 0x9e3779b97f4a7c15ull;
     x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
     x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
     return x ^ (x >> 31);
 }
-static inline float pg_uniform(uint64_t seed, uint64_t step, uint64_t k) {
+static inline PG_HOST_DEVICE float pg_uniform(uint64_t seed, uint64_t step, uint64_t k) {
     uint64_t h = pg_mix64(pg_mix64(seed ^ pg_mix64(step)) + k);
     return (float)(h >> 40) * (1.0f / 16777216.0f);
 }

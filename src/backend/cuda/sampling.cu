@@ -11,20 +11,9 @@
 #include <math.h>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/sampling.h"
 
 #define SB 1024
-
-__device__ __forceinline__ uint64_t d_mix64(uint64_t x) {
-    x += 0x9e3779b97f4a7c15ull;
-    x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ull;
-    x = (x ^ (x >> 27)) * 0x94d049bb133111ebull;
-    return x ^ (x >> 31);
-}
-// Same function as pg_uniform in backend/sampling.h.
-__device__ __forceinline__ float d_uniform(uint64_t seed, uint64_t step, uint64_t k) {
-    uint64_t h = d_mix64(d_mix64(seed ^ d_mix64(step)) + k);
-    return (float)(h >> 40) * (1.0f / 16777216.0f);
-}
 
 __device__ float bsum(float v, float *red) {
     for (int o = 16; o > 0; o >>= 1) v += __shfl_xor_sync(0xffffffffu, v, o);
@@ -203,7 +192,7 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, c
             redv[0] = c;
         }
         __syncthreads();
-        const float total = redv[0], u = d_uniform(p.seed, p.step, 0) * total;
+        const float total = redv[0], u = pg_uniform(p.seed, p.step, 0) * total;
         __shared__ int chosen;
         if (threadIdx.x == 0) chosen = -1;
         __syncthreads();
