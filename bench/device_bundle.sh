@@ -6,8 +6,10 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-/work/main/.devwork/cuda}
 make -j2 CUDA=1 all test-cuda-bins >/dev/null
+make -j2 CUDA=1 build-cuda/tests-cuda/bench_attn_prefill >/dev/null  # GPU kernel benchmarks (not run by test-cuda)
 rm -rf "$DEST" && mkdir -p "$DEST/lib" "$DEST/bin"
 cp build-cuda/pagoda build-cuda/tests-cuda/test_* "$DEST/bin/"
+cp build-cuda/tests-cuda/bench_* "$DEST/bin/"
 # an older build to compare against in the same device session (device_run.sh ab), if given
 [ -n "${BASE_BIN:-}" ] && cp "$BASE_BIN" "$DEST/bin/pagoda-base"
 cp bench/device_run.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true

@@ -51,6 +51,12 @@ __device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uint32_t b
                  : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
                  : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
+// 2^x on the SFU (ex2.approx.ftz: -inf -> +0, which the masked scores rely on).
+__device__ __forceinline__ float fast_exp2(float x) {
+    float y;
+    asm("ex2.approx.ftz.f32 %0, %1;\n" : "=f"(y) : "f"(x));
+    return y;
+}
 __device__ __forceinline__ uint32_t pack_bf16(float lo, float hi) {
     __nv_bfloat162 v = __floats2bfloat162_rn(lo, hi);
     return *(uint32_t *)&v;
@@ -170,14 +176,14 @@ __device__ __forceinline__ void fa_tile(const uint32_t (*qf)[4], const bf16 *Ks,
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 1));
         mx[i] = fmaxf(mx[i], __shfl_xor_sync(0xffffffffu, mx[i], 2));
         if (mx[i] == -INFINITY) mx[i] = 0.f;  // row fully masked so far: keep exp2 finite
-        corr[i] = exp2f(m[i] - mx[i]);
+        corr[i] = fast_exp2(m[i] - mx[i]);
         m[i] = mx[i];
     }
     uint32_t pa[PT / 16][4];
 #pragma unroll
     for (int n = 0; n < PT / 8; n++) {
-        const float p0 = exp2f(fmaf(s[n][0], sl2, -mx[0])), p1 = exp2f(fmaf(s[n][1], sl2, -mx[0]));
-        const float p2 = exp2f(fmaf(s[n][2], sl2, -mx[1])), p3 = exp2f(fmaf(s[n][3], sl2, -mx[1]));
+        const float p0 = fast_exp2(fmaf(s[n][0], sl2, -mx[0])), p1 = fast_exp2(fmaf(s[n][1], sl2, -mx[0]));
+        const float p2 = fast_exp2(fmaf(s[n][2], sl2, -mx[1])), p3 = fast_exp2(fmaf(s[n][3], sl2, -mx[1]));
         sum[0] += p0 + p1;
         sum[1] += p2 + p3;
         pa[n >> 1][(n & 1) * 2] = pack_bf16(p0, p1);
