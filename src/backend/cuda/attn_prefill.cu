@@ -456,11 +456,11 @@ static void launch_prefill_old(const bf16_t *q, const struct cu_step *s, const i
 extern "C" void cu_attn_prefill(const bf16_t *q, const struct cu_step *s, const int32_t *tiles, int n_tiles,
                                 int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                                 const void *v_cache, bf16_t *out, cudaStream_t st) {
-    static int use_old = -1;  // PAGODA_OLD_PREFILL_ATTN=1: the previous kernel (read once; a race only rereads it)
-    if (use_old < 0) {
+    // PAGODA_OLD_PREFILL_ATTN=1: the previous kernel (read once; C++ local statics initialise thread-safely)
+    static const bool use_old = [] {
         const char *e = getenv("PAGODA_OLD_PREFILL_ATTN");
-        use_old = e && e[0] == '1';
-    }
+        return e && e[0] == '1';
+    }();
     if (n_tiles <= 0) return;
     const bool fp8 = kv_type != CU_KV_BF16;
 #define PF_ARGS q, s, tiles, n_tiles, n_heads, n_kv, block_size, kv_type, k_cache, v_cache, out, st
