@@ -271,7 +271,8 @@ k_attn_prefill(const bf16 *q, struct cu_step s, const int32_t *tiles, int n_tile
             }
         }
         const int k0 = kt * PT;
-        if (k0 <= wpos + 15)  // some key of the tile is visible to some row of this warp
+        // skip tiles wholly above this warp's rows, and warps whose rows are all past nq
+        if (k0 <= wpos + 15 && w * 16 < nq)
             fa_tile<HD>(qf, Kb, Vb, k0, k0 + PT - 1 > wpos, qpos, sl2, o, m, l);
         if (FP8 && more) fa_store_fp8<HD>(pre, kind, Kn, Vn);
     }
