@@ -171,6 +171,7 @@ static void run_workload(struct run_opts o, struct engine_stats *st_out) {
     struct model_config m = tb_model_config(VOCAB, MML, EOS);
     struct tb *t = tb_new(o.num_blocks, cfg.block_size, VOCAB);
     t->lazy = o.async;
+    t->max_inflight = engine_pipeline_depth(&cfg);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, t, o.num_blocks, NULL, err);
     if (!e) fail_msg("%s", err);
@@ -265,6 +266,7 @@ static void priority_preemption_case(bool async) {
     struct model_config m = tb_model_config(VOCAB, MML, EOS);
     struct tb *t = tb_new(NB, cfg.block_size, VOCAB);
     t->lazy = async;
+    t->max_inflight = engine_pipeline_depth(&cfg);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, t, NB, NULL, err);
     if (!e) fail_msg("%s", err);

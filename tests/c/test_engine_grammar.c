@@ -48,7 +48,8 @@ static void grammar_run(bool async) {
     if (!w) fail_msg("%s", err);
     struct tokenizer *tok = byte_tokenizer(err);
     if (!tok) fail_msg("%s", err);
-    struct backend_config bc = {.block_size = 16, .num_blocks = 256, .kv_dtype = PG_F32, .n_threads = 2};
+    struct backend_config bc = {.block_size = 16, .num_blocks = 256, .kv_dtype = PG_F32, .n_threads = 2,
+                                .max_inflight = async ? 2 : 1};
     void *ctx;
     int nb;
     if (backend_cpu.init(&ctx, w, &bc, &nb, err)) fail_msg("%s", err);

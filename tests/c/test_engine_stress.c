@@ -137,6 +137,7 @@ static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunk
     cfg.async_scheduling = g_async;
     *t = tb_new(num_blocks, 4, VOCAB);
     (*t)->lazy = g_async;
+    (*t)->max_inflight = engine_pipeline_depth(&cfg);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, *t, num_blocks, NULL, err);
     if (!e) fail_msg("%s", err);

@@ -109,6 +109,7 @@ static void run(const int32_t *script, int n_script, struct gen_request *r, stru
     cfg.async_scheduling = async;
     struct tb *t = tb_new(64, 4, VOCAB);
     t->lazy = async;
+    t->max_inflight = engine_pipeline_depth(&cfg);
     t->script = script;
     t->n_script = n_script;
     struct tokenizer tok;
