@@ -178,7 +178,7 @@ static void reap(struct engine *e) {
     for (struct ereq **pp = &e->active; *pp;) {
         struct ereq *q = *pp;
         bool pinned = false; // a batch in flight still points into it
-        for (int i = 0; i < q->r.n; i++) pinned = pinned || q->seqs[i].in_batch || q->seqs[i].pend;
+        for (int i = 0; i < q->r.n; i++) pinned = pinned || q->seqs[i].s.n_inflight || q->seqs[i].pend;
         if (q->n_unfinished == 0 && !pinned) {
             *pp = q->next;
             ereq_free(q);
@@ -240,6 +240,16 @@ static struct inflight *fl_at(struct engine *e, int k) {
     return &e->fl[(e->fl_head + k) % e->depth];
 }
 
+// A sampling item whose output index is past max_tokens / max_model_len (counting the
+// placeholders in flight): an earlier token in flight ends the sequence, so build_batch
+// leaves it out.
+static bool beyond_limits(const struct engine *e, const struct sched_item *it) {
+    const struct sched_seq *q = it->seq;
+    const struct eseq *s = q->owner;
+    return it->sample && (q->n_tokens - q->n_prompt >= s->req->max_tokens ||
+                          q->n_tokens >= e->cfg.max_model_len);
+}
+
 static bool has_penalties(const struct sampling_params *p) {
     return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
            p->frequency_penalty != 0.0f;
@@ -253,7 +263,7 @@ static bool feedable(const struct engine *e, const struct step_plan *p) {
     for (int i = 0; i < p->n; i++) {
         const struct sched_item *it = &p->items[i];
         const struct eseq *s = it->seq->owner;
-        if (s->finished || s->n_ph == 0) continue;
+        if (s->finished || s->n_ph == 0 || beyond_limits(e, it)) continue;
         if (it->n_new != 1 || it->pos0 != it->seq->n_tokens - 1 || s->ph_step != e->n_launched)
             return false;
         if (s->gm || has_penalties(&s->sp)) return false;
@@ -283,13 +293,12 @@ static int build_batch(struct engine *e, struct step_plan *plan, struct inflight
         if (s->finished) continue;
         struct ereq *r = s->req;
         int n_out = q->n_tokens - q->n_prompt; // index of the output sampled (counts placeholders)
-        if (it->sample && (n_out >= r->max_tokens || q->n_tokens >= e->cfg.max_model_len))
-            continue; // an earlier in-flight token ends it: this one would be dropped
+        if (beyond_limits(e, it)) continue; // it would only compute a dropped token
         if (!r->t_scheduled) r->t_scheduled = now;
         bool ban = n_out < r->r.min_tokens && r->n_banned > 0;
         if (it->sample && s->gm) grammar_fill_mask(s->gm, s->mask);
         bool feed = s->n_ph > 0; // feedable() checked it is the last placeholder
-        s->in_batch++;
+        s->s.n_inflight++;
         n_tokens += it->n_new;
         plan->items[n] = *it;
         f->bseqs[n++] = (struct step_seq){
@@ -327,7 +336,7 @@ static void fail_all(struct engine *e, const char *msg) {
         for (int i = 0; i < q->r.n; i++) {
             struct eseq *s = &q->seqs[i];
             bool unresolved = s->n_ph > 0; // a preempted one could never be recomputed
-            s->in_batch = 0;
+            s->s.n_inflight = 0;
             s->n_ph = 0;
             s->s.n_unresolved = 0;
             if (s->s.status == SEQ_RUNNING || (unresolved && !s->finished))
@@ -393,7 +402,7 @@ static int collect_oldest(struct engine *e) {
     int k = 0;
     for (int i = 0; i < p->n; i++) {
         struct eseq *s = p->items[i].seq->owner;
-        s->in_batch--;
+        s->s.n_inflight--;
         if (!p->items[i].sample) continue;
         const struct step_result *res = &e->results[k++];
         if (s->finished) { // aborted or stopped meanwhile: the token is dropped

@@ -24,7 +24,6 @@ struct eseq {
                                // -1); the first unresolved position is s.n_tokens - n_ph
     uint64_t ph_step;          // the step that produces the last placeholder
     int ph_idx;                // its result index in that step
-    int in_batch;              // in-flight batches referencing it (not freed until 0)
     // accepted but not yet emitted (between eseq_accept and eseq_emit):
     bool pend, pend_text;
     int pend_n_out;            // outputs including the pending token

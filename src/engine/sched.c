@@ -242,6 +242,8 @@ static int pick_waiting(const struct sched *s) {
         if (s->cfg.prefix_caching && l && l->status != SEQ_DONE &&
             l->num_computed < (q->n_prompt / s->bs) * s->bs)
             continue;
+        if (q->n_inflight > 0) continue; // preempted while still in a batch in flight
+
         if (best < 0 || before(s, q, s->waiting[best])) best = i;
     }
     return best;

@@ -46,6 +46,9 @@ struct sched_seq {
     void *owner;              // the engine's sequence
     int max_len;              // the sequence ends at this many tokens (0: max_model_len);
                               // one that has them all is not scheduled again
+    int n_inflight;           // owner-maintained: batches in flight that point into this
+                              // sequence's arrays; a waiting (preempted) sequence is not
+                              // admitted again until 0 (its block table would change under them)
     int n_unresolved;         // pipelining (owner-maintained): the last n_unresolved tokens
                               // are placeholders (-1) still being sampled; blocks holding
                               // one are never registered in the prefix cache
