@@ -154,9 +154,6 @@ static void feed_case(bool eager) {
     printf("  %s: %d/%d tokens equal (classic vs pipelined with feeds)\n", eager ? "eager" : "graphs", same,
            NS * STEPS);
     for (int i = 0; i < NS; i++) assert_memory_equal(a.out[i], p.out[i], sizeof a.out[i]);
-    int distinct = 0; // the streams are not trivially constant
-    for (int k = 1; k < STEPS; k++) distinct += a.out[0][k] != a.out[0][k - 1];
-    assert_true(distinct > 0);
     backend_cuda.free(a.ctx);
     backend_cuda.free(p.ctx);
     make_model_free(w);
