@@ -273,6 +273,7 @@ static bool plain_greedy(const struct sample_input *in) {
 static int grow_lists(struct cuda_ctx *c, size_t words) {
     if (words <= c->lists_cap) return 0;
     size_t cap = words * 2 + 1024;
+    CU_CHECK(cudaStreamSynchronize(c->st)); // steps in flight may still read the old lists
     cudaFreeHost(c->h_lists);
     cudaFree(c->d_lists);
     c->h_lists = c->d_lists = NULL;
