@@ -94,7 +94,16 @@ void eseq_finish_now(struct engine *e, struct eseq *s, enum finish_reason reason
 void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res) {
     struct ereq *q = s->req;
     int32_t t = res->token;
-    if (s->pend) eseq_emit(e, s); // several steps collected in a row: deliver in order
+    if (s->pend) { // several steps collected in a row: deliver in order
+        eseq_emit(e, s);
+        if (s->finished) { // by a stop string in that text: this token is dropped
+            if (s->n_ph > 0) {
+                s->n_ph--;
+                s->s.n_unresolved--;
+            }
+            return;
+        }
+    }
     if (s->n_ph > 0) {
         s->s.tokens[s->s.n_tokens - s->n_ph] = t;
         s->n_ph--;
