@@ -278,6 +278,65 @@ static void test_batch_configs(void **state) {
     run_workload(o, &st);
 }
 
+// The test backend enforces backend.h's feed rules and max_inflight, and resolves feeds
+// from the previous step's results (FIFO collects).
+static void test_backend_feed_rules(void **state) {
+    (void)state;
+    struct tb *t = tb_new(8, 4, VOCAB);
+    t->max_inflight = 2;
+    struct sampling_params sp;
+    memset(&sp, 0, sizeof sp);
+    int32_t bt[2] = {0, 1}, bt2[2] = {2, 3}, prompt[3] = {5, 6, 7}, ph[2] = {-1, -1};
+    char err[PG_ERR_LEN];
+    struct step_seq fed = {.n_new = 1, .tokens = ph, .pos0 = 3, .block_table = bt, .n_blocks = 1,
+                           .sample = true, .smp = {.params = &sp}, .feed = true, .feed_idx = 0};
+    struct step_batch b = {1, &fed, 1};
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0); // no previous step
+    assert_non_null(strstr(err, "previous"));
+    struct step_seq pre[2] = {
+        {.n_new = 3, .tokens = prompt, .block_table = bt, .n_blocks = 1, .sample = true, .smp = {.params = &sp}},
+        {.n_new = 3, .tokens = prompt, .block_table = bt2, .n_blocks = 1, .sample = true, .smp = {.params = &sp}}};
+    struct step_batch pb = {2, pre, 6};
+    assert_int_equal(tb_ops.execute(t, &pb, err), 0);
+    struct step_seq bad = fed;
+    bad.tokens = ph;
+    bad.feed = false; // a placeholder without a feed
+    b.seqs = &bad;
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0);
+    int32_t ph9[2] = {-1, 9};
+    bad = fed;
+    bad.tokens = ph9;
+    bad.n_new = 2;
+    b = (struct step_batch){1, &bad, 2};
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0); // feed with n_new 2
+    assert_non_null(strstr(err, "n_new"));
+    struct step_seq fed2[2] = {fed, fed};
+    fed2[0].feed_idx = 1; // sequence 0 continues from the prefill's second result...
+    fed2[1].feed_idx = 0;
+    fed2[1].block_table = bt2;
+    struct step_batch fb = {2, fed2, 2};
+    assert_int_equal(tb_ops.execute(t, &fb, err), 0); // executed before the prefill's collect
+    assert_int_not_equal(tb_ops.execute(t, &fb, err), 0); // a third step: over max_inflight
+    struct step_result r1[2], r2[2];
+    assert_int_equal(tb_ops.collect(t, r1, err), 0);
+    assert_int_equal(tb_ops.collect(t, r2, err), 0);
+    assert_int_equal(r1[0].token, r1[1].token); // the same prompt
+    struct sample_input in = {.params = &sp};
+    int32_t ctx[4] = {5, 6, 7, r1[1].token};
+    assert_int_equal(r2[0].token, ref_next(ctx, 4, &in, VOCAB)); // the fed token was used
+    assert_int_equal(t->n_fed, 2);
+    assert_int_equal(t->max_depth_seen, 2);
+    fed.feed_idx = 5; // out of range for a 2-result previous step
+    b = (struct step_batch){1, &fed, 1};
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0); // computed at execute (not lazy)
+    assert_non_null(strstr(err, "out of range"));
+    t->lazy = true; // a lazy backend finds it when it computes the step, at collect
+    assert_int_equal(tb_ops.execute(t, &b, err), 0);
+    assert_int_not_equal(tb_ops.collect(t, r1, err), 0);
+    assert_non_null(strstr(err, "out of range"));
+    tb_free(t);
+}
+
 // Pipelined (depth 2, 3, 8) runs of the same workload: equal to the oracle, with feeds.
 static void test_pipeline_depths(void **state) {
     (void)state;
@@ -746,6 +805,7 @@ static void test_validation(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_configs),
+        cmocka_unit_test(test_backend_feed_rules),
         cmocka_unit_test(test_pipeline_depths),
         cmocka_unit_test(test_priority_preemption),
         cmocka_unit_test(test_prefix_cache_multiturn),
