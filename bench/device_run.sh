@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8
+# Phases: info tests ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab overlap
+# ab: the same latency runs with bin/pagoda-base (an older build bundled beside the new one,
+# see device_bundle.sh) and bin/pagoda, one after the other in this session.
 # Logs go to $OUT (one file per phase) and a summary to stdout.
 set -u
 D=.devwork/cuda
@@ -14,9 +16,9 @@ P=$D/bin/pagoda
 run() { # name timeout cmd...
   local name=$1 to=$2; shift 2
   echo "### $name: $*" | tee -a $OUT/summary.txt
-  local t0=$(date +%s.%N)
+  local t0=$SECONDS
   timeout $to "$@" >> $OUT/$name.log 2>&1; local rc=$?
-  echo "### $name rc=$rc $(echo "$(date +%s.%N) - $t0" | bc 2>/dev/null || true)s" | tee -a $OUT/summary.txt
+  echo "### $name rc=$rc $((SECONDS - t0))s" | tee -a $OUT/summary.txt
   grep -E "RESULT|passed|FAILED|rel err|tok/s|ms|refusal|KV|wrote|error|Error" $OUT/$name.log | head -${TAILN:-60} | tee -a $OUT/summary.txt
 }
 for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph (time)" | tee -a $OUT/summary.txt; continue; }; case $ph in
@@ -33,5 +35,14 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
   thr-int4-small) run thr-int4-small 120 $P bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,2,3,8 --input-len 512 --output-len 64 --json $OUT/results.jsonl ;;
   thr-small) run thr-small 150 $P bench throughput --random qwen2.5-14b --batch 1,8 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
   fp8) for kv in bf16 fp8; do run fp8 150 $P bench latency --random qwen2.5-14b --gptq-int4 --kv-cache-dtype $kv --batch 1,32 --input-len 4096 --output-len 32 --prefill-lens 4096 --json $OUT/results.jsonl; done ;;
+  ab) for bin in pagoda-base pagoda; do
+        [ -x $D/bin/$bin ] || continue
+        B=$D/bin/$bin
+        run ab-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/ab-$bin.jsonl
+        run ab-$bin 150 $B bench latency --random qwen2.5-14b --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/ab-$bin.jsonl
+        run ab-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --batch 32 --input-len 4096 --output-len 32 --prefill-lens 4096 --json $OUT/ab-$bin.jsonl
+        run ab-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --kv-cache-dtype fp8 --batch 32 --input-len 4096 --output-len 32 --prefill-lens 4096 --json $OUT/ab-$bin.jsonl
+      done ;;
+  overlap) run overlap 400 bash bench/overlap.sh $P $OUT ;;
   hf) run hf 200 env PYTHONUNBUFFERED=1 $PY $D/hf_baseline.py --json $OUT/results.jsonl ;;
 esac; done

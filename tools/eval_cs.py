@@ -14,6 +14,7 @@ earlier run's replies (token agreement through the server's /tokenize, and cosin
 measure for random-weight checkpoints, whose replies have no meaning.
 """
 import argparse
+import copy
 import concurrent.futures as cf
 import csv
 import json
@@ -84,6 +85,30 @@ def demand_overlap(pred, ref):
     return statistics.fmean(scores) if scores else 0.0
 
 
+def pct(xs, p):
+    """The p-th percentile with linear interpolation between order statistics (numpy's default)."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100.0
+    f, c = math.floor(k), math.ceil(k)
+    return xs[f] if f == c else xs[f] + (xs[c] - xs[f]) * (k - f)
+
+
+def repeat_case(case, k):
+    """Repeat k of a case: k == 0 is the case itself; otherwise a copy whose last user message
+    carries a ' (#k)' suffix (a distinct prompt with the same content) and whose id is '<id>#k'."""
+    if k == 0:
+        return case
+    c = copy.deepcopy(case)
+    c["id"] = f"{case['id']}#{k}"
+    for m in reversed(c["messages"]):
+        if m["role"] == "user":
+            m["content"] += f" (#{k})"
+            break
+    return c
+
+
 def run_case(args, case, sp, schema):
     msgs = [{"role": "system", "content": sp[case["lang"]]}] + case["messages"]
     rec = {"id": case["id"], "lang": case["lang"], "error": ""}
@@ -124,6 +149,10 @@ def main(argv=None):
     ap.add_argument("--temperature", type=float, default=0.0)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--limit", type=int, default=0, help="only the first N cases")
+    ap.add_argument("--num-requests", type=int, default=0,
+                    help="run this many cases, cycling over the (limited) set: repeat k >= 1 of a case gets "
+                         "the id '<id>#k' and ' (#k)' appended to its last user message, so no two prompts are "
+                         "identical (0: each case once)")
     ap.add_argument("--no-guided", action="store_true", help="ask for JSON without guided_json")
     ap.add_argument("--compare-to", default=None, help="an earlier run's JSON: report agreement with it")
     ap.add_argument("--timeout", type=float, default=600)
@@ -135,6 +164,8 @@ def main(argv=None):
     cases = [json.loads(l) for l in open(os.path.join(path, "cases.jsonl"), encoding="utf-8") if l.strip()]
     if args.limit:
         cases = cases[:args.limit]
+    if args.num_requests > 0 and cases:
+        cases = [repeat_case(cases[i % len(cases)], i // len(cases)) for i in range(args.num_requests)]
     sp = {l: open(os.path.join(path, f"system_prompt_{l}.txt"), encoding="utf-8").read() for l in ("zh", "en")}
     schema = json.load(open(os.path.join(path, "extraction.schema.json"), encoding="utf-8"))
 
@@ -173,8 +204,8 @@ def main(argv=None):
     summ = {"cases": len(recs), "failed": len(recs) - len(ok), "concurrency": args.concurrency,
             "wall_s": wall,
             "latency_mean_s": statistics.fmean(lat) if lat else float("nan"),
-            "latency_p50_s": statistics.median(lat) if lat else float("nan"),
-            "latency_p90_s": sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else float("nan"),
+            "latency_p50_s": pct(lat, 50),
+            "latency_p90_s": pct(lat, 90),
             "reply_latency_mean_s": statistics.fmean([r["reply_latency"] for r in ok]) if ok else float("nan"),
             "json_valid": sum(r["json_valid"] for r in ok) / max(len(ok), 1)}
     for k in SCALARS:

@@ -144,3 +144,27 @@ def test_demand_overlap():
     assert eval_cs.demand_overlap(["退货退款699元"], ["退货退款699元"]) == 1.0
     assert eval_cs.demand_overlap([], ["x"]) == 0.0
     assert 0 < eval_cs.demand_overlap(["refund the money"], ["refund money"]) < 1
+
+
+def test_eval_num_requests_cycles_with_distinct_prompts(server, tmp_path):
+    rc = eval_cs.main(["--base-url", server + "/v1", "--model", "m", "--limit", "4", "--num-requests", "9",
+                       "--concurrency", "3", "--output-dir", str(tmp_path), "--tag", "r"])
+    assert rc == 0
+    res = json.load(open(tmp_path / "r.json"))
+    cases = [json.loads(l) for l in open(os.path.join(REPO, "data/customer-service/cases.jsonl"))][:4]
+    ids = [c["id"] for c in cases]
+    assert [r["id"] for r in res["cases"]] == ids + [i + "#1" for i in ids] + [ids[0] + "#2"]
+    assert res["summary"]["cases"] == 9
+    rep = eval_cs.repeat_case(cases[1], 2)
+    users = [m for m in rep["messages"] if m["role"] == "user"]
+    orig = [m for m in cases[1]["messages"] if m["role"] == "user"]
+    assert users[-1]["content"] == orig[-1]["content"] + " (#2)"
+    assert users[:-1] == orig[:-1]
+    assert eval_cs.repeat_case(cases[1], 0) is cases[1]
+
+
+def test_eval_percentiles_ordered():
+    assert eval_cs.pct([26.1, 45.4], 90) == pytest.approx(26.1 + 0.9 * 19.3)
+    assert eval_cs.pct([3, 1, 2], 50) == 2
+    xs = [0.5, 9.0, 2.5, 7.25, 1.0]
+    assert eval_cs.pct(xs, 50) <= eval_cs.pct(xs, 90) <= max(xs)

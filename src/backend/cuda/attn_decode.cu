@@ -1,8 +1,11 @@
 // Paged GQA attention for decode (one new token per sequence), Flash-Decoding style:
 // grid (split, kv head, sequence); a block reads its share of the sequence's keys once and
-// serves all G = n_heads / n_kv query heads of that kv head; warps take keys round-robin
-// with an online softmax each, then the block merges its warps and writes one partial
-// (max, sum, weighted values) per head; k_attn_reduce merges the splits.
+// serves all G = n_heads / n_kv query heads of that kv head; warps take groups of DEC_KEYS
+// consecutive keys round-robin (all of a group's K and V loads are issued before any is
+// used, so each warp keeps DEC_KEYS rows in flight instead of one) with an online softmax
+// each, then the block merges its warps and writes one partial (max, sum, weighted values)
+// per head; k_attn_reduce merges the splits. fp8 caches convert two elements per
+// instruction (cvt.f16x2.e4m3x2 / e5m2x2).
 #include <math.h>
 #include <cuda_bf16.h>
 
@@ -11,6 +14,7 @@
 typedef __nv_bfloat16 bf16;
 #define DEC_WARPS 4
 #define MAX_G 8
+#define DEC_KEYS 4
 
 // Loads N (2 or 4) consecutive cache elements as floats.
 template <int N>
@@ -29,11 +33,13 @@ __device__ __forceinline__ void kv_loadn(const void *cache, size_t idx, int kv_t
     } else {
         const uint8_t *p = (const uint8_t *)cache + idx;
         uint32_t u = N == 4 ? *(const uint32_t *)p : *(const uint16_t *)p;
+        const __nv_fp8_interpretation_t fmt = kv_type == CU_KV_E4M3 ? __NV_E4M3 : __NV_E5M2;
 #pragma unroll
-        for (int i = 0; i < N; i++) {
-            __half_raw hr = __nv_cvt_fp8_to_halfraw((__nv_fp8_storage_t)((u >> (8 * i)) & 0xff),
-                                                    kv_type == CU_KV_E4M3 ? __NV_E4M3 : __NV_E5M2);
-            o[i] = __half2float(__half(hr));
+        for (int i = 0; i < N / 2; i++) {  // low byte = lower index
+            __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)((u >> (16 * i)) & 0xffff), fmt);
+            float2 f = __half22float2(__half2(hr));
+            o[2 * i] = f.x;
+            o[2 * i + 1] = f.y;
         }
     }
 }
@@ -62,24 +68,43 @@ k_attn_decode(const bf16 *q, struct cu_step s, const int32_t *seqs, int n_heads,
             qr[g][d] = g < G ? __bfloat162float(q[((size_t)t * n_heads + kvh * G + g) * HD + lane * DPL + d]) * scale : 0.f;
         }
     }
-    for (int j = j0 + w; j < j1; j += DEC_WARPS) {
-        size_t base = kv_index(bt[j / bs], kvh, j % bs, lane * DPL, n_kv, bs, HD);
-        float kr[DPL], vr[DPL];
-        kv_loadn<DPL>(kc, base, kv_type, kr);
-        kv_loadn<DPL>(vc, base, kv_type, vr);
+    for (int j = j0 + w * DEC_KEYS; j < j1; j += DEC_WARPS * DEC_KEYS) {
+        const int nk = min(DEC_KEYS, j1 - j);
+        float kr[DEC_KEYS][DPL], vr[DEC_KEYS][DPL];
+#pragma unroll
+        for (int u = 0; u < DEC_KEYS; u++) {
+            if (u < nk) {
+                size_t base = kv_index(bt[(j + u) / bs], kvh, (j + u) % bs, lane * DPL, n_kv, bs, HD);
+                kv_loadn<DPL>(kc, base, kv_type, kr[u]);
+                kv_loadn<DPL>(vc, base, kv_type, vr[u]);
+            } else {
+#pragma unroll
+                for (int d = 0; d < DPL; d++) kr[u][d] = vr[u][d] = 0;
+            }
+        }
 #pragma unroll
         for (int g = 0; g < MAX_G; g++) {
             if (g >= G) break;
-            float dot = 0;
+            float dot[DEC_KEYS];
 #pragma unroll
-            for (int d = 0; d < DPL; d++) dot += qr[g][d] * kr[d];
+            for (int u = 0; u < DEC_KEYS; u++) {
+                dot[u] = 0;
 #pragma unroll
-            for (int o = 16; o > 0; o >>= 1) dot += __shfl_xor_sync(0xffffffffu, dot, o);
-            float mn = fmaxf(m[g], dot), corr = exp2f(m[g] - mn), p = exp2f(dot - mn);
-            m[g] = mn;
-            l[g] = l[g] * corr + p;
+                for (int d = 0; d < DPL; d++) dot[u] += qr[g][d] * kr[u][d];
+            }
 #pragma unroll
-            for (int d = 0; d < DPL; d++) acc[g][d] = acc[g][d] * corr + p * vr[d];
+            for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+                for (int u = 0; u < DEC_KEYS; u++) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
+#pragma unroll
+            for (int u = 0; u < DEC_KEYS; u++) {
+                if (u >= nk) break;
+                float mn = fmaxf(m[g], dot[u]), corr = exp2f(m[g] - mn), p = exp2f(dot[u] - mn);
+                m[g] = mn;
+                l[g] = l[g] * corr + p;
+#pragma unroll
+                for (int d = 0; d < DPL; d++) acc[g][d] = acc[g][d] * corr + p * vr[u][d];
+            }
         }
     }
     // Merge the warps through shared memory.
