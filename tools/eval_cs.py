@@ -85,6 +85,16 @@ def demand_overlap(pred, ref):
     return statistics.fmean(scores) if scores else 0.0
 
 
+def pct(xs, p):
+    """The p-th percentile with linear interpolation between order statistics (numpy's default)."""
+    if not xs:
+        return float("nan")
+    xs = sorted(xs)
+    k = (len(xs) - 1) * p / 100.0
+    f, c = math.floor(k), math.ceil(k)
+    return xs[f] if f == c else xs[f] + (xs[c] - xs[f]) * (k - f)
+
+
 def repeat_case(case, k):
     """Repeat k of a case: k == 0 is the case itself; otherwise a copy whose last user message
     carries a ' (#k)' suffix (a distinct prompt with the same content) and whose id is '<id>#k'."""
@@ -194,8 +204,8 @@ def main(argv=None):
     summ = {"cases": len(recs), "failed": len(recs) - len(ok), "concurrency": args.concurrency,
             "wall_s": wall,
             "latency_mean_s": statistics.fmean(lat) if lat else float("nan"),
-            "latency_p50_s": statistics.median(lat) if lat else float("nan"),
-            "latency_p90_s": sorted(lat)[int(0.9 * (len(lat) - 1))] if lat else float("nan"),
+            "latency_p50_s": pct(lat, 50),
+            "latency_p90_s": pct(lat, 90),
             "reply_latency_mean_s": statistics.fmean([r["reply_latency"] for r in ok]) if ok else float("nan"),
             "json_valid": sum(r["json_valid"] for r in ok) / max(len(ok), 1)}
     for k in SCALARS:

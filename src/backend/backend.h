@@ -23,6 +23,11 @@ struct backend_config {
     int device_id;             // CUDA: first device
     int tensor_parallel_size;  // CUDA: GPUs (1 = single)
     uint64_t seed;
+    int max_inflight;          // 0 or 1: execute, collect, execute, ... Otherwise the engine may
+                               // call execute up to max_inflight times before the matching
+                               // collects; collect returns the OLDEST uncollected step's results
+                               // (FIFO). Each in-flight batch (and all it points to) stays valid
+                               // until its collect returns.
 };
 
 // One sequence in a step. Sequences are independent; their tokens are packed in order.
@@ -35,6 +40,13 @@ struct step_seq {
     bool sample;               // produce a token from the last new position (false for a
                                // prefill chunk that does not reach the prompt's end)
     struct sample_input smp;   // sampling parameters and state (used when sample is true)
+    // Device-side token feed (pipelining): when feed is true, n_new must be 1 and tokens[0]
+    // is a placeholder (-1): the backend uses the token it sampled for result index feed_idx
+    // (the index among the sampling sequences, i.e. in collect's out array) of the step
+    // executed immediately before this one. A backend rejects feed with n_new != 1, with no
+    // previous step, or with feed_idx out of range. Zero-init = no feed.
+    bool feed;
+    int feed_idx;
 };
 
 struct step_batch {

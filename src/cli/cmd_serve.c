@@ -200,6 +200,7 @@ static int load_generator(struct serve *S, struct server_config *sc, char *err) 
     ec.policy = !strcmp(a->scheduling_policy, "priority") ? SCHED_PRIORITY : SCHED_FCFS;
     ec.max_waiting = a->max_waiting;
     ec.seed = (uint64_t)a->seed;
+    bc.max_inflight = engine_pipeline_depth(&ec);
     int num_blocks = 0;
     if (S->be->init(&S->be_ctx, S->w, &bc, &num_blocks, err)) return -1;
     if (!(S->eng = engine_create(&ec, &S->mcfg, S->be, S->be_ctx, num_blocks, S->tok, err)))

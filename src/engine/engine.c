@@ -23,6 +23,11 @@ void engine_config_defaults(struct engine_config *c) {
     c->policy = SCHED_FCFS;
 }
 
+int engine_pipeline_depth(const struct engine_config *c) {
+    int d = c->async_scheduling ? 2 : 1;
+    return c->num_scheduler_steps > d ? c->num_scheduler_steps : d;
+}
+
 const char *finish_reason_name(enum finish_reason r) {
     switch (r) {
     case FINISH_STOP: return "stop";
@@ -87,23 +92,28 @@ struct engine *engine_create(const struct engine_config *cfg, const struct model
         .max_num_seqs = c.max_num_seqs, .max_num_batched_tokens = c.max_num_batched_tokens,
         .max_model_len = c.max_model_len, .chunked_prefill = c.enable_chunked_prefill,
         .priority_policy = c.policy == SCHED_PRIORITY, .prefix_caching = c.enable_prefix_caching,
-        .stable_arrays = c.async_scheduling};
+        .stable_arrays = engine_pipeline_depth(&c) >= 2};
     e->sched = sched_new(&sc, e->pool);
     pthread_mutex_init(&e->mu, NULL);
     pthread_cond_init(&e->cv, NULL);
     e->next_id = 1;
     e->stats.num_blocks = e->stats.num_free_blocks = num_blocks;
+    e->depth = engine_pipeline_depth(&c);
+    e->fl = pg_calloc((size_t)e->depth, sizeof *e->fl);
     return e;
 }
 
 void engine_free(struct engine *e) {
     if (!e) return;
     if (e->has_thread) engine_stop(e, 0);
-    if (e->inflight) {
-        char err[PG_ERR_LEN];
-        e->be->collect(e->be_ctx, e->results, err);
+    char err[PG_ERR_LEN];
+    for (; e->n_fl > 0; e->n_fl--) e->be->collect(e->be_ctx, e->results, err);
+    for (int i = 0; i < e->depth; i++) {
+        free(e->fl[i].plan.items);
+        free(e->fl[i].bseqs);
     }
-    free(e->cur.items);
+    free(e->fl);
+    free(e->emitq);
     free(e->next.items);
     for (struct ereq *q = e->active, *n; q; q = n) {
         n = q->next;
@@ -118,7 +128,6 @@ void engine_free(struct engine *e) {
     pthread_mutex_destroy(&e->mu);
     pthread_cond_destroy(&e->cv);
     free(e->aborts);
-    free(e->bseqs);
     free(e->results);
     free(e);
 }
@@ -169,7 +178,7 @@ static void reap(struct engine *e) {
     for (struct ereq **pp = &e->active; *pp;) {
         struct ereq *q = *pp;
         bool pinned = false; // a batch in flight still points into it
-        for (int i = 0; i < q->r.n; i++) pinned = pinned || q->seqs[i].in_batch || q->seqs[i].pend;
+        for (int i = 0; i < q->r.n; i++) pinned = pinned || q->seqs[i].s.n_inflight || q->seqs[i].pend;
         if (q->n_unfinished == 0 && !pinned) {
             *pp = q->next;
             ereq_free(q);
@@ -217,7 +226,7 @@ static void intake(struct engine *e) {
 }
 
 // Copies a plan's items into an engine-owned array (the scheduler's is overwritten by the
-// next sched_schedule, which async scheduling calls while this plan is in flight).
+// next sched_schedule, which pipelining calls while earlier plans are in flight).
 static void keep_plan(struct step_plan *dst, const struct sched_plan *p) {
     if (p->n_items > dst->cap) {
         dst->cap = p->n_items * 2;
@@ -227,14 +236,53 @@ static void keep_plan(struct step_plan *dst, const struct sched_plan *p) {
     dst->n = p->n_items;
 }
 
-// Builds the backend batch from a plan, leaving out sequences that finished since it was
-// scheduled (also from the plan: afterwards plan item i is batch sequence i). Returns the
-// number of sequences in it.
-static int build_batch(struct engine *e, struct step_plan *plan, struct step_batch *b) {
-    if (plan->n > e->cap_bseqs) {
-        e->cap_bseqs = plan->n * 2;
-        e->bseqs = pg_realloc(e->bseqs, (size_t)e->cap_bseqs * sizeof *e->bseqs);
-        e->results = pg_realloc(e->results, (size_t)e->cap_bseqs * sizeof *e->results);
+static struct inflight *fl_at(struct engine *e, int k) {
+    return &e->fl[(e->fl_head + k) % e->depth];
+}
+
+// A sampling item whose output index is past max_tokens / max_model_len (counting the
+// placeholders in flight): an earlier token in flight ends the sequence, so build_batch
+// leaves it out.
+static bool beyond_limits(const struct engine *e, const struct sched_item *it) {
+    const struct sched_seq *q = it->seq;
+    const struct eseq *s = q->owner;
+    return it->sample && (q->n_tokens - q->n_prompt >= s->req->max_tokens ||
+                          q->n_tokens >= e->cfg.max_model_len);
+}
+
+static bool has_penalties(const struct sampling_params *p) {
+    return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
+}
+
+// Whether a plan can be launched before the steps in flight are collected: every item of a
+// sequence with unresolved tokens computes exactly its last placeholder, produced by the
+// most recently launched step (the backend feeds it on the device), and its sampling needs
+// no host knowledge of the unknown tokens (no grammar mask, no penalties).
+static bool feedable(const struct engine *e, const struct step_plan *p) {
+    for (int i = 0; i < p->n; i++) {
+        const struct sched_item *it = &p->items[i];
+        const struct eseq *s = it->seq->owner;
+        if (s->finished || s->n_ph == 0 || beyond_limits(e, it)) continue;
+        if (it->n_new != 1 || it->pos0 != it->seq->n_tokens - 1 || s->ph_step != e->n_launched)
+            return false;
+        if (s->gm || has_penalties(&s->sp)) return false;
+    }
+    return true;
+}
+
+// Builds the backend batch of slot f from a plan, leaving out sequences that finished since
+// it was scheduled and sampling items that could only produce tokens past the length limits
+// (also from the plan: afterwards plan item i is batch sequence i). Returns the number of
+// sequences in it.
+static int build_batch(struct engine *e, struct step_plan *plan, struct inflight *f) {
+    if (plan->n > f->cap_bseqs) {
+        f->cap_bseqs = plan->n * 2;
+        f->bseqs = pg_realloc(f->bseqs, (size_t)f->cap_bseqs * sizeof *f->bseqs);
+    }
+    if (plan->n > e->cap_results) {
+        e->cap_results = plan->n * 2;
+        e->results = pg_realloc(e->results, (size_t)e->cap_results * sizeof *e->results);
     }
     double now = pg_now();
     int n = 0, n_tokens = 0;
@@ -244,14 +292,16 @@ static int build_batch(struct engine *e, struct step_plan *plan, struct step_bat
         struct eseq *s = q->owner;
         if (s->finished) continue;
         struct ereq *r = s->req;
+        int n_out = q->n_tokens - q->n_prompt; // index of the output sampled (counts placeholders)
+        if (beyond_limits(e, it)) continue; // it would only compute a dropped token
         if (!r->t_scheduled) r->t_scheduled = now;
-        int n_out = q->n_tokens - q->n_prompt;
         bool ban = n_out < r->r.min_tokens && r->n_banned > 0;
         if (it->sample && s->gm) grammar_fill_mask(s->gm, s->mask);
-        s->in_batch = true;
+        bool feed = s->n_ph > 0; // feedable() checked it is the last placeholder
+        s->s.n_inflight++;
         n_tokens += it->n_new;
         plan->items[n] = *it;
-        e->bseqs[n++] = (struct step_seq){
+        f->bseqs[n++] = (struct step_seq){
             .n_new = it->n_new, .tokens = q->tokens + it->pos0, .pos0 = it->pos0,
             .block_table = q->blocks, .n_blocks = (it->pos0 + it->n_new + e->cfg.block_size - 1) /
                                                   e->cfg.block_size,
@@ -259,24 +309,39 @@ static int build_batch(struct engine *e, struct step_plan *plan, struct step_bat
             .smp = {.params = &s->sp, .step = (uint64_t)n_out, .prompt = q->tokens,
                     .n_prompt = q->n_prompt, .output = q->tokens + q->n_prompt, .n_output = n_out,
                     .allowed = s->gm ? s->mask : NULL, .banned = ban ? r->banned : NULL,
-                    .n_banned = ban ? r->n_banned : 0}};
+                    .n_banned = ban ? r->n_banned : 0},
+            .feed = feed, .feed_idx = feed ? s->ph_idx : 0};
+        e->fed_seqs += feed;
     }
     plan->n = n;
-    b->n_seqs = n;
-    b->seqs = e->bseqs;
-    b->n_tokens = n_tokens;
+    f->batch = (struct step_batch){.n_seqs = n, .seqs = f->bseqs, .n_tokens = n_tokens};
     return n;
+}
+
+static void drop_ph(struct eseq *s) {
+    if (s->n_ph <= 0) return;
+    s->n_ph--;
+    s->s.n_unresolved--;
 }
 
 static void fail_all(struct engine *e, const char *msg) {
     pg_error("engine: backend step failed: %s", msg);
+    char err[PG_ERR_LEN];
+    while (e->n_fl > 0) { // the backend's other steps in flight: drain, results dropped
+        e->be->collect(e->be_ctx, e->results, err);
+        e->fl_head = (e->fl_head + 1) % e->depth;
+        e->n_fl--;
+    }
     for (struct ereq *q = e->active; q; q = q->next)
         for (int i = 0; i < q->r.n; i++) {
-            q->seqs[i].in_batch = false;
-            q->seqs[i].placeholder = -1;
-            if (q->seqs[i].s.status == SEQ_RUNNING) eseq_finish_now(e, &q->seqs[i], FINISH_ERROR);
+            struct eseq *s = &q->seqs[i];
+            bool unresolved = s->n_ph > 0; // a preempted one could never be recomputed
+            s->s.n_inflight = 0;
+            s->n_ph = 0;
+            s->s.n_unresolved = 0;
+            if (s->s.status == SEQ_RUNNING || (unresolved && !s->finished))
+                eseq_finish_now(e, s, FINISH_ERROR);
         }
-    e->inflight = false; // finished requests are reaped at the end of the step
     // blocks registered for the failed step may hold garbage: forget every cached block
     kv_pool_reset_cache(e->pool);
 }
@@ -295,70 +360,93 @@ static void publish_stats(struct engine *e) {
     s->generation_tokens = e->generation_tokens;
     s->num_preemptions = sched_num_preemptions(e->sched);
     memcpy(s->finished, e->finished, sizeof s->finished);
-    e->n_active_shared = e->n_active + e->inflight;
+    s->fed_seqs = e->fed_seqs;
+    s->steps_ahead = e->steps_ahead;
+    e->n_active_shared = e->n_active + e->n_fl;
     pthread_mutex_unlock(&e->mu);
 }
 
 // After execute: the plan's tokens count as computed (their KV is being written, in stream
-// order before any later step), and with async scheduling each sampling sequence gets a
+// order before any later step), and when pipelining each sampling sequence gets a
 // placeholder for the token being sampled, so the next schedule can already include it.
-static void launched(struct engine *e, const struct step_plan *p, bool placeholders) {
-    struct sched_plan sp = {.items = p->items, .n_items = p->n};
+static void launched(struct engine *e, const struct inflight *f) {
+    struct sched_plan sp = {.items = f->plan.items, .n_items = f->plan.n};
     sched_update(e->sched, &sp);
-    if (!placeholders) return;
-    for (int i = 0; i < p->n; i++) {
-        struct eseq *s = p->items[i].seq->owner;
-        if (!p->items[i].sample || s->finished) continue;
-        s->placeholder = s->s.n_tokens;
+    if (e->depth < 2) return;
+    int k = 0;
+    for (int i = 0; i < f->plan.n; i++) {
+        struct eseq *s = f->plan.items[i].seq->owner;
+        if (!f->plan.items[i].sample) continue;
+        int idx = k++;
+        if (s->finished) continue;
         sched_seq_append(&s->s, -1);
+        s->n_ph++;
+        s->s.n_unresolved++;
+        s->ph_step = f->id;
+        s->ph_idx = idx;
     }
 }
 
-// Collects the batch in flight and accepts its tokens (phase 1). Returns 0 or -1.
-static int collect(struct engine *e, const struct step_plan *p) {
+// Collects the oldest step in flight and accepts its tokens (phase 1; the sequences go to
+// the emit queue). Returns 0 or -1.
+static int collect_oldest(struct engine *e) {
     char err[PG_ERR_LEN] = "";
-    e->inflight = false;
+    struct inflight *f = fl_at(e, 0);
+    e->fl_head = (e->fl_head + 1) % e->depth;
+    e->n_fl--;
     if (e->be->collect(e->be_ctx, e->results, err)) {
         fail_all(e, err);
         return -1;
     }
+    const struct step_plan *p = &f->plan;
     int k = 0;
     for (int i = 0; i < p->n; i++) {
         struct eseq *s = p->items[i].seq->owner;
-        s->in_batch = false;
+        s->s.n_inflight--;
         if (!p->items[i].sample) continue;
         const struct step_result *res = &e->results[k++];
-        if (s->finished) continue; // aborted or stopped meanwhile: the token is dropped
+        if (s->finished) { // aborted or stopped meanwhile: the token is dropped
+            drop_ph(s);
+            continue;
+        }
         if (res->token < 0 || res->token >= e->vocab) {
             pg_error("engine: backend returned token %d outside the vocabulary", res->token);
-            s->placeholder = -1;
+            drop_ph(s);
             eseq_finish_now(e, s, FINISH_ERROR);
             continue;
         }
         eseq_accept(e, s, res);
+        if (e->n_emitq == e->cap_emitq) {
+            e->cap_emitq = e->cap_emitq ? e->cap_emitq * 2 : 64;
+            e->emitq = pg_realloc(e->emitq, (size_t)e->cap_emitq * sizeof *e->emitq);
+        }
+        e->emitq[e->n_emitq++] = s;
     }
     return 0;
 }
 
-static void emit_plan(struct engine *e, const struct step_plan *p) {
-    for (int i = 0; i < p->n; i++)
-        if (p->items[i].sample) eseq_emit(e, p->items[i].seq->owner);
+// Phase 2 for everything accepted so far (detokenize, stream).
+static void emit_all(struct engine *e) {
+    for (int i = 0; i < e->n_emitq; i++) eseq_emit(e, e->emitq[i]);
+    e->n_emitq = 0;
 }
 
 // Starts the step in e->next (already scheduled). Returns 1 if launched, 0 if empty, -1.
 static int launch(struct engine *e) {
-    struct step_batch *b = &e->batch; // must outlive this call: the backend reads it until collect
-    if (build_batch(e, &e->next, b) == 0) return 0;
+    struct inflight *f = fl_at(e, e->n_fl); // free: n_fl < depth
+    if (build_batch(e, &e->next, f) == 0) return 0;
     char err[PG_ERR_LEN] = "";
-    if (e->be->execute(e->be_ctx, b, err)) {
+    if (e->be->execute(e->be_ctx, &f->batch, err)) {
         fail_all(e, err);
         return -1;
     }
-    e->inflight = true;
-    launched(e, &e->next, e->cfg.async_scheduling);
-    struct step_plan t = e->cur;
-    e->cur = e->next;
+    if (e->n_fl > 0) e->steps_ahead++;
+    e->n_fl++;
+    f->id = ++e->n_launched;
+    struct step_plan t = f->plan; // the slot keeps the plan until collected
+    f->plan = e->next;
     e->next = t;
+    launched(e, f);
     return 1;
 }
 
@@ -369,27 +457,37 @@ static int round_sync(struct engine *e) {
     keep_plan(&e->next, &plan);
     int r = launch(e);
     if (r <= 0) return r;
-    if (collect(e, &e->cur)) return -1;
-    emit_plan(e, &e->cur);
+    if (collect_oldest(e)) return -1;
+    emit_all(e);
     return 1;
 }
 
-// One round, pipelined: while step n runs, schedule step n+1 (optimistically: each sampling
-// sequence of step n holds a placeholder token); collect n; accept its tokens (dropping
-// sequences that finished from n+1); launch n+1; then detokenize and stream n's tokens while
-// n+1 runs.
-static int round_async(struct engine *e) {
+// One round, pipelined (depth >= 2): schedule step n+1 while up to depth steps run (each
+// sampling sequence of a step in flight holds a placeholder token). If the plan is feedable
+// it is launched at once, its unknown inputs fed on the device, and the oldest step is
+// collected only when the pipeline is full (or nothing was launched). Otherwise every step
+// in flight is collected first (the batch is then built from resolved tokens). Detokenizing
+// and streaming come after the launch, overlapping the device.
+static int round_pipe(struct engine *e) {
     struct sched_plan plan;
     sched_schedule(e->sched, &plan);
     keep_plan(&e->next, &plan);
-    if (!e->inflight) return launch(e);
-    if (collect(e, &e->cur)) return -1;
-    struct step_plan done = e->cur; // launch swaps cur and next
-    e->cur = (struct step_plan){0};
-    int r = launch(e);
-    emit_plan(e, &done);
-    if (r == 1) e->next = done; // the swap left next empty: reuse the buffer
-    else e->cur = done;
+    if (e->n_fl == 0) return launch(e);
+    int r;
+    if (e->n_fl < e->depth && feedable(e, &e->next)) {
+        r = launch(e);
+        if (r < 0) return -1;
+        if ((e->n_fl == e->depth || r == 0) && collect_oldest(e)) return -1;
+    } else {
+        while (e->n_fl > 0)
+            if (collect_oldest(e)) return -1;
+        r = launch(e);
+    }
+    emit_all(e);
+    if (r > 0 && e->n_fl > 1)
+        pg_debug("engine: step %llu launched with %d in flight (%llu fed so far)",
+                 (unsigned long long)e->n_launched, e->n_fl - 1,
+                 (unsigned long long)e->fed_seqs);
     return r < 0 ? -1 : 1;
 }
 
@@ -397,10 +495,11 @@ int engine_step(struct engine *e) {
     intake(e);
     int rc = 0;
     for (int i = 0; i < e->cfg.num_scheduler_steps; i++) {
-        int n = e->cfg.async_scheduling ? round_async(e) : round_sync(e);
+        int n = e->depth >= 2 ? round_pipe(e) : round_sync(e);
         if (n < 0) rc = -1;
-        if (n <= 0 && !e->inflight) break;
+        if (n <= 0 && e->n_fl == 0) break;
     }
+    emit_all(e); // before reap: the queue points into requests
     reap(e);
     publish_stats(e);
     return rc < 0 ? -1 : e->n_active;

@@ -26,6 +26,9 @@ struct engine_config {
     uint64_t seed;               // --seed: base for requests without a seed
 };
 void engine_config_defaults(struct engine_config *c);
+// Steps the engine may have in flight: max(async_scheduling ? 2 : 1, num_scheduler_steps).
+// Set backend_config.max_inflight to it wherever a backend is built for an engine.
+int engine_pipeline_depth(const struct engine_config *c);
 
 enum finish_reason { FINISH_NONE = 0, FINISH_STOP, FINISH_LENGTH, FINISH_ABORT, FINISH_ERROR };
 const char *finish_reason_name(enum finish_reason r); // "stop", "length", "abort", "error"
@@ -106,5 +109,7 @@ struct engine_stats {
     uint64_t prefix_queries, prefix_hits; // tokens
     uint64_t prompt_tokens, generation_tokens, num_preemptions;
     uint64_t finished[5];              // by finish_reason
+    uint64_t fed_seqs;                 // pipelining: sequences whose input token came from the device
+    uint64_t steps_ahead;              // steps launched before the previous one was collected
 };
 void engine_stats(struct engine *e, struct engine_stats *s);

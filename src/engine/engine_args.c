@@ -247,6 +247,7 @@ int engine_args_finalize(struct engine_config *e, struct backend_config *b, int 
     b->max_num_batched_tokens = e->max_num_batched_tokens;
     b->max_model_len = e->max_model_len;
     b->seed = e->seed;
+    b->max_inflight = engine_pipeline_depth(e);
     return 0;
 }
 

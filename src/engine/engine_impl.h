@@ -20,8 +20,10 @@ struct eseq {
     struct grammar_matcher *gm;
     uint32_t *mask;            // [ceil(vocab / 32)] when gm
     double t_first_token;
-    int placeholder;           // async: position of the token still being sampled, or -1
-    bool in_batch;             // referenced by the batch in flight (not freed until collected)
+    int n_ph;                  // pipelining: tokens at the tail still being sampled (placeholders
+                               // -1); the first unresolved position is s.n_tokens - n_ph
+    uint64_t ph_step;          // the step that produces the last placeholder
+    int ph_idx;                // its result index in that step
     // accepted but not yet emitted (between eseq_accept and eseq_emit):
     bool pend, pend_text;
     int pend_n_out;            // outputs including the pending token
@@ -53,6 +55,14 @@ struct step_plan {             // a scheduled step's items, kept while it is in 
     int n, cap;
 };
 
+struct inflight {              // one executed, not yet collected step
+    struct step_plan plan;     // its items (plan item i is batch sequence i)
+    struct step_batch batch;
+    struct step_seq *bseqs;
+    int cap_bseqs;
+    uint64_t id;
+};
+
 struct engine {
     struct engine_config cfg;
     const struct model_config *mcfg;
@@ -81,14 +91,18 @@ struct engine {
     struct ereq *active;
     int n_active;
     uint64_t arrival;
-    struct step_seq *bseqs;
     struct step_result *results;
-    int cap_bseqs;
+    int cap_results;
     uint64_t prompt_tokens, generation_tokens, finished[5];
     bool warned_stall;
-    bool inflight;             // a step has been executed and not yet collected
-    struct step_plan cur, next;
-    struct step_batch batch;   // the batch in flight// cur: the step in flight (or last run); next: being built
+    int depth;                 // engine_pipeline_depth: most steps in flight
+    struct inflight *fl;       // [depth] ring of steps in flight, oldest at fl_head
+    int fl_head, n_fl;
+    uint64_t n_launched;       // id of the most recently launched step (ids start at 1)
+    struct step_plan next;     // the step being built
+    struct eseq **emitq;       // accepted, to emit after the next launch
+    int n_emitq, cap_emitq;
+    uint64_t fed_seqs, steps_ahead;
 };
 
 // engine_req.c

@@ -90,19 +90,32 @@ void eseq_finish_now(struct engine *e, struct eseq *s, enum finish_reason reason
 }
 
 // Phase 1 (on the critical path between collect and the next execute): the token joins the
-// sequence (replacing the async placeholder), token-level stops are decided.
+// sequence (replacing its first unresolved placeholder), token-level stops are decided.
 void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res) {
     struct ereq *q = s->req;
     int32_t t = res->token;
-    if (s->placeholder >= 0) {
-        s->s.tokens[s->placeholder] = t;
-        s->placeholder = -1;
+    if (s->pend) { // several steps collected in a row: deliver in order
+        eseq_emit(e, s);
+        if (s->finished) { // by a stop string in that text: this token is dropped
+            if (s->n_ph > 0) {
+                s->n_ph--;
+                s->s.n_unresolved--;
+            }
+            return;
+        }
+    }
+    if (s->n_ph > 0) {
+        s->s.tokens[s->s.n_tokens - s->n_ph] = t;
+        s->n_ph--;
+        s->s.n_unresolved--;
+        sched_seq_settle(e->sched, &s->s);
     } else {
         sched_seq_append(&s->s, t);
     }
     e->generation_tokens++;
     if (!s->t_first_token) s->t_first_token = pg_now();
-    int n_out = s->s.n_tokens - s->s.n_prompt;
+    int n_known = s->s.n_tokens - s->n_ph; // later placeholders are not outputs yet
+    int n_out = n_known - s->s.n_prompt;
     bool check_stops = n_out >= q->r.min_tokens; // no stop before min_tokens outputs (vLLM)
     bool is_eos = !q->r.ignore_eos && in_list(e->mcfg->eos_ids, e->mcfg->n_eos, t);
     bool is_stop_id = in_list(q->stop_ids, q->r.n_stop_token_ids, t);
@@ -120,7 +133,7 @@ void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res
     } else if (s->gm && grammar_is_terminated(s->gm)) {
         fin = FINISH_STOP;
     }
-    if (fin == FINISH_NONE && (n_out >= q->max_tokens || s->s.n_tokens >= e->cfg.max_model_len))
+    if (fin == FINISH_NONE && (n_out >= q->max_tokens || n_known >= e->cfg.max_model_len))
         fin = FINISH_LENGTH;
     s->pend = true;
     s->pend_n_out = n_out;

@@ -172,7 +172,6 @@ static void eseq_init(struct engine *e, struct ereq *q, int i) {
     s->s.leader = i > 0 ? &q->seqs[0].s : NULL;
     s->s.max_len = q->r.n_prompt + q->max_tokens;
     if (s->s.max_len > e->cfg.max_model_len) s->s.max_len = e->cfg.max_model_len;
-    s->placeholder = -1;
     s->sp = q->r.sp;
     uint64_t seed = q->r.seeded ? q->r.sp.seed : pg_mix64(e->cfg.seed ^ pg_mix64(q->id));
     s->sp.seed = i == 0 ? seed : pg_mix64(seed + (uint64_t)i);

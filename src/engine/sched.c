@@ -242,6 +242,8 @@ static int pick_waiting(const struct sched *s) {
         if (s->cfg.prefix_caching && l && l->status != SEQ_DONE &&
             l->num_computed < (q->n_prompt / s->bs) * s->bs)
             continue;
+        if (q->n_inflight > 0) continue; // preempted while still in a batch in flight
+
         if (best < 0 || before(s, q, s->waiting[best])) best = i;
     }
     return best;
@@ -350,22 +352,31 @@ void sched_schedule(struct sched *s, struct sched_plan *plan) {
     }
 }
 
+// Registers the full blocks of q that are computed and hold no unresolved token.
+static void hash_blocks(struct sched *s, struct sched_seq *q) {
+    if (!s->cfg.prefix_caching || q->status != SEQ_RUNNING) return;
+    int limit = q->n_tokens - q->n_unresolved;
+    if (limit > q->num_computed) limit = q->num_computed;
+    while ((q->n_hashed + 1) * s->bs <= limit) {
+        int b = q->n_hashed;
+        uint64_t parent = b ? q->hashes[b - 1] : 0;
+        q->hashes[b] = kv_pool_cache_block(s->pool, q->blocks[b], parent,
+                                           q->tokens + (size_t)b * s->bs, q->cache_extra);
+        q->n_hashed++;
+    }
+}
+
 void sched_update(struct sched *s, const struct sched_plan *plan) {
     for (int i = 0; i < plan->n_items; i++) {
         const struct sched_item *it = &plan->items[i];
         struct sched_seq *q = it->seq;
         if (q->status != SEQ_RUNNING || q->num_computed != it->pos0) continue; // removed since
         q->num_computed += it->n_new;
-        if (!s->cfg.prefix_caching) continue;
-        while ((q->n_hashed + 1) * s->bs <= q->num_computed) {
-            int b = q->n_hashed;
-            uint64_t parent = b ? q->hashes[b - 1] : 0;
-            q->hashes[b] = kv_pool_cache_block(s->pool, q->blocks[b], parent,
-                                               q->tokens + (size_t)b * s->bs, q->cache_extra);
-            q->n_hashed++;
-        }
+        hash_blocks(s, q);
     }
 }
+
+void sched_seq_settle(struct sched *s, struct sched_seq *q) { hash_blocks(s, q); }
 
 int sched_num_running(const struct sched *s) { return s->n_running; }
 int sched_num_waiting(const struct sched *s) { return s->n_waiting; }

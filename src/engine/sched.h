@@ -46,6 +46,12 @@ struct sched_seq {
     void *owner;              // the engine's sequence
     int max_len;              // the sequence ends at this many tokens (0: max_model_len);
                               // one that has them all is not scheduled again
+    int n_inflight;           // owner-maintained: batches in flight that point into this
+                              // sequence's arrays; a waiting (preempted) sequence is not
+                              // admitted again until 0 (its block table would change under them)
+    int n_unresolved;         // pipelining (owner-maintained): the last n_unresolved tokens
+                              // are placeholders (-1) still being sampled; blocks holding
+                              // one are never registered in the prefix cache
     // scheduler state:
     enum seq_status status;
     int num_computed;         // tokens whose KV is in the blocks
@@ -109,6 +115,10 @@ void sched_schedule(struct sched *s, struct sched_plan *plan);
 // Applies a plan that has been executed: num_computed += n_new for each item, and full
 // blocks are registered in the prefix cache. Call before appending sampled tokens.
 void sched_update(struct sched *s, const struct sched_plan *plan);
+
+// After the owner resolved placeholder tokens (n_unresolved decreased): registers the
+// blocks that became eligible for the prefix cache.
+void sched_seq_settle(struct sched *s, struct sched_seq *seq);
 
 int sched_num_running(const struct sched *s);
 int sched_num_waiting(const struct sched *s);

@@ -153,6 +153,9 @@ struct run_opts {
     bool caching, chunked;
     int num_blocks, budget, block_size, max_num_seqs, steps;
     bool async; // async scheduling, on a backend that computes at collect
+    int depth;  // > 0: async with --num-scheduler-steps depth (pipeline depth)
+    bool mix;   // every 3rd request seeded at temperature 0.8; every 4th with penalties (not
+                // feedable: the test backend ignores penalties, so the oracle still holds)
 };
 
 // Runs the 32-request workload and checks every output against the oracle.
@@ -166,17 +169,30 @@ static void run_workload(struct run_opts o, struct engine_stats *st_out) {
     cfg.enable_chunked_prefill = o.chunked;
     cfg.max_num_batched_tokens = o.budget;
     cfg.max_num_seqs = o.max_num_seqs ? o.max_num_seqs : 256;
-    cfg.num_scheduler_steps = o.steps ? o.steps : 1;
-    cfg.async_scheduling = o.async;
+    cfg.num_scheduler_steps = o.depth ? o.depth : o.steps ? o.steps : 1;
+    cfg.async_scheduling = o.async || o.depth;
+    int depth = engine_pipeline_depth(&cfg);
     struct model_config m = tb_model_config(VOCAB, MML, EOS);
     struct tb *t = tb_new(o.num_blocks, cfg.block_size, VOCAB);
-    t->lazy = o.async;
+    t->lazy = cfg.async_scheduling;
+    t->max_inflight = engine_pipeline_depth(&cfg);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, t, o.num_blocks, NULL, err);
     if (!e) fail_msg("%s", err);
     struct coll *c = coll_new(N);
     struct gen_request reqs[32];
     workload(N, reqs, c);
+    for (int i = 0; i < N && o.mix; i++) {
+        if (i % 3 == 1) {
+            reqs[i].sp.temperature = 0.8f;
+            reqs[i].sp.seed = 77 + (uint64_t)i;
+            reqs[i].seeded = true;
+        }
+        if (i % 4 == 2) {
+            reqs[i].sp.repetition_penalty = 1.1f;
+            reqs[i].sp.presence_penalty = 0.5f;
+        }
+    }
     for (int i = 0; i < N; i++) {
         c->reqs[i].e = e;
         if (engine_add(e, &reqs[i], &c->reqs[i].id, err)) fail_msg("add %d: %s", i, err);
@@ -195,6 +211,18 @@ static void run_workload(struct run_opts o, struct engine_stats *st_out) {
     assert_true(t->max_seqs_seen <= cfg.max_num_seqs);
     assert_all_free(e);
     engine_stats(e, st_out);
+    assert_true(t->max_depth_seen <= depth);
+    assert_int_equal(st_out->fed_seqs, (uint64_t)t->n_fed);
+    if (depth >= 2) { // decode steps were launched ahead, their inputs fed by the backend
+        assert_true(t->n_fed > 0);
+        if (o.mix) // penalty requests force a collect whenever they hold an unresolved token
+            assert_true(t->max_depth_seen >= 2);
+        else
+            assert_int_equal(t->max_depth_seen, depth);
+        assert_true(st_out->steps_ahead > 0);
+    } else {
+        assert_int_equal(t->n_fed, 0);
+    }
     engine_free(e);
     tb_free(t);
     coll_free(c);
@@ -250,10 +278,104 @@ static void test_batch_configs(void **state) {
     run_workload(o, &st);
 }
 
+// The test backend enforces backend.h's feed rules and max_inflight, and resolves feeds
+// from the previous step's results (FIFO collects).
+static void test_backend_feed_rules(void **state) {
+    (void)state;
+    struct tb *t = tb_new(8, 4, VOCAB);
+    t->max_inflight = 2;
+    struct sampling_params sp;
+    memset(&sp, 0, sizeof sp);
+    int32_t bt[2] = {0, 1}, bt2[2] = {2, 3}, prompt[3] = {5, 6, 7}, ph[2] = {-1, -1};
+    char err[PG_ERR_LEN];
+    struct step_seq fed = {.n_new = 1, .tokens = ph, .pos0 = 3, .block_table = bt, .n_blocks = 1,
+                           .sample = true, .smp = {.params = &sp}, .feed = true, .feed_idx = 0};
+    struct step_batch b = {1, &fed, 1};
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0); // no previous step
+    assert_non_null(strstr(err, "previous"));
+    struct step_seq pre[2] = {
+        {.n_new = 3, .tokens = prompt, .block_table = bt, .n_blocks = 1, .sample = true, .smp = {.params = &sp}},
+        {.n_new = 3, .tokens = prompt, .block_table = bt2, .n_blocks = 1, .sample = true, .smp = {.params = &sp}}};
+    struct step_batch pb = {2, pre, 6};
+    assert_int_equal(tb_ops.execute(t, &pb, err), 0);
+    struct step_seq bad = fed;
+    bad.tokens = ph;
+    bad.feed = false; // a placeholder without a feed
+    b.seqs = &bad;
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0);
+    int32_t ph9[2] = {-1, 9};
+    bad = fed;
+    bad.tokens = ph9;
+    bad.n_new = 2;
+    b = (struct step_batch){1, &bad, 2};
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0); // feed with n_new 2
+    assert_non_null(strstr(err, "n_new"));
+    struct step_seq fed2[2] = {fed, fed};
+    fed2[0].feed_idx = 1; // sequence 0 continues from the prefill's second result...
+    fed2[1].feed_idx = 0;
+    fed2[1].block_table = bt2;
+    struct step_batch fb = {2, fed2, 2};
+    assert_int_equal(tb_ops.execute(t, &fb, err), 0); // executed before the prefill's collect
+    assert_int_not_equal(tb_ops.execute(t, &fb, err), 0); // a third step: over max_inflight
+    struct step_result r1[2], r2[2];
+    assert_int_equal(tb_ops.collect(t, r1, err), 0);
+    assert_int_equal(tb_ops.collect(t, r2, err), 0);
+    assert_int_equal(r1[0].token, r1[1].token); // the same prompt
+    struct sample_input in = {.params = &sp};
+    int32_t ctx[4] = {5, 6, 7, r1[1].token};
+    assert_int_equal(r2[0].token, ref_next(ctx, 4, &in, VOCAB)); // the fed token was used
+    assert_int_equal(t->n_fed, 2);
+    assert_int_equal(t->max_depth_seen, 2);
+    fed.feed_idx = 5; // out of range for a 2-result previous step
+    b = (struct step_batch){1, &fed, 1};
+    assert_int_not_equal(tb_ops.execute(t, &b, err), 0); // computed at execute (not lazy)
+    assert_non_null(strstr(err, "out of range"));
+    t->lazy = true; // a lazy backend finds it when it computes the step, at collect
+    assert_int_equal(tb_ops.execute(t, &b, err), 0);
+    assert_int_not_equal(tb_ops.collect(t, r1, err), 0);
+    assert_non_null(strstr(err, "out of range"));
+    tb_free(t);
+}
+
+// Pipelined (depth 2, 3, 8) runs of the same workload: equal to the oracle, with feeds.
+static void test_pipeline_depths(void **state) {
+    (void)state;
+    struct engine_stats st;
+    struct run_opts base = {.caching = true, .chunked = true, .num_blocks = 2000, .budget = 256};
+    int depths[] = {2, 3, 8};
+    for (int d = 0; d < 3; d++) {
+        struct run_opts o = base;
+        o.depth = depths[d];
+        run_workload(o, &st);
+        assert_true(st.prefix_hits > 0);
+        o.caching = false;
+        run_workload(o, &st);
+        o = base;
+        o.depth = depths[d];
+        o.budget = 16; // chunked prefills beside fed decodes
+        run_workload(o, &st);
+        o = base;
+        o.depth = depths[d];
+        o.num_blocks = 48; // forced preemption: victims may hold unresolved tokens
+        run_workload(o, &st);
+        assert_true(st.num_preemptions > 0);
+        o.caching = false;
+        run_workload(o, &st);
+        assert_true(st.num_preemptions > 0);
+        o = base;
+        o.depth = depths[d];
+        o.mix = true; // seeded sampling and penalty requests (those are never fed)
+        run_workload(o, &st);
+        o.num_blocks = 48;
+        run_workload(o, &st);
+    }
+}
+
 // --scheduling-policy priority on a tiny pool: 12 low-priority requests fill it, then 4
 // higher-priority ones arrive that fit only by preempting them (one gets its first token in
 // the very next step); every output still equals the oracle.
-static void priority_preemption_case(bool async) {
+static void priority_preemption_case(int depth) {
+    bool async = depth >= 2;
     enum { N = 16, N1 = 12 };
     const int MML = 160, NB = 48;
     struct engine_config cfg = tb_engine_config(MML);
@@ -262,9 +384,11 @@ static void priority_preemption_case(bool async) {
     cfg.max_num_batched_tokens = 256;
     cfg.policy = SCHED_PRIORITY;
     cfg.async_scheduling = async;
+    cfg.num_scheduler_steps = async ? depth : 1;
     struct model_config m = tb_model_config(VOCAB, MML, EOS);
     struct tb *t = tb_new(NB, cfg.block_size, VOCAB);
     t->lazy = async;
+    t->max_inflight = engine_pipeline_depth(&cfg);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, t, NB, NULL, err);
     if (!e) fail_msg("%s", err);
@@ -317,6 +441,7 @@ static void priority_preemption_case(bool async) {
         assert_int_equal(sq->n_after_finish, 0);
     }
     assert_all_free(e);
+    if (async) assert_true(t->n_fed > 0);
     engine_free(e);
     tb_free(t);
     coll_free(c);
@@ -324,8 +449,9 @@ static void priority_preemption_case(bool async) {
 
 static void test_priority_preemption(void **state) {
     (void)state;
-    priority_preemption_case(false);
-    priority_preemption_case(true); // async scheduling: victims may be in the batch in flight
+    priority_preemption_case(1);
+    priority_preemption_case(2); // async scheduling: victims may be in the batch in flight
+    priority_preemption_case(3); // pipelined: victims may hold several unresolved tokens
 }
 
 // Runs one request alone and returns its output in out_seq form.
@@ -679,6 +805,8 @@ static void test_validation(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_batch_configs),
+        cmocka_unit_test(test_backend_feed_rules),
+        cmocka_unit_test(test_pipeline_depths),
         cmocka_unit_test(test_priority_preemption),
         cmocka_unit_test(test_prefix_cache_multiturn),
         cmocka_unit_test(test_seeds_and_n),

@@ -73,7 +73,8 @@ struct cfgopt {
 static void run_engine(const struct model_weights *w, struct cfgopt o) {
     char err[PG_ERR_LEN] = "";
     struct backend_config bc = {.block_size = o.block_size, .num_blocks = o.num_blocks,
-                                .kv_dtype = PG_F32, .n_threads = 2};
+                                .kv_dtype = PG_F32, .n_threads = 2,
+                                .max_inflight = o.async ? 2 : 1}; // engine_pipeline_depth
     void *ctx;
     int nb;
     if (backend_cpu.init(&ctx, w, &bc, &nb, err)) fail_msg("%s", err);
@@ -112,6 +113,10 @@ static void run_engine(const struct model_weights *w, struct cfgopt o) {
     assert_int_equal(st.num_free_blocks, st.num_blocks);
     if (o.caching) assert_true(st.prefix_hits > 0);
     if (o.num_blocks < 20) assert_true(st.num_preemptions > 0);
+    if (o.async) { // depth 2: decode steps were launched ahead, their inputs fed by the backend
+        assert_true(st.fed_seqs > 0);
+        assert_true(st.steps_ahead > 0);
+    }
     offline_results_free(res, NREQ);
     engine_free(e);
     backend_cpu.free(ctx);
@@ -133,6 +138,9 @@ static void check_fixture(const char *dir) {
     o.num_blocks = 18; // 72 token slots: forced preemption
     run_engine(w, o);
     o.async = true;
+    run_engine(w, o);
+    o = base;
+    o.async = true; // pipelined without preemption: mostly fed decode steps
     run_engine(w, o);
     o = base;
     o.chunked = false;

@@ -7,6 +7,7 @@
 #include <stdarg.h>
 #include <stddef.h>
 #include <stdint.h>
+#include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cmocka.h>
@@ -42,13 +43,19 @@ static struct tokenizer *byte_tokenizer(char *err) {
     return tok_new_bpe(&spec, err);
 }
 
-static void grammar_run(bool async) {
+#define NG 12 // 8 grammar requests, then 4 plain ones (fed when pipelined)
+
+// depth 0: synchronous; >= 2: pipelined with that many steps in flight. Writes each
+// request's output text (up to 63 bytes) to texts.
+static void grammar_run(int depth, char texts[NG][64]) {
+    bool async = depth >= 2;
     char err[PG_ERR_LEN] = "";
     struct model_weights *w = model_load(MODEL, err);
     if (!w) fail_msg("%s", err);
     struct tokenizer *tok = byte_tokenizer(err);
     if (!tok) fail_msg("%s", err);
-    struct backend_config bc = {.block_size = 16, .num_blocks = 256, .kv_dtype = PG_F32, .n_threads = 2};
+    struct backend_config bc = {.block_size = 16, .num_blocks = 256, .kv_dtype = PG_F32, .n_threads = 2,
+                                .max_inflight = async ? depth : 1};
     void *ctx;
     int nb;
     if (backend_cpu.init(&ctx, w, &bc, &nb, err)) fail_msg("%s", err);
@@ -56,6 +63,7 @@ static void grammar_run(bool async) {
     engine_config_defaults(&ec);
     ec.max_model_len = 256;
     ec.async_scheduling = async;
+    ec.num_scheduler_steps = async ? depth : 1;
     struct engine *e = engine_create(&ec, &w->cfg, &backend_cpu, ctx, nb, tok, err);
     if (!e) fail_msg("%s", err);
     struct grammar_vocab *gv = grammar_vocab_new(tok, w->cfg.vocab, w->cfg.eos_ids, w->cfg.n_eos);
@@ -68,8 +76,8 @@ static void grammar_run(bool async) {
     int32_t *ids;
     int n;
     assert_int_equal(tok_encode(tok, "Answer:", 7, true, &ids, &n, err), 0);
-    struct gen_request reqs[8];
-    for (int i = 0; i < 8; i++) {
+    struct gen_request reqs[NG];
+    for (int i = 0; i < NG; i++) {
         gen_request_defaults(&reqs[i]);
         reqs[i].prompt = ids;
         reqs[i].n_prompt = n;
@@ -78,9 +86,20 @@ static void grammar_run(bool async) {
         reqs[i].seeded = true;
         reqs[i].max_tokens = 40;
         reqs[i].grammar = i % 2 ? g2 : g1;
+        if (i >= 8) { // plain: greedy or seeded, no grammar
+            reqs[i].grammar = NULL;
+            reqs[i].sp.temperature = i % 2 ? 0.8f : 0;
+            reqs[i].max_tokens = 12;
+            reqs[i].ignore_eos = true;
+        }
     }
-    struct offline_result res[8];
-    if (engine_run_offline(e, reqs, 8, res, err)) fail_msg("%s", err);
+    struct offline_result res[NG];
+    if (engine_run_offline(e, reqs, NG, res, err)) fail_msg("%s", err);
+    for (int i = 0; i < NG; i++) snprintf(texts[i], 64, "%s", res[i].seqs[0].text);
+    for (int i = 8; i < NG; i++) assert_int_equal(res[i].seqs[0].n_tokens, 12);
+    struct engine_stats st;
+    engine_stats(e, &st);
+    if (async) assert_true(st.fed_seqs > 0); // the plain requests were fed
     for (int i = 0; i < 8; i++) {
         const char *t = res[i].seqs[0].text;
         assert_int_equal(res[i].seqs[0].finish, FINISH_STOP);
@@ -94,7 +113,7 @@ static void grammar_run(bool async) {
             if (!ok) fail_msg("regex output '%s'", t);
         }
     }
-    offline_results_free(res, 8);
+    offline_results_free(res, NG);
     free(ids);
     grammar_release(g1);
     grammar_release(g2);
@@ -107,8 +126,12 @@ static void grammar_run(bool async) {
 
 static void test_grammar_outputs(void **state) {
     (void)state;
-    grammar_run(false);
-    grammar_run(true);
+    static char want[NG][64], got[NG][64];
+    grammar_run(0, want);
+    for (int depth = 2; depth <= 3; depth++) { // grammar requests are never fed: collect-first
+        grammar_run(depth, got);
+        for (int i = 0; i < NG; i++) assert_string_equal(got[i], want[i]);
+    }
 }
 
 int main(void) {

@@ -123,6 +123,7 @@ static void verify(struct oreq *reqs, int n) {
 }
 
 static bool g_async;
+static int g_depth; // > 0 with g_async: --num-scheduler-steps (pipeline depth)
 
 static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunked, bool prio,
                          int budget) {
@@ -135,8 +136,10 @@ static struct engine *mk(struct tb **t, int num_blocks, bool caching, bool chunk
     cfg.max_num_batched_tokens = budget;
     cfg.max_num_seqs = 12;
     cfg.async_scheduling = g_async;
+    if (g_async && g_depth > 0) cfg.num_scheduler_steps = g_depth;
     *t = tb_new(num_blocks, 4, VOCAB);
     (*t)->lazy = g_async;
+    (*t)->max_inflight = engine_pipeline_depth(&cfg);
     char err[PG_ERR_LEN] = "";
     struct engine *e = engine_create(&cfg, &m, &tb_ops, *t, num_blocks, NULL, err);
     if (!e) fail_msg("%s", err);
@@ -189,8 +192,16 @@ static void stress_run(uint64_t seed, int num_blocks, bool caching, bool chunked
         assert_true(guard < 100000);
     }
     struct engine_stats st;
+    bool piped = t->max_inflight >= 2;
+    long fed = t->n_fed;
+    int depth_seen = t->max_depth_seen;
     verify_and_free(e, t, reqs, n_req, &st);
     if (num_blocks < 60) assert_true(st.num_preemptions > 0);
+    if (piped) {
+        assert_true(fed > 0);
+        assert_true(depth_seen >= 2);
+        assert_int_equal(st.fed_seqs, (uint64_t)fed);
+    }
 }
 
 static void test_stress(void **state) {
@@ -204,6 +215,12 @@ static void test_stress(void **state) {
     stress_run(6, 40, false, true, true, 64);
     stress_run(7, 30, true, false, true, MML);
     stress_run(8, 400, true, true, false, 24);
+    g_depth = 3; // pipelined: up to 3 steps in flight, inputs fed on the device
+    stress_run(9, 40, true, true, false, 64);
+    stress_run(10, 40, false, true, true, 64);
+    stress_run(11, 30, true, false, true, MML);
+    stress_run(12, 400, true, true, false, 24);
+    g_depth = 0;
     g_async = false;
 }
 
@@ -351,6 +368,10 @@ static void test_threads_async(void **state) {
     g_async = true;
     test_threads(state);
     test_stop_aborts(state);
+    g_depth = 3;
+    test_threads(state);
+    test_stop_aborts(state);
+    g_depth = 0;
     g_async = false;
 }
 

@@ -101,14 +101,18 @@ static void on_out(void *user, const struct engine_output *o) {
 }
 
 // Runs one request with the given script; the stream lands in *out.
+// depth 0: synchronous; >= 2: async scheduling with --num-scheduler-steps depth.
 static void run(const int32_t *script, int n_script, struct gen_request *r, struct stream *out,
-                bool async) {
+                int depth) {
+    bool async = depth >= 2;
     static struct model_config m;
     m = tb_model_config(VOCAB, 128, EOS);
     struct engine_config cfg = tb_engine_config(128);
     cfg.async_scheduling = async;
+    cfg.num_scheduler_steps = async ? depth : 1;
     struct tb *t = tb_new(64, 4, VOCAB);
     t->lazy = async;
+    t->max_inflight = engine_pipeline_depth(&cfg);
     t->script = script;
     t->n_script = n_script;
     struct tokenizer tok;
@@ -132,8 +136,12 @@ static void run(const int32_t *script, int n_script, struct gen_request *r, stru
 
 static void both(const int32_t *script, int n, struct gen_request *r, struct stream *out) {
     struct stream a;
-    run(script, n, r, &a, false);
-    run(script, n, r, out, true);
+    run(script, n, r, &a, 0);
+    run(script, n, r, out, 3); // pipelined, 3 steps in flight
+    assert_string_equal(a.text, out->text);
+    assert_int_equal(a.fin, out->fin);
+    assert_int_equal(a.n_tokens, out->n_tokens);
+    run(script, n, r, out, 2);
     assert_string_equal(a.text, out->text); // async scheduling streams the same text
     assert_int_equal(a.fin, out->fin);
     assert_int_equal(a.n_tokens, out->n_tokens);
@@ -231,7 +239,7 @@ static void test_min_tokens_before_stops(void **state) {
 static void test_grammar(void **state) {
     (void)state;
     struct grammar g = {.refs = 1};
-    for (int async = 0; async < 2; async++) {
+    for (int depth = 0; depth <= 3; depth += depth ? 1 : 2) { // 0, 2, 3
         struct gen_request r;
         gen_request_defaults(&r);
         r.sp.temperature = 0.9f;
@@ -241,7 +249,7 @@ static void test_grammar(void **state) {
         r.grammar = &g;
         r.n = 2;
         struct stream s;
-        run(NULL, 0, &r, &s, async);
+        run(NULL, 0, &r, &s, depth);
         assert_int_equal(s.fin, FINISH_STOP);
         assert_int_equal(s.n_tokens, 6); // 3 per sequence (both write into one stream)
         for (size_t i = 0; i < s.len;) { // every piece is one of tokens 2..5

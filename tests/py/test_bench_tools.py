@@ -161,3 +161,10 @@ def test_eval_num_requests_cycles_with_distinct_prompts(server, tmp_path):
     assert users[-1]["content"] == orig[-1]["content"] + " (#2)"
     assert users[:-1] == orig[:-1]
     assert eval_cs.repeat_case(cases[1], 0) is cases[1]
+
+
+def test_eval_percentiles_ordered():
+    assert eval_cs.pct([26.1, 45.4], 90) == pytest.approx(26.1 + 0.9 * 19.3)
+    assert eval_cs.pct([3, 1, 2], 50) == 2
+    xs = [0.5, 9.0, 2.5, 7.25, 1.0]
+    assert eval_cs.pct(xs, 50) <= eval_cs.pct(xs, 90) <= max(xs)

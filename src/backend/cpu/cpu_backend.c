@@ -1,5 +1,7 @@
 // The CPU backend: the reference forward pass over a step_batch with a paged KV cache.
-// execute computes synchronously (forward + sampling); collect hands the results back.
+// execute computes synchronously (forward + sampling); collect hands the results back, oldest
+// first (a ring of max_inflight result sets); a fed token is read from the previous step's
+// results.
 #include <cblas.h>
 #include <stdio.h>
 #include <stdlib.h>
@@ -30,8 +32,12 @@ struct cpu_ctx {
     float *logits;   // (rows, vocab)
     int cap_rows;
     void *smp_scratch;
-    struct step_result *results;
-    int n_results, cap_results;
+    struct cpu_slot {         // results of one executed, not yet collected step
+        struct step_result *res;
+        int n, cap;
+    } *ring;
+    int n_ring, ring_head, ring_n;
+    int last;                 // slot of the last executed step, -1: none (feeds read it)
 };
 
 static float *vec_f32(const struct tensor *t, size_t n) {
@@ -58,7 +64,8 @@ static void cpu_free(void *vctx) {
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++) free(bufs[i]);
     free(c->pos);
     free(c->smp_scratch);
-    free(c->results);
+    for (int i = 0; c->ring && i < c->n_ring; i++) free(c->ring[i].res);
+    free(c->ring);
     cpu_pool_free(c->pool);
     free(c);
 }
@@ -125,6 +132,9 @@ static int cpu_init(void **out, const struct model_weights *w, const struct back
     c->final_norm = vec_f32(&w->final_norm, (size_t)mc->hidden);
     cpu_linear_init(&c->lm_head, &w->lm_head);
     c->smp_scratch = pg_malloc(sampler_scratch_size(mc->vocab));
+    c->n_ring = bc->max_inflight > 1 ? bc->max_inflight : 1;
+    c->ring = pg_calloc((size_t)c->n_ring, sizeof *c->ring);
+    c->last = -1;
     *num_blocks = c->num_blocks;
     *out = c;
     return 0;
@@ -160,7 +170,16 @@ static int check_batch(const struct cpu_ctx *c, const struct step_batch *b, char
             pg_seterr(err, "cpu backend: sequence %d: n_new %d, pos0 %d invalid", s, q->n_new, q->pos0);
             return -1;
         }
-        for (int t = 0; t < q->n_new; t++)
+        if (q->feed && q->n_new != 1) {
+            pg_seterr(err, "cpu backend: sequence %d: feed with n_new %d (must be 1)", s, q->n_new);
+            return -1;
+        }
+        if (q->feed && (c->last < 0 || q->feed_idx < 0 || q->feed_idx >= c->ring[c->last].n)) {
+            pg_seterr(err, "cpu backend: sequence %d: feed_idx %d but the previous step %s", s,
+                      q->feed_idx, c->last < 0 ? "does not exist" : "has fewer results");
+            return -1;
+        }
+        for (int t = q->feed ? 1 : 0; t < q->n_new; t++)
             if (q->tokens[t] < 0 || q->tokens[t] >= c->c.vocab) {
                 pg_seterr(err, "cpu backend: sequence %d: token id %d outside the vocabulary [0, %d)", s,
                           q->tokens[t], c->c.vocab);
@@ -234,7 +253,9 @@ static int forward(struct cpu_ctx *c, const struct step_batch *b, enum rows_mode
     for (int s = 0; s < b->n_seqs; s++)
         for (int i = 0; i < b->seqs[s].n_new; i++, t++) {
             c->pos[t] = b->seqs[s].pos0 + i;
-            cpu_embed_row(&c->w->embed, b->seqs[s].tokens[i], m->hidden, c->x + (size_t)t * m->hidden);
+            int32_t tok = b->seqs[s].feed ? c->ring[c->last].res[b->seqs[s].feed_idx].token
+                                           : b->seqs[s].tokens[i];
+            cpu_embed_row(&c->w->embed, tok, m->hidden, c->x + (size_t)t * m->hidden);
         }
     for (int l = 0; l < m->n_layers; l++) layer_forward(c, l, b);
     int rows = T;
@@ -264,34 +285,56 @@ static int cpu_logits(void *vctx, const struct step_batch *b, bool all_positions
 
 static int cpu_execute(void *vctx, const struct step_batch *b, char *err) {
     struct cpu_ctx *c = vctx;
-    c->n_results = 0;
+    if (c->ring_n == c->n_ring) {
+        pg_seterr(err, "cpu backend: execute with %d steps uncollected (max_inflight %d)",
+                  c->ring_n, c->n_ring);
+        return -1;
+    }
     for (int s = 0; s < b->n_seqs; s++)
         if (b->seqs[s].sample && !b->seqs[s].smp.params) {
             pg_seterr(err, "cpu backend: sequence %d: sample without sampling parameters", s);
             return -1;
         }
-    if (forward(c, b, ROWS_LAST_SAMPLING, err) < 0) return -1;
-    if (b->n_seqs > c->cap_results) {
-        c->cap_results = b->n_seqs;
-        c->results = pg_realloc(c->results, (size_t)b->n_seqs * sizeof *c->results);
+    int si = (c->ring_head + c->ring_n) % c->n_ring;
+    struct cpu_slot *slot = &c->ring[si];
+    // forward reads fed tokens from the previous slot, which is never this one: with one slot
+    // the previous step has been collected, and its results stay in the slot until now
+    if (forward(c, b, ROWS_LAST_SAMPLING, err) < 0) {
+        c->last = -1; // a failed step has no results to feed from
+        return -1;
     }
+    if (b->n_seqs > slot->cap) {
+        slot->cap = b->n_seqs;
+        slot->res = pg_realloc(slot->res, (size_t)b->n_seqs * sizeof *slot->res);
+    }
+    slot->n = 0;
     for (int s = 0; s < b->n_seqs; s++) {
         if (!b->seqs[s].sample) continue;
         struct sample_output so;
-        sampler_sample(c->logits + (size_t)c->n_results * c->c.vocab, c->c.vocab, &b->seqs[s].smp, c->smp_scratch, &so);
-        struct step_result *r = &c->results[c->n_results++];
+        sampler_sample(c->logits + (size_t)slot->n * c->c.vocab, c->c.vocab, &b->seqs[s].smp, c->smp_scratch, &so);
+        struct step_result *r = &slot->res[slot->n++];
         r->token = so.token;
         r->logprob = so.logprob;
         r->n_top = so.n_top;
         memcpy(r->top_ids, so.top_ids, sizeof r->top_ids);
         memcpy(r->top_logprobs, so.top_logprobs, sizeof r->top_logprobs);
     }
+    c->last = si;
+    c->ring_n++;
     return 0;
 }
 
+// The oldest uncollected step's results.
 static int cpu_collect(void *vctx, struct step_result *out, char *err) {
     struct cpu_ctx *c = vctx;
-    if (c->n_results) memcpy(out, c->results, (size_t)c->n_results * sizeof *out);
+    if (c->ring_n == 0) {
+        pg_seterr(err, "cpu backend: collect without execute");
+        return -1;
+    }
+    const struct cpu_slot *slot = &c->ring[c->ring_head];
+    c->ring_head = (c->ring_head + 1) % c->n_ring;
+    c->ring_n--;
+    if (slot->n) memcpy(out, slot->res, (size_t)slot->n * sizeof *out);
     return 0;
 }
 

@@ -123,7 +123,7 @@ static void lm_head_rows(struct cuda_ctx *c, int n_rows) {
 // ---- host side of a step ----
 
 struct packed {
-    int T, n_seqs, n_dec, n_tiles, n_rows;
+    int T, n_seqs, n_dec, n_tiles, n_rows, n_feed;
 };
 
 static int *sec(struct cuda_ctx *c, size_t off) { return c->h_i32 + off; }
@@ -137,6 +137,7 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
         return -1;
     }
     memset(p, 0, sizeof *p);
+    const struct cu_slot *prev = c->last >= 0 ? &c->slots[c->last] : NULL;
     int T = 0, n_all = pad_to > b->n_seqs ? pad_to : b->n_seqs;
     for (int i = 0; i < b->n_seqs; i++) {
         const struct step_seq *q = &b->seqs[i];
@@ -159,8 +160,18 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
                 pg_seterr(err, "cuda: sequence %d: block id %d out of range", i, q->block_table[j]);
                 return -1;
             }
+        if (q->feed && (q->n_new != 1 || !prev || q->feed_idx < 0 || q->feed_idx >= prev->n_res)) {
+            pg_seterr(err, "cuda: sequence %d: feed (n_new %d, feed_idx %d) needs n_new 1 and a previous step "
+                      "with more than feed_idx results (%d)", i, q->n_new, q->feed_idx, prev ? prev->n_res : -1);
+            return -1;
+        }
+        if (q->feed) { // the token comes from the previous step's output row on the device
+            sec(c, c->off_feed)[2 * p->n_feed] = T;
+            sec(c, c->off_feed)[2 * p->n_feed + 1] = prev->res_row[q->feed_idx];
+            p->n_feed++;
+        }
         for (int j = 0; j < q->n_new; j++) {
-            int32_t t = q->tokens[j];
+            int32_t t = q->feed ? 0 : q->tokens[j];
             if (t < 0 || t >= c->mc.vocab) {
                 pg_seterr(err, "cuda: token id %d out of range (vocab %d)", t, c->mc.vocab);
                 return -1;
@@ -217,6 +228,34 @@ static void upload_step(struct cuda_ctx *c, const struct packed *p) {
     upload_sec(c, c->off_dec, p->n_dec);
     upload_sec(c, c->off_tiles, 2 * (size_t)p->n_tiles);
     upload_sec(c, c->off_rows, p->n_rows);
+    upload_sec(c, c->off_feed, 2 * (size_t)p->n_feed);
+}
+
+// Before packing a step into the pinned staging: the previous step's H2D copies from it
+// must have run (they may still be queued behind earlier steps in flight).
+static void staging_wait(struct cuda_ctx *c) {
+    if (!c->upload_pending) return;
+    CU_CHECK(cudaEventSynchronize(c->uploaded));
+    c->upload_pending = false;
+}
+
+static void staging_mark(struct cuda_ctx *c) {
+    CU_CHECK(cudaEventRecord(c->uploaded, c->st));
+    c->upload_pending = true;
+}
+
+// Device-side token feed: tok[pairs[2i]] = out[pairs[2i + 1]].token, out being the previous
+// step's sampler output (still in d_out: stream order puts this before this step's sampler).
+__global__ void k_feed_tokens(int32_t *tok, const int32_t *pairs, int n, const struct cu_sample_out *out) {
+    int i = blockIdx.x * blockDim.x + threadIdx.x;
+    if (i < n) tok[pairs[2 * i]] = out[pairs[2 * i + 1]].token;
+}
+
+static void feed_tokens(struct cuda_ctx *c, int n_feed) {
+    if (n_feed <= 0) return;
+    k_feed_tokens<<<(n_feed + 127) / 128, 128, 0, c->st>>>(c->d_i32 + c->off_tok, c->d_i32 + c->off_feed, n_feed,
+                                                           c->d_out);
+    CU_CHECK(cudaGetLastError());
 }
 
 // ---- sampling inputs ----
@@ -234,6 +273,7 @@ static bool plain_greedy(const struct sample_input *in) {
 static int grow_lists(struct cuda_ctx *c, size_t words) {
     if (words <= c->lists_cap) return 0;
     size_t cap = words * 2 + 1024;
+    CU_CHECK(cudaStreamSynchronize(c->st)); // steps in flight may still read the old lists
     cudaFreeHost(c->h_lists);
     cudaFree(c->d_lists);
     c->h_lists = c->d_lists = NULL;
@@ -376,20 +416,27 @@ static int run_decode_graph(struct cuda_ctx *c, int bi, char *err) {
 
 static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
+    if (c->slot_n == c->n_slots) {
+        pg_seterr(err, "cuda: execute with %d steps uncollected (max_inflight %d)", c->slot_n, c->n_slots);
+        return -1;
+    }
     struct packed p;
     bool decode_only = true;
     for (int i = 0; i < b->n_seqs; i++) decode_only &= b->seqs[i].n_new == 1;
     int bi = !c->bc.enforce_eager && decode_only ? bucket_for(c, b->n_seqs) : -1;
-    if (pack_step(c, b, bi >= 0, bi >= 0 ? c->buckets[bi] : 0, &p, err)) return -1;
+    staging_wait(c);
+    if (pack_step(c, b, bi >= 0, bi >= 0 ? c->buckets[bi] : 0, &p, err)) return -1; // reads the last slot's rows
+    int si = (c->slot_head + c->slot_n) % c->n_slots;
+    struct cu_slot *slot = &c->slots[si];
     int map[1024], *mp = p.n_rows <= 1024 ? map : (int *)pg_malloc(sizeof(int) * p.n_rows);
     int n_res = 0;
     for (int i = 0, r = 0; i < b->n_seqs; i++) {
-        if (bi >= 0) {
+        if (bi >= 0) { // graph: output row = sequence index
             mp[i] = b->seqs[i].sample ? i : -1;
-            if (b->seqs[i].sample) c->res_row[n_res++] = i;
-        } else if (b->seqs[i].sample) {
+            if (b->seqs[i].sample) slot->res_row[n_res++] = i;
+        } else if (b->seqs[i].sample) { // eager: output row = sampling order
             mp[r] = i;
-            c->res_row[n_res++] = r++;
+            slot->res_row[n_res++] = r++;
         }
     }
     for (int r = b->n_seqs; bi >= 0 && r < p.n_rows; r++) mp[r] = -1;
@@ -397,7 +444,9 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
     struct cu_sample_lists L;
     bool full = false;
     int rc = prep_sampling(c, b, mp, p.n_rows, &L, &full, err);
+    staging_mark(c);
     if (!rc) {
+        feed_tokens(c, p.n_feed); // after the token upload, before the forward reads them
         if (bi >= 0) {
             rc = run_decode_graph(c, bi, err);
         } else {
@@ -408,25 +457,38 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
     }
     if (!rc && full) cu_sample(c->logits, p.n_rows, c->mc.vocab, c->d_params, &L, c->samp_scratch, c->d_out, c->st);
     if (mp != map) free(mp);
-    if (rc) return -1;
-    CU_CHECK(cudaMemcpyAsync(c->h_out, c->d_out, sizeof(struct cu_sample_out) * p.n_rows, cudaMemcpyDeviceToHost, c->st));
-    CU_CHECK(cudaEventRecord(c->done, c->st));
-    c->pending_n = n_res;
-    return cu_take_error(err);
+    if (rc) {
+        c->last = -1; // no step to feed from
+        return -1;
+    }
+    // this step's outputs go to its own host slot now, before a later step overwrites d_out
+    CU_CHECK(cudaMemcpyAsync(slot->h_out, c->d_out, sizeof(struct cu_sample_out) * p.n_rows, cudaMemcpyDeviceToHost,
+                             c->st));
+    CU_CHECK(cudaEventRecord(slot->done, c->st));
+    slot->n_res = n_res;
+    c->slot_n++;
+    c->last = si;
+    if (cu_take_error(err)) {
+        c->last = -1;
+        return -1;
+    }
+    return 0;
 }
 
+// Waits for the oldest step in flight and hands its results back (FIFO).
 static int cuda_collect(void *ctx, struct step_result *out, char *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
-    if (c->pending_n < 0) {
+    if (c->slot_n == 0) {
         pg_seterr(err, "cuda: collect without execute");
         return -1;
     }
-    CU_CHECK(cudaEventSynchronize(c->done));
-    int n = c->pending_n;
-    c->pending_n = -1;
+    struct cu_slot *slot = &c->slots[c->slot_head];
+    c->slot_head = (c->slot_head + 1) % c->n_slots;
+    c->slot_n--;
+    CU_CHECK(cudaEventSynchronize(slot->done));
     if (cu_take_error(err)) return -1;
-    for (int i = 0; i < n; i++) {
-        const struct cu_sample_out *o = &c->h_out[c->res_row[i]];
+    for (int i = 0; i < slot->n_res; i++) {
+        const struct cu_sample_out *o = &slot->h_out[slot->res_row[i]];
         out[i].token = o->token;
         out[i].logprob = o->logprob;
         out[i].n_top = o->n_top;
@@ -439,8 +501,10 @@ static int cuda_collect(void *ctx, struct step_result *out, char *err) {
 static int cuda_logits(void *ctx, const struct step_batch *b, bool all_positions, float *out, char *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     struct packed p;
+    staging_wait(c);
     if (pack_step(c, b, true, 0, &p, err)) return -1;
     upload_step(c, &p);
+    feed_tokens(c, p.n_feed);
     forward(c, p.T, p.n_seqs, p.n_dec, p.n_tiles);
     const int V = c->mc.vocab, H = c->mc.hidden;
     if (!all_positions) {
@@ -494,11 +558,18 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->off_dec = o; o += S;
     c->off_tiles = o; o += 2 * (size_t)c->max_tiles;
     c->off_rows = o; o += S;
+    c->off_feed = o; o += 2 * S;
     c->n_i32 = o;
     if (CU_CHECK(cudaHostAlloc((void **)&c->h_i32, o * 4, cudaHostAllocDefault)) ||
-        CU_CHECK(cudaHostAlloc((void **)&c->h_params, S * sizeof(struct cu_sample_params), cudaHostAllocDefault)) ||
-        CU_CHECK(cudaHostAlloc((void **)&c->h_out, S * sizeof(struct cu_sample_out), cudaHostAllocDefault)))
+        CU_CHECK(cudaHostAlloc((void **)&c->h_params, S * sizeof(struct cu_sample_params), cudaHostAllocDefault)))
         return -1;
+    for (int i = 0; i < c->n_slots; i++) {
+        struct cu_slot *sl = &c->slots[i];
+        if (CU_CHECK(cudaHostAlloc((void **)&sl->h_out, S * sizeof(struct cu_sample_out), cudaHostAllocDefault)) ||
+            CU_CHECK(cudaEventCreateWithFlags(&sl->done, cudaEventBlockingSync | cudaEventDisableTiming)))
+            return -1;
+        sl->res_row = (int *)pg_calloc(S, sizeof(int));
+    }
     memset(c->h_i32, 0, o * 4);
     c->d_i32 = (int32_t *)dalloc(o * 4);
     c->d_params = (struct cu_sample_params *)dalloc(S * sizeof(struct cu_sample_params));
@@ -518,7 +589,6 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
     c->samp_scratch = (float *)dalloc(S * m->vocab * 4);
-    c->res_row = (int *)pg_calloc(S, sizeof(int));
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->mark_idx = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->attn_partial_floats = apart;
@@ -589,13 +659,17 @@ static void cuda_free(void *ctx) {
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     cudaFreeHost(c->h_i32);
     cudaFreeHost(c->h_params);
-    cudaFreeHost(c->h_out);
     cudaFreeHost(c->h_lists);
-    free(c->res_row);
+    for (int i = 0; c->slots && i < c->n_slots; i++) {
+        cudaFreeHost(c->slots[i].h_out);
+        if (c->slots[i].done) cudaEventDestroy(c->slots[i].done);
+        free(c->slots[i].res_row);
+    }
+    free(c->slots);
     free(c->mark);
     free(c->mark_idx);
     if (c->blas) cublasDestroy(c->blas);
-    if (c->done) cudaEventDestroy(c->done);
+    if (c->uploaded) cudaEventDestroy(c->uploaded);
     if (c->st) cudaStreamDestroy(c->st);
     cu_take_error(NULL);
     free(c);
@@ -663,7 +737,9 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
     struct cuda_ctx *c = (struct cuda_ctx *)pg_calloc(1, sizeof *c);
     c->mc = w->cfg;
     c->bc = *cfg;
-    c->pending_n = -1;
+    c->n_slots = cfg->max_inflight > 1 ? cfg->max_inflight : 1;
+    c->slots = (struct cu_slot *)pg_calloc(c->n_slots, sizeof *c->slots);
+    c->last = -1;
     if (c->bc.block_size <= 0) c->bc.block_size = 16;
     if (c->bc.max_num_seqs <= 0) c->bc.max_num_seqs = 256;
     if (c->bc.max_model_len <= 0) c->bc.max_model_len = c->mc.max_pos > 0 ? c->mc.max_pos : 4096;
@@ -674,7 +750,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
     cudaDeviceProp prop;
     if (CU_CHECK(cudaSetDevice(cfg->device_id)) || CU_CHECK(cudaGetDeviceProperties(&prop, cfg->device_id)) ||
         CU_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) ||
-        CU_CHECK(cudaEventCreateWithFlags(&c->done, cudaEventBlockingSync)))
+        CU_CHECK(cudaEventCreateWithFlags(&c->uploaded, cudaEventBlockingSync | cudaEventDisableTiming)))
         goto fail;
     c->n_sm = prop.multiProcessorCount;
     if (BLAS_CHECK(cublasCreate(&c->blas)) || !(c->blas_ws = dalloc(64 << 20)) ||
@@ -685,6 +761,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
     if (alloc_buffers(c)) goto fail;
     set_buckets(c);
     if (set_kv(c, 1) || dummy_step(c, err)) goto fail;
+    c->last = -1; // the engine's first step has nothing to feed from
     if (size_kv(c, err)) goto fail;
     *num_blocks = c->num_blocks;
     *out = c;

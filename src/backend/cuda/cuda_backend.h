@@ -42,6 +42,14 @@ struct dlayer {
 
 #define CU_MAX_BUCKETS 24
 
+// One executed, not yet collected step (pipelining keeps up to max_inflight of them).
+struct cu_slot {
+    struct cu_sample_out *h_out; // pinned [Smax]: this step's d_out, copied at execute
+    cudaEvent_t done;            // recorded after that copy
+    int *res_row;                // [Smax] result i comes from output row res_row[i]
+    int n_res;                   // results to deliver at collect
+};
+
 struct cuda_ctx {
     struct model_config mc;
     struct backend_config bc;
@@ -67,8 +75,9 @@ struct cuda_ctx {
     // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
     int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
     size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;
+    size_t off_feed;             // pipelining: (token index, previous step's d_out row) pairs
     struct cu_sample_params *d_params, *h_params;
-    struct cu_sample_out *d_out, *h_out;
+    struct cu_sample_out *d_out; // written by every step's sampler / argmax (stream order)
     // sampling lists (grown on demand)
     void *d_lists, *h_lists;
     size_t lists_cap;
@@ -77,10 +86,14 @@ struct cuda_ctx {
     // graphs per decode bucket
     int buckets[CU_MAX_BUCKETS], n_buckets;
     cudaGraphExec_t graphs[CU_MAX_BUCKETS];
-    // the step in flight
-    cudaEvent_t done;
-    int pending_n;               // results to deliver at collect, -1 when none
-    int *res_row;                // [Smax] result i comes from output row res_row[i]
+    // the steps in flight: a FIFO ring of max_inflight slots (oldest at slot_head)
+    struct cu_slot *slots;
+    int n_slots, slot_head, slot_n;
+    int last;                    // slot of the step executed last (feeds read its rows), -1: none
+    // The pinned staging (h_i32, h_params, h_lists) is single: `uploaded` is recorded after a
+    // step's H2D copies, and the next pack waits for it before overwriting the staging.
+    cudaEvent_t uploaded;
+    bool upload_pending;
 };
 
 // cuda_weights.cu
