@@ -5,10 +5,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 DEST=${1:-/work/main/.devwork/cuda}
-make -j2 CUDA=1 all test-cuda-bins >/dev/null
+make -j2 CUDA=1 all test-cuda-bins bench-cuda >/dev/null
 rm -rf "$DEST" && mkdir -p "$DEST/lib" "$DEST/bin"
-cp build-cuda/pagoda build-cuda/tests-cuda/test_* "$DEST/bin/"
-cp bench/device_run.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true
+cp build-cuda/pagoda build-cuda/tests-cuda/test_* build-cuda/bench/cuda_ops_bench "$DEST/bin/"
+cp bench/device_run.sh bench/device_perf.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true
 for b in "$DEST"/bin/*; do
   ldd "$b" | awk '/=> \//{print $3}' | grep -vE 'libc\.so|libm\.so|libpthread|libdl|librt|ld-linux|libcuda|libcublas|libcudart|libstdc\+\+|libgcc_s' || true
 done | sort -u | while read -r so; do cp -L "$so" "$DEST/lib/"; done
