@@ -3,7 +3,7 @@
 // Each op runs alone: median of REPS timed launches (cudaEvents); before each launch of an
 // op that streams weights or KV, L2 is flushed by reading 256 MiB (an argmax over it: a memset would leave dirty lines whose write-back
 // lands in the timed op); add_rmsnorm, rope and swiglu read what the previous kernel just
-// wrote, so they run with L2 warm as in a step. GB/s counts the bytes the op must move; "% copy" is
+// wrote, so they run with L2 warm as in a step, back to back (WARM_BATCH), per-launch mean. GB/s counts the bytes the op must move; "% copy" is
 // that against the device-to-device copy rate measured in the same run. Old and new
 // kernels run side by side. The last table captures one decode layer as a CUDA graph
 // (old path vs new path) and compares it with the sum of its ops and the byte floor.
@@ -129,6 +129,10 @@ static void flush_l2(struct bench *b) {
     cu_argmax(b->flush, (int)(b->flush_bytes / 4 / V), V, b->flush_out, b->st);
 }
 
+// Ops timed warm run WARM_BATCH times back to back between the events (per-launch average):
+// a single launch onto an idle GPU would time the host's launch latency instead.
+#define WARM_BATCH 20
+
 static int cmpf(const void *a, const void *b) {
     float x = *(const float *)a, y = *(const float *)b;
     return (x > y) - (x < y);
@@ -140,13 +144,14 @@ static double time_op(struct bench *b, const struct op *o) {
     if (o->kind == OP_ROPE || o->kind == OP_ATTN) set_ctx(b, o->M, o->ctx ? o->ctx : 512);
     run_op(b, o);
     for (int r = 0; r < b->reps; r++) {
-        if (o->kind != OP_RMSNORM && o->kind != OP_ROPE && o->kind != OP_SWIGLU) flush_l2(b);
+        const bool warm = o->kind == OP_RMSNORM || o->kind == OP_ROPE || o->kind == OP_SWIGLU;
+        if (!warm) flush_l2(b);
         ck(cudaEventRecord(b->e0, b->st), "event");
-        run_op(b, o);
+        for (int k = 0; k < (warm ? WARM_BATCH : 1); k++) run_op(b, o);
         ck(cudaEventRecord(b->e1, b->st), "event");
         ck(cudaEventSynchronize(b->e1), "sync");
         ck(cudaEventElapsedTime(&ms, b->e0, b->e1), "elapsed");
-        t[r] = ms;
+        t[r] = ms / (warm ? WARM_BATCH : 1);
     }
     char err[PG_ERR_LEN];
     if (cu_take_error(err)) {
@@ -164,8 +169,8 @@ static void row(struct bench *b, const char *name, const char *impl, struct op o
 }
 
 // One decode layer (batch M, context 512) as the backend runs it; fused = the new path.
-static void layer(struct bench *b, int M, bool fused) {
-    const int v = fused ? CU_GEMV_FUSED : CU_GEMV_SPLIT;
+static void layer(struct bench *b, int M, int v) {
+    const bool fused = v != CU_GEMV_SPLIT;
     struct cu_gemv_in xn = {b->xn, H, NULL, false}, at = {b->attn, NH * HD, NULL, false};
     struct cu_gemv_in gu = {b->gu, 2 * I, NULL, true}, act = {b->x, I, NULL, false};
     cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
@@ -184,12 +189,12 @@ static void layer(struct bench *b, int M, bool fused) {
     }
 }
 
-static double time_layer(struct bench *b, int M, bool fused) {
+static double time_layer(struct bench *b, int M, int v) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     set_ctx(b, M, 512);
     ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
-    layer(b, M, fused);
+    layer(b, M, v);
     ck(cudaStreamEndCapture(b->st, &g), "end capture");
     ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
     float t[1024], ms;
@@ -278,6 +283,7 @@ int main(int argc, char **argv) {
         for (int mi = 0; mi < 4; mi++) {
             row(&b, lin_name[l], "int4 split+reduce (old)", (struct op){OP_INT4, l, CU_GEMV_SPLIT, Ms[mi], 0}, NULL);
             row(&b, lin_name[l], "int4 fused (new)", (struct op){OP_INT4, l, CU_GEMV_FUSED, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "int4 pipelined (new)", (struct op){OP_INT4, l, CU_GEMV_PIPE, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, 0, Ms[mi], 0}, NULL);
                 row(&b, lin_name[l], "int4 fused + swiglu in staging", (struct op){OP_INT4_SWIGLU, l, 0, Ms[mi], 0}, NULL);
@@ -305,15 +311,16 @@ int main(int argc, char **argv) {
         double floor_b = 0;
         for (int l = 0; l < 4; l++) floor_b += op_bytes(&(struct op){OP_INT4, l, 0, M, 0});
         floor_b += op_bytes(&(struct op){OP_ATTN, 0, 0, M, 512});
-        for (int f = 0; f < 2; f++) {
+        for (int f = CU_GEMV_SPLIT; f <= CU_GEMV_PIPE; f++) {
             double sum = 0;
             struct op ops[8] = {{OP_RMSNORM, 0, 0, M, 0}, {OP_INT4, 0, f, M, 0}, {OP_ROPE, 0, 0, M, 512},
                                 {OP_ATTN, 0, 0, M, 512},  {OP_INT4, 1, f, M, 0}, {OP_RMSNORM, 0, 0, M, 0},
-                                {OP_INT4, 2, f, M, 0},    {f ? OP_INT4_SWIGLU : OP_INT4, 3, f, M, 0}};
+                                {OP_INT4, 2, f, M, 0},    {OP_INT4, 3, f, M, 0}};
             for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
             if (!f) sum += time_op(&b, &(struct op){OP_SWIGLU, 0, 0, M, 0});
             double g = time_layer(&b, M, f);
-            printf("| %d | %s | %.1f | %.1f | %.1f |\n", M, f ? "fused (new)" : "split+reduce (old)", g, sum,
+            static const char *pn[3] = {"split+reduce (old)", "fused", "pipelined"};
+            printf("| %d | %s | %.1f | %.1f | %.1f |\n", M, pn[f], g, sum,
                    floor_b / (b.copy_gbs * 1e3));
         }
     }
