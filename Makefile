@@ -53,7 +53,7 @@ endif
 TEST_SRC := $(wildcard tests/c/test_*.c)
 TEST_BIN := $(TEST_SRC:tests/c/%.c=$(O)/tests/%)
 
-.PHONY: all test test-c test-py test-san fuzz cuda-objs clean bench-cpu test-cuda test-cuda-bins
+.PHONY: all test test-c test-py test-san fuzz cuda-objs clean bench-cpu test-cuda test-cuda-bins bench-cuda
 all: $(O)/pagoda
 ifneq ($(O),build)
 	@mkdir -p build && ln -sf ../$(O)/pagoda build/pagoda-$(notdir $(O))
@@ -93,6 +93,12 @@ $(O)/tests-cuda/%: tests/cuda/%.c tests/cuda/cuda_test_util.h $(O)/libpagoda.a
 test-cuda-bins: $(CUDA_TEST_BIN) $(O)/pagoda
 test-cuda: test-cuda-bins
 	@bash tests/cuda/run.sh $(O)
+
+# Decode-path kernel microbenchmark (GPU): `make CUDA=1 bench-cuda` builds $(O)/bench/cuda_ops_bench.
+bench-cuda: $(O)/bench/cuda_ops_bench
+$(O)/bench/cuda_ops_bench: bench/cuda_ops_bench.c $(O)/libpagoda.a
+	@mkdir -p $(dir $@)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(O)/libpagoda.a $(LDLIBS)
 
 # The whole suite: C unit tests, then the sanitizer build of the same tests, then Python tests.
 test: all

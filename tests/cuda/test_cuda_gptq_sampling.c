@@ -3,6 +3,62 @@
 #include "cuda_test_util.h"
 
 // ---- GPTQ ----
+// One GEMV against the double reference w (W^T, (in, out)). form 0: plain x; 1: x is a
+// gate|up row (SwiGLU formed in the GEMV), 2: SwiGLU plus a permutation of the input.
+// Output poisoned, bias on; a second launch must give bit-identical results.
+static void gemv_case(const struct cu_gptq *l, const double *w, const float *bias, const float *db, int M, int variant,
+                      int form) {
+    const int in = l->in, out = l->out, ldx = form ? 2 * in : in, ldy = out + 8;
+    uint16_t *x = rand_bf16((size_t)M * ldx, form ? 3.0f : 1.0f);
+    int32_t *perm = pg_malloc(sizeof(int32_t) * in);
+    for (int i = 0; i < in; i++) perm[i] = i;
+    for (int i = in - 1; form == 2 && i > 0; i--) {
+        int j = (int)(urand() % (uint32_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    double *xin = pg_malloc(sizeof(double) * (size_t)M * in);  // the input the GEMV should see
+    for (int m = 0; m < M; m++)
+        for (int i = 0; i < in; i++) {
+            const uint16_t *row = x + (size_t)m * ldx;
+            int src = perm[i];
+            if (!form) {
+                xin[(size_t)m * in + i] = bf(row[i]);
+            } else {
+                float g = bf(row[src]), u = bf(row[in + src]);
+                xin[(size_t)m * in + i] = bf(pg_f32_to_bf16(g / (1.0f + expf(-g)) * u));
+            }
+        }
+    void *dx = dup_to_dev(x, (size_t)M * ldx * 2), *dperm = dup_to_dev(perm, sizeof(int32_t) * in);
+    bf16_t *dy = dmalloc((size_t)M * ldy * 2);
+    size_t pf = cu_gemv_partial_floats(l, M);
+    float *part = dmalloc(sizeof(float) * pf);
+    cu_gemv_scratch_reset(part, 0);
+    struct cu_gemv_in a = {dx, ldx, form == 2 ? dperm : NULL, form != 0};
+    uint16_t *y = pg_malloc((size_t)M * ldy * 2), *y2 = pg_malloc((size_t)M * ldy * 2), *yc = pg_malloc((size_t)M * out * 2);
+    cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, variant, 0);
+    to_host(y, dy, (size_t)M * ldy * 2);
+    cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, variant, 0);
+    to_host(y2, dy, (size_t)M * ldy * 2);
+    double *ref = pg_malloc(sizeof(double) * M * out);
+    for (int m = 0; m < M; m++) {
+        memcpy(yc + (size_t)m * out, y + (size_t)m * ldy, (size_t)out * 2);
+        for (int o = 0; o < out; o++) {
+            double acc = bias[o];
+            for (int i = 0; i < in; i++) acc += xin[(size_t)m * in + i] * w[(size_t)i * out + o];
+            ref[m * out + o] = acc;
+        }
+        for (int o = 0; o < out; o++) assert_int_equal(y[(size_t)m * ldy + o], y2[(size_t)m * ldy + o]);
+    }
+    char name[80];
+    snprintf(name, sizeof name, "gptq gemv %dx%d g%d M=%d v%d form%d", in, out, l->group_size, M, variant, form);
+    CHECK_ERR(name, rel_err_bf16(yc, ref, (size_t)M * out), 6e-3);
+    uint32_t *tick = pg_malloc(sizeof(uint32_t) * CU_GEMV_COUNTERS);  // tickets left re-armed
+    to_host(tick, part, sizeof(uint32_t) * CU_GEMV_COUNTERS);
+    for (int i = 0; i < CU_GEMV_COUNTERS; i++) assert_int_equal(tick[i], 0);
+    cudaFree(dx), cudaFree(dperm), cudaFree(dy), cudaFree(part);
+    free(x), free(perm), free(xin), free(y), free(y2), free(yc), free(ref), free(tick);
+}
+
 static void run_gptq_case(int in, int out, int gs) {
     const int ng = in / gs;
     int32_t *qw = pg_malloc(sizeof(int32_t) * (size_t)(in / 8) * out);
@@ -31,32 +87,57 @@ static void run_gptq_case(int in, int out, int gs) {
     for (size_t i = 0; i < (size_t)in * out; i++) bad += wt[i] != pg_f32_to_bf16((float)w[i]);
     printf("  dequant %dx%d g%d: %zu mismatches\n", in, out, gs, bad);
     assert_int_equal(bad, 0);
+    for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
+        for (int variant = CU_GEMV_SPLIT; variant <= CU_GEMV_PIPE; variant++)
+            for (int form = 0; form < (variant != CU_GEMV_SPLIT ? 3 : 1); form++)
+                gemv_case(&l, w, bias, db, M, variant, form);
+    cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
+    free(qw), free(sz), free(bias), free(w), free(wt);
+}
+
+// Dense bf16 GEMV (bf16 and f32 outputs, with and without bias) against a double reference.
+static void run_dense_case(int in, int out) {
+    uint16_t *W = rand_bf16((size_t)out * in, 0.05f);
+    float *bias = pg_malloc(sizeof(float) * out);
+    for (int o = 0; o < out; o++) bias[o] = frand();
+    void *dW = dup_to_dev(W, (size_t)out * in * 2), *db = dup_to_dev(bias, sizeof(float) * out);
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++) {
         uint16_t *x = rand_bf16((size_t)M * in, 1.0f);
         void *dx = dup_to_dev(x, (size_t)M * in * 2);
-        const int ldy = out + 8;
-        bf16_t *dy = dmalloc((size_t)M * ldy * 2);
-        float *part = dmalloc(sizeof(float) * cu_gemv_partial_floats(&l, M));
-        cu_gptq_gemv(&l, dx, M, db, dy, ldy, part, 0);
-        uint16_t *y = pg_malloc((size_t)M * ldy * 2), *yc = pg_malloc((size_t)M * out * 2);
-        to_host(y, dy, (size_t)M * ldy * 2);
-        double *ref = pg_malloc(sizeof(double) * M * out);
-        for (int m = 0; m < M; m++) {
-            memcpy(yc + (size_t)m * out, y + (size_t)m * ldy, (size_t)out * 2);
-            for (int o = 0; o < out; o++) {
-                double a = bias[o];
-                for (int i = 0; i < in; i++) a += bf(x[(size_t)m * in + i]) * w[(size_t)i * out + o];
-                ref[m * out + o] = a;
-            }
+        const int ldy = out + 4;
+        for (int f32 = 0; f32 < 2; f32++) {
+            const bool with_bias = M & 1;
+            void *dy = dmalloc((size_t)M * ldy * 4);
+            cu_bf16_gemv(dW, in, out, dx, M, with_bias ? db : NULL, dy, ldy, f32, 0);
+            float *yf = pg_malloc(sizeof(float) * M * out);
+            uint16_t *yh = pg_malloc((size_t)M * ldy * 4);
+            to_host(yh, dy, (size_t)M * ldy * 4);
+            double *ref = pg_malloc(sizeof(double) * M * out);
+            for (int m = 0; m < M; m++)
+                for (int o = 0; o < out; o++) {
+                    double a = with_bias ? bias[o] : 0;
+                    for (int i = 0; i < in; i++) a += bf(x[(size_t)m * in + i]) * bf(W[(size_t)o * in + i]);
+                    ref[m * out + o] = a;
+                    yf[m * out + o] = f32 ? ((float *)yh)[(size_t)m * ldy + o] : bf(yh[(size_t)m * ldy + o]);
+                }
+            char name[64];
+            snprintf(name, sizeof name, "bf16 gemv %dx%d M=%d f32=%d", in, out, M, f32);
+            CHECK_ERR(name, rel_err_f(yf, ref, (size_t)M * out), f32 ? 1e-5 : 6e-3);
+            cudaFree(dy);
+            free(yf), free(yh), free(ref);
         }
-        char name[64];
-        snprintf(name, sizeof name, "gptq gemv %dx%d g%d M=%d", in, out, gs, M);
-        CHECK_ERR(name, rel_err_bf16(yc, ref, (size_t)M * out), 6e-3);
-        cudaFree(dx), cudaFree(dy), cudaFree(part);
-        free(x), free(y), free(yc), free(ref);
+        cudaFree(dx);
+        free(x);
     }
-    cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
-    free(qw), free(sz), free(bias), free(w), free(wt);
+    cudaFree(dW), cudaFree(db);
+    free(W), free(bias);
+}
+
+static void test_dense_gemv(void **state) {
+    (void)state;
+    run_dense_case(1024, 768);
+    run_dense_case(4096 + 8, 130);
+    run_dense_case(136, 9);
 }
 
 static void test_gptq(void **state) {
@@ -65,6 +146,8 @@ static void test_gptq(void **state) {
     run_gptq_case(896, 1152, 32);
     run_gptq_case(1024, 260, 64);
     run_gptq_case(2048, 512, 2048);
+    run_gptq_case(512, 384, 128);   // one K split: no ticket
+    run_gptq_case(3456, 256, 128);  // 7 K splits
 }
 
 // ---- sampling ----
@@ -173,6 +256,7 @@ static void test_sampling(void **state) {
 // (temperature 1, no truncation, a draw over the full vocab).
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_gptq), cmocka_unit_test(test_sampling)};
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_gptq), cmocka_unit_test(test_dense_gemv),
+                                       cmocka_unit_test(test_sampling)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

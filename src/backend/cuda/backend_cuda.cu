@@ -33,13 +33,22 @@ static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t 
                             f32_out ? CUDA_R_32F : CUDA_R_16BF, ldy, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT));
 }
 
+// Dense bf16 weights: the custom GEMV up to this many rows (bench/cuda_ops_bench on the H200:
+// 10-20% faster than cuBLAS at 1-2 rows, even at 4, slower at 8), cuBLAS beyond.
+#define DENSE_GEMV_MAX_ROWS 2
+
 // y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer; the input is
-// silu(gate) * up, formed by cu_swiglu first.
-// Int4 weights: the GEMV for few rows (up to CU_GEMV_MAX_ROWS, or 2 when a dequantized copy
-// exists: measured on the H200, cuBLAS on the bf16 copy wins from about 3 rows), else
-// cuBLAS on the dequantized copy or on a per-step dequantization. Dense: cuBLAS.
+// silu(gate) * up. Int4 weights: the GEMV for few rows (up to CU_GEMV_MAX_ROWS, or 2 when a
+// dequantized copy exists: measured on the H200, cuBLAS on the bf16 copy wins from about 3
+// rows), which forms SwiGLU, the desc_act gather and the bias itself; else cuBLAS on the
+// dequantized copy or on a per-step dequantization. Dense: cu_bf16_gemv for few rows, else cuBLAS.
 static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bf16_t *y, int ldy,
                     bool x_is_gu) {
+    if (d->quant && T <= (d->wt ? 2 : CU_GEMV_MAX_ROWS)) {
+        struct cu_gemv_in in = {x, x_is_gu ? 2 * d->in : d->in, d->perm, x_is_gu};
+        cu_gptq_gemv_ex(&d->q, &in, T, d->bias, y, ldy, c->gemv_partial, CU_GEMV_DEFAULT, c->st);
+        return;
+    }
     if (x_is_gu) {
         cu_swiglu(x, T, d->in, c->act, c->st);
         x = c->act;
@@ -48,15 +57,14 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
         cu_permute_cols(x, d->perm, T, d->in, c->xperm, c->st);
         x = c->xperm;
     }
-    if (d->quant && T <= (d->wt ? 2 : CU_GEMV_MAX_ROWS)) {
-        cu_gptq_gemv(&d->q, x, T, d->bias, y, ldy, c->gemv_partial, c->st);
-        return;
-    }
     if (d->quant && d->wt) {
         gemm(c, d->wt, true, x, T, d->in, d->out, y, ldy, false);
     } else if (d->quant) {
         cu_gptq_dequant(&d->q, c->deq, c->st);
         gemm(c, c->deq, true, x, T, d->in, d->out, y, ldy, false);
+    } else if (T <= DENSE_GEMV_MAX_ROWS && d->in % 8 == 0) {
+        cu_bf16_gemv(d->w, d->in, d->out, x, T, d->bias, y, ldy, false, c->st);
+        return;
     } else {
         gemm(c, d->w, false, x, T, d->in, d->out, y, ldy, false);
     }
@@ -93,6 +101,7 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
     const int H = m->hidden, nh = m->n_heads, nkv = m->n_kv_heads, hd = m->head_dim, bs = c->bc.block_size;
     struct cu_step s = step_desc(c, T, n_seqs);
     const int splits = n_dec ? decode_splits(c, n_dec) : 1;
+    if (c->gemv_partial) cu_gemv_scratch_reset(c->gemv_partial, c->st);  // GEMV tickets (self-resetting)
     cu_embed(c->embed, c->d_i32 + c->off_tok, T, H, c->resid, c->st);
     for (int l = 0; l < m->n_layers; l++) {
         const struct dlayer *L = &c->layers[l];

@@ -94,11 +94,38 @@ struct cu_gptq {
     const uint32_t *sz;
 };
 #define CU_GEMV_MAX_ROWS 8
-// y (M, ldy) bf16 = x (M, in) bf16 . W^T (+ bias f32) for M <= CU_GEMV_MAX_ROWS;
-// partial: cu_gemv_partial_floats(l, M) floats of scratch.
+// The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
+// with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
+// cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels
+// leave the tickets zero, so graphs replay). Requires in % 128 == 0, out % 4 == 0.
+#define CU_GEMV_COUNTERS 4096
 size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M);
+void cu_gemv_scratch_reset(float *partial, cudaStream_t st);
+// The GEMV's input: row m of the activation is x + m * ldx. swiglu: the row holds gate (in)
+// then up (in) and the input is bf16(silu(gate) * up) exactly as cu_swiglu forms it. perm
+// (may be NULL): input column i is column perm[i] of that (desc_act order).
+struct cu_gemv_in {
+    const bf16_t *x;
+    int ldx;
+    const int32_t *perm;
+    bool swiglu;
+};
+// Variants (kept for A/B in bench/cuda_ops_bench): SPLIT = split-K GEMV + separate reduce
+// kernel (plain input only); FUSED = one kernel, last block per column tile reduces;
+// PIPE = FUSED with each warp walking several 64-row stages, next stage's loads in flight.
+enum { CU_GEMV_SPLIT = 0, CU_GEMV_FUSED = 1, CU_GEMV_PIPE = 2, CU_GEMV_DEFAULT = CU_GEMV_FUSED };
+// y (M, ldy) bf16 = in(x) (M, in) . W^T (+ bias f32) for 1 <= M <= CU_GEMV_MAX_ROWS;
+// deterministic (fixed summation order). cu_gptq_gemv: plain x (ldx = in), default variant.
+void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
+                     bf16_t *y, int ldy, float *partial, int variant, cudaStream_t st);
 void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
                   int ldy, float *partial, cudaStream_t st);
+// ---- dense bf16 GEMV (dense_gemv.cu) ----
+// y (M, ldy) = x (M, in) bf16 . W^T (+ bias f32, may be NULL) for 1 <= M <= CU_GEMV_MAX_ROWS;
+// W (out, in) bf16 row-major, in % 8 == 0, 16-byte aligned rows; y bf16, or f32 when f32_out.
+// Deterministic (fixed reduction order).
+void cu_bf16_gemv(const bf16_t *W, int in, int out, const bf16_t *x, int M, const float *bias, void *y,
+                  int ldy, bool f32_out, cudaStream_t st);
 // wt (in, out) bf16 = dequantized W^T (for the cuBLAS path).
 void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st);
 

@@ -1,0 +1,332 @@
+// Decode-path kernel microbenchmark at the Qwen2.5-14B shapes (hidden 5120, 40/8 heads of
+// 128, intermediate 13824, vocab 152064, GPTQ int4 group 128) for batch 1, 2, 4, 8.
+// Each op runs alone: median of REPS timed launches (cudaEvents); before each launch of an
+// op that streams weights or KV, L2 is flushed by reading 256 MiB (an argmax over it: a memset would leave dirty lines whose write-back
+// lands in the timed op); add_rmsnorm, rope and swiglu read what the previous kernel just
+// wrote, so they run with L2 warm as in a step, back to back (WARM_BATCH), per-launch mean. GB/s counts the bytes the op must move; "% copy" is
+// that against the device-to-device copy rate measured in the same run. Old and new
+// kernels run side by side. The last table captures one decode layer as a CUDA graph
+// (old path vs new path) and compares it with the sum of its ops and the byte floor.
+// Weights and activations are constant fills (timing does not depend on values; the GPU
+// tests check correctness). Usage: cuda_ops_bench [reps]   (Markdown to stdout)
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <cublas_v2.h>
+#include <cuda_runtime_api.h>
+
+#include "backend/cuda/cuda_ops.h"
+#include "util/common.h"
+
+enum { H = 5120, NH = 40, NKV = 8, HD = 128, I = 13824, V = 152064, GS = 128, BS = 16, MAXM = 8, MAXCTX = 4096 };
+#define QKV (NH * HD + 2 * NKV * HD)
+
+static void ck(cudaError_t e, const char *what) {
+    if (e != cudaSuccess) {
+        fprintf(stderr, "%s: %s\n", what, cudaGetErrorString(e));
+        exit(1);
+    }
+}
+static void *dfill(size_t n, int byte) {
+    void *p;
+    ck(cudaMalloc(&p, n), "cudaMalloc");
+    ck(cudaMemset(p, byte, n), "cudaMemset");
+    return p;
+}
+
+struct bench {
+    cudaStream_t st;
+    cublasHandle_t blas;
+    cudaEvent_t e0, e1;
+    float *flush;
+    size_t flush_bytes;
+    struct cu_sample_out *flush_out;
+    int reps;
+    double copy_gbs;
+    struct cu_gptq q[4];   // qkv, o, gu, down
+    bf16_t *wd[4], *lm;    // dense (out, in)
+    bf16_t *x, *y, *gu, *xn, *qb, *attn, *normw;
+    float *resid, *partial, *apart, *logits, *qkv_bias;
+    void *kc, *vc;
+    int32_t *i32;  // step arrays
+    struct cu_step s;
+    const int32_t *seqs;
+};
+static const char *lin_name[4] = {"qkv 5120->7168", "o 5120->5120", "gate|up 5120->27648", "down 13824->5120"};
+static const int lin_in[4] = {H, NH * HD, H, I}, lin_out[4] = {QKV, H, 2 * I, H};
+
+struct op {
+    int kind, lin, variant, M, ctx;
+};
+enum { OP_INT4, OP_INT4_SWIGLU, OP_CUBLAS, OP_DENSE, OP_LM_CUBLAS, OP_LM_DENSE, OP_RMSNORM, OP_ROPE, OP_ATTN, OP_SWIGLU };
+
+static int splits_for(int n) {
+    int s = (2 * 132 + n * NKV - 1) / (n * NKV);
+    return s < 1 ? 1 : s > 32 ? 32 : s;
+}
+
+static void set_ctx(struct bench *b, int M, int ctx) {
+    int32_t h[8 * MAXM + MAXM * (MAXCTX / BS)];
+    const int bt = MAXCTX / BS;
+    for (int i = 0; i < M; i++) {
+        h[i] = i, h[MAXM + i] = ctx - 1, h[2 * MAXM + i] = ctx, h[3 * MAXM + i] = i, h[4 * MAXM + i] = 1;
+        h[5 * MAXM + i] = i;
+        for (int j = 0; j < bt; j++) h[8 * MAXM + i * bt + j] = i * bt + j;
+    }
+    ck(cudaMemcpy(b->i32, h, sizeof h, cudaMemcpyHostToDevice), "step upload");
+    b->s = (struct cu_step){M, M, b->i32, b->i32 + MAXM, b->i32 + 2 * MAXM, b->i32 + 3 * MAXM, b->i32 + 4 * MAXM,
+                            b->i32 + 8 * MAXM, bt};
+    b->seqs = b->i32 + 5 * MAXM;
+}
+
+static void gemm(struct bench *b, const bf16_t *W, int in, int out, const bf16_t *X, int M, void *Y, bool f32) {
+    const float one = 1, zero = 0;
+    cublasGemmEx(b->blas, CUBLAS_OP_T, CUBLAS_OP_N, out, M, in, &one, W, CUDA_R_16BF, in, X, CUDA_R_16BF, in, &zero, Y,
+                 f32 ? CUDA_R_32F : CUDA_R_16BF, out, CUBLAS_COMPUTE_32F, CUBLAS_GEMM_DEFAULT);
+}
+
+static void run_op(struct bench *b, const struct op *o) {
+    const int M = o->M, in = lin_in[o->lin], out = lin_out[o->lin];
+    struct cu_gemv_in x = {b->x, in, NULL, false};
+    switch (o->kind) {
+    case OP_INT4: cu_gptq_gemv_ex(&b->q[o->lin], &x, M, NULL, b->y, out, b->partial, o->variant, b->st); break;
+    case OP_INT4_SWIGLU:
+        x = (struct cu_gemv_in){b->gu, 2 * I, NULL, true};
+        cu_gptq_gemv_ex(&b->q[3], &x, M, NULL, b->y, H, b->partial, CU_GEMV_FUSED, b->st);
+        break;
+    case OP_CUBLAS: gemm(b, b->wd[o->lin], in, out, b->x, M, b->y, false); break;
+    case OP_DENSE: cu_bf16_gemv(b->wd[o->lin], in, out, b->x, M, NULL, b->y, out, false, b->st); break;
+    case OP_LM_CUBLAS: gemm(b, b->lm, H, V, b->x, M, b->logits, true); break;
+    case OP_LM_DENSE: cu_bf16_gemv(b->lm, H, V, b->x, M, NULL, b->logits, V, true, b->st); break;
+    case OP_RMSNORM: cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st); break;
+    case OP_SWIGLU: cu_swiglu(b->gu, M, I, b->x, b->st); break;
+    case OP_ROPE:
+        cu_qkv_rope_store(b->y, QKV, b->qkv_bias, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
+        break;
+    case OP_ATTN:
+        cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M), b->apart,
+                       b->attn, b->st);
+        break;
+    }
+}
+
+static double op_bytes(const struct op *o) {
+    const double M = o->M, in = lin_in[o->lin], out = lin_out[o->lin];
+    switch (o->kind) {
+    case OP_INT4: return in * out / 2 + in / GS * out * 4 + M * (in + out) * 2;
+    case OP_INT4_SWIGLU: return (double)I * H / 2 + I / GS * H * 4 + M * (2 * I + H) * 2;
+    case OP_CUBLAS: case OP_DENSE: return in * out * 2 + M * (in + out) * 2;
+    case OP_LM_CUBLAS: case OP_LM_DENSE: return (double)H * V * 2 + M * (H * 2 + V * 4);
+    case OP_RMSNORM: return M * H * (4 + 4 + 2 + 2) + H * 2;
+    case OP_SWIGLU: return M * I * 6;
+    case OP_ROPE: return M * QKV * 2 * 2;
+    case OP_ATTN: return M * (double)o->ctx * NKV * HD * 2 * 2 + M * NH * HD * 4;
+    }
+    return 0;
+}
+
+static void flush_l2(struct bench *b) {
+    cu_argmax(b->flush, (int)(b->flush_bytes / 4 / V), V, b->flush_out, b->st);
+}
+
+// Ops timed warm run WARM_BATCH times back to back between the events (per-launch average):
+// a single launch onto an idle GPU would time the host's launch latency instead.
+#define WARM_BATCH 20
+
+static int cmpf(const void *a, const void *b) {
+    float x = *(const float *)a, y = *(const float *)b;
+    return (x > y) - (x < y);
+}
+
+// Median microseconds of b->reps launches (L2 flushed first for weight- and KV-streaming ops).
+static double time_op(struct bench *b, const struct op *o) {
+    float t[1024], ms;
+    if (o->kind == OP_ROPE || o->kind == OP_ATTN) set_ctx(b, o->M, o->ctx ? o->ctx : 512);
+    run_op(b, o);
+    for (int r = 0; r < b->reps; r++) {
+        const bool warm = o->kind == OP_RMSNORM || o->kind == OP_ROPE || o->kind == OP_SWIGLU;
+        if (!warm) flush_l2(b);
+        ck(cudaEventRecord(b->e0, b->st), "event");
+        for (int k = 0; k < (warm ? WARM_BATCH : 1); k++) run_op(b, o);
+        ck(cudaEventRecord(b->e1, b->st), "event");
+        ck(cudaEventSynchronize(b->e1), "sync");
+        ck(cudaEventElapsedTime(&ms, b->e0, b->e1), "elapsed");
+        t[r] = ms / (warm ? WARM_BATCH : 1);
+    }
+    char err[PG_ERR_LEN];
+    if (cu_take_error(err)) {
+        fprintf(stderr, "op failed: %s\n", err);
+        exit(1);
+    }
+    qsort(t, b->reps, sizeof(float), cmpf);
+    return t[b->reps / 2] * 1e3;
+}
+
+static void row(struct bench *b, const char *name, const char *impl, struct op o, double *sum) {
+    double us = time_op(b, &o), gbs = op_bytes(&o) / (us * 1e3);
+    if (sum) *sum += us;
+    printf("| %s | %s | %d | %.1f | %.0f | %.0f%% |\n", name, impl, o.M, us, gbs, 100 * gbs / b->copy_gbs);
+}
+
+// One decode layer (batch M, context 512) as the backend runs it; fused = the new path.
+static void layer(struct bench *b, int M, int v) {
+    const bool fused = v != CU_GEMV_SPLIT;
+    struct cu_gemv_in xn = {b->xn, H, NULL, false}, at = {b->attn, NH * HD, NULL, false};
+    struct cu_gemv_in gu = {b->gu, 2 * I, NULL, true}, act = {b->x, I, NULL, false};
+    cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+    cu_gptq_gemv_ex(&b->q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, v, b->st);
+    cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
+    cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M), b->apart,
+                   b->attn, b->st);
+    cu_gptq_gemv_ex(&b->q[1], &at, M, NULL, b->y, H, b->partial, v, b->st);
+    cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+    cu_gptq_gemv_ex(&b->q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, v, b->st);
+    if (fused) {
+        cu_gptq_gemv_ex(&b->q[3], &gu, M, NULL, b->y, H, b->partial, v, b->st);
+    } else {
+        cu_swiglu(b->gu, M, I, b->x, b->st);
+        cu_gptq_gemv_ex(&b->q[3], &act, M, NULL, b->y, H, b->partial, v, b->st);
+    }
+}
+
+static double time_layer(struct bench *b, int M, int v) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    set_ctx(b, M, 512);
+    ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
+    layer(b, M, v);
+    ck(cudaStreamEndCapture(b->st, &g), "end capture");
+    ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
+    float t[1024], ms;
+    ck(cudaGraphLaunch(ge, b->st), "graph");
+    for (int r = 0; r < b->reps; r++) {
+        flush_l2(b);
+        ck(cudaEventRecord(b->e0, b->st), "event");
+        ck(cudaGraphLaunch(ge, b->st), "graph");
+        ck(cudaEventRecord(b->e1, b->st), "event");
+        ck(cudaEventSynchronize(b->e1), "sync");
+        ck(cudaEventElapsedTime(&ms, b->e0, b->e1), "elapsed");
+        t[r] = ms;
+    }
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
+    qsort(t, b->reps, sizeof(float), cmpf);
+    return t[b->reps / 2] * 1e3;
+}
+
+static void setup(struct bench *b) {
+    ck(cudaStreamCreate(&b->st), "stream");
+    if (cublasCreate(&b->blas) != CUBLAS_STATUS_SUCCESS) exit(1);
+    cublasSetStream(b->blas, b->st);
+    ck(cudaEventCreate(&b->e0), "event");
+    ck(cudaEventCreate(&b->e1), "event");
+    b->flush_bytes = (size_t)256 << 20;
+    b->flush = dfill(b->flush_bytes, 0);
+    b->flush_out = dfill(sizeof(struct cu_sample_out) * (b->flush_bytes / 4 / V), 0);
+    size_t part = 0;
+    for (int l = 0; l < 4; l++) {
+        int in = lin_in[l], out = lin_out[l];
+        b->q[l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
+                                   dfill((size_t)in / GS * out * 4, 0x21)};  // scale fp16 0x2121, zero 0x2121
+        size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
+        if (p > part) part = p;
+        b->wd[l] = dfill((size_t)in * out * 2, 0x3c);
+    }
+    b->partial = dfill(part * 4, 0);
+    b->lm = dfill((size_t)H * V * 2, 0x3c);
+    b->x = dfill((size_t)MAXM * I * 2, 0x3c);
+    b->y = dfill((size_t)MAXM * 2 * I * 2, 0x3c);
+    b->gu = dfill((size_t)MAXM * 2 * I * 2, 0x3c);
+    b->xn = dfill((size_t)MAXM * H * 2, 0x3c);
+    b->qb = dfill((size_t)MAXM * NH * HD * 2, 0x3c);
+    b->attn = dfill((size_t)MAXM * NH * HD * 2, 0x3c);
+    b->normw = dfill(H * 2, 0x3c);
+    b->resid = dfill((size_t)MAXM * H * 4, 0);
+    b->qkv_bias = dfill(QKV * 4, 0);
+    b->logits = dfill((size_t)MAXM * V * 4, 0);
+    b->apart = dfill((size_t)MAXM * NH * 32 * (HD + 2) * 4, 0);
+    size_t kv = (size_t)MAXM * MAXCTX * NKV * HD * 2;
+    b->kc = dfill(kv, 0x3c);
+    b->vc = dfill(kv, 0x3c);
+    b->i32 = dfill(sizeof(int32_t) * (8 * MAXM + MAXM * (MAXCTX / BS)), 0);
+}
+
+int main(int argc, char **argv) {
+    struct bench b;
+    memset(&b, 0, sizeof b);
+    b.reps = argc > 1 ? atoi(argv[1]) : 50;
+    if (b.reps < 3 || b.reps > 1024) b.reps = 50;
+    double copy_bps, flops;
+    char err[PG_ERR_LEN];
+    if (cu_measure_ceilings(&copy_bps, &flops, err)) {
+        fprintf(stderr, "ceilings: %s\n", err);
+        return 1;
+    }
+    b.copy_gbs = copy_bps / 1e9;
+    setup(&b);
+    struct cudaDeviceProp prop;
+    ck(cudaGetDeviceProperties(&prop, 0), "props");
+    printf("# Decode ops, Qwen2.5-14B shapes, %s, median of %d, L2 flushed for GEMV/attention rows\n\n", prop.name, b.reps);
+    flush_l2(&b);
+    ck(cudaEventRecord(b.e0, b.st), "event");
+    flush_l2(&b);
+    ck(cudaEventRecord(b.e1, b.st), "event");
+    ck(cudaEventSynchronize(b.e1), "sync");
+    float fms;
+    ck(cudaEventElapsedTime(&fms, b.e0, b.e1), "elapsed");
+    printf("L2 flush: argmax over %zu MiB, %.1f us (%.0f GB/s)\n\n", b.flush_bytes >> 20, fms * 1e3,
+           b.flush_bytes / (fms * 1e6));
+    printf("device-to-device copy: %.0f GB/s (read + write); %% copy below = op bytes / time / that\n\n", b.copy_gbs);
+    printf("| op | impl | M | us | GB/s | %% copy |\n|---|---|---|---|---|---|\n");
+    const int Ms[4] = {1, 2, 4, 8};
+    for (int l = 0; l < 4; l++)
+        for (int mi = 0; mi < 4; mi++) {
+            row(&b, lin_name[l], "int4 split+reduce (old)", (struct op){OP_INT4, l, CU_GEMV_SPLIT, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "int4 fused (new)", (struct op){OP_INT4, l, CU_GEMV_FUSED, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "int4 pipelined (new)", (struct op){OP_INT4, l, CU_GEMV_PIPE, Ms[mi], 0}, NULL);
+            if (l == 3) {
+                row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, 0, Ms[mi], 0}, NULL);
+                row(&b, lin_name[l], "int4 fused + swiglu in staging", (struct op){OP_INT4_SWIGLU, l, 0, Ms[mi], 0}, NULL);
+            }
+        }
+    for (int l = 0; l < 4; l++)
+        for (int mi = 0; mi < 4; mi++) {
+            row(&b, lin_name[l], "bf16 cuBLAS", (struct op){OP_CUBLAS, l, 0, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "bf16 custom gemv", (struct op){OP_DENSE, l, 0, Ms[mi], 0}, NULL);
+        }
+    for (int mi = 0; mi < 4; mi++) {
+        row(&b, "lm_head 5120->152064", "bf16 cuBLAS (f32 out)", (struct op){OP_LM_CUBLAS, 0, 0, Ms[mi], 0}, NULL);
+        row(&b, "lm_head 5120->152064", "bf16 custom gemv", (struct op){OP_LM_DENSE, 0, 0, Ms[mi], 0}, NULL);
+    }
+    for (int mi = 0; mi < 4; mi++) {
+        row(&b, "add_rmsnorm 5120", "", (struct op){OP_RMSNORM, 0, 0, Ms[mi], 0}, NULL);
+        row(&b, "qkv_rope_store", "", (struct op){OP_ROPE, 0, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 512", "", (struct op){OP_ATTN, 0, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, 0, Ms[mi], 4096}, NULL);
+    }
+    printf("\n## One int4 decode layer as a CUDA graph (context 512)\n\n");
+    printf("| M | path | graph us | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|---|\n");
+    for (int mi = 0; mi < 4; mi++) {
+        const int M = Ms[mi];
+        double floor_b = 0;
+        for (int l = 0; l < 4; l++) floor_b += op_bytes(&(struct op){OP_INT4, l, 0, M, 0});
+        floor_b += op_bytes(&(struct op){OP_ATTN, 0, 0, M, 512});
+        for (int f = CU_GEMV_SPLIT; f <= CU_GEMV_PIPE; f++) {
+            double sum = 0;
+            struct op ops[8] = {{OP_RMSNORM, 0, 0, M, 0}, {OP_INT4, 0, f, M, 0}, {OP_ROPE, 0, 0, M, 512},
+                                {OP_ATTN, 0, 0, M, 512},  {OP_INT4, 1, f, M, 0}, {OP_RMSNORM, 0, 0, M, 0},
+                                {OP_INT4, 2, f, M, 0},    {OP_INT4, 3, f, M, 0}};
+            for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
+            if (!f) sum += time_op(&b, &(struct op){OP_SWIGLU, 0, 0, M, 0});
+            double g = time_layer(&b, M, f);
+            static const char *pn[3] = {"split+reduce (old)", "fused", "pipelined"};
+            printf("| %d | %s | %.1f | %.1f | %.1f |\n", M, pn[f], g, sum,
+                   floor_b / (b.copy_gbs * 1e3));
+        }
+    }
+    if (cu_take_error(err)) {
+        fprintf(stderr, "%s\n", err);
+        return 1;
+    }
+    return 0;
+}
