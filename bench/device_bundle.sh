@@ -8,6 +8,7 @@ DEST=${1:-/work/main/.devwork/cuda}
 make -j2 CUDA=1 all test-cuda-bins >/dev/null
 rm -rf "$DEST" && mkdir -p "$DEST/lib" "$DEST/bin"
 cp build-cuda/pagoda build-cuda/tests-cuda/test_* "$DEST/bin/"
+cp build-cuda/tests-cuda/bench_* "$DEST/bin/" 2>/dev/null || true
 # an older build to compare against in the same device session (device_run.sh ab), if given
 [ -n "${BASE_BIN:-}" ] && cp "$BASE_BIN" "$DEST/bin/pagoda-base"
 cp bench/device_run.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true
