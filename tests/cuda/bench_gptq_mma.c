@@ -1,7 +1,7 @@
 // Microbenchmark of the int4 linears of Qwen2.5-14B-GPTQ-Int4 (group 128) on one GPU:
 // cu_gptq_mma (tensor cores, int4 in place) vs cuBLAS bf16 GEMM on the dequantized copy
 // (cublasGemmEx exactly as backend_cuda.cu's gemm()) vs cu_gptq_gemv (M <= 8).
-// Every timing is the median of REPS single launches (cudaEvents) rotating over enough copies
+// Every timing is the median of REPS back-to-back launches (cudaEvents between them) rotating over enough copies
 // of the weights (>= 256 MB) that they stream from HBM, not L2. Effective GB/s counts the
 // weight bytes each kernel must read: int4 words + scale/zero words for the int4 kernels,
 // in*out*2 for cuBLAS. Prints a Markdown table and one grep-able "RESULT" line per case.
@@ -48,25 +48,30 @@ static void launch(struct bctx *b, int kind, int i, int M) {
     }
 }
 
-// Median microseconds of reps launches.
+static void *g_busy;  // a 1 GiB buffer cleared before each series, so the host queues ahead of the GPU
+
+// Median microseconds of reps launches queued back to back, each between two events (GPU time
+// only: the launches are queued while the GPU is still busy with a memset).
 static double time_kind(struct bctx *b, int kind, int M, int reps) {
-    cudaEvent_t e0, e1;
-    cudaEventCreate(&e0), cudaEventCreate(&e1);
+    cudaEvent_t *ev = pg_malloc(sizeof(cudaEvent_t) * (reps + 1));
+    for (int r = 0; r <= reps; r++) cudaEventCreate(&ev[r]);
     for (int i = 0; i < 3; i++) launch(b, kind, i, M);
-    float *t = pg_malloc(sizeof(float) * reps);
+    cudaMemsetAsync(g_busy, 0, 1u << 30, 0);
     for (int r = 0; r < reps; r++) {
-        cudaEventRecord(e0, 0);
+        cudaEventRecord(ev[r], 0);
         launch(b, kind, r + 3, M);
-        cudaEventRecord(e1, 0);
-        cudaEventSynchronize(e1);
-        cudaEventElapsedTime(&t[r], e0, e1);
     }
+    cudaEventRecord(ev[reps], 0);
+    cudaEventSynchronize(ev[reps]);
+    float *t = pg_malloc(sizeof(float) * reps);
+    for (int r = 0; r < reps; r++) cudaEventElapsedTime(&t[r], ev[r], ev[r + 1]);
     char err[PG_ERR_LEN] = "";
     if (cu_take_error(err)) fail_msg("%s", err);
     qsort(t, reps, sizeof(float), cmp_f);
     double med = t[reps / 2] * 1e3;
     free(t);
-    cudaEventDestroy(e0), cudaEventDestroy(e1);
+    for (int r = 0; r <= reps; r++) cudaEventDestroy(ev[r]);
+    free(ev);
     return med;
 }
 
@@ -147,12 +152,14 @@ static void test_bench(void **state) {
     printf("median of %d launches; GB/s = weight bytes / time (int4+scales for mma/gemv, bf16 for cuBLAS)\n\n", g_reps);
     printf("| shape | M | mma us | mma GB/s | cuBLAS us | cuBLAS GB/s | gemv us | gemv GB/s | cuBLAS/mma | rel diff |\n");
     printf("|---|---|---|---|---|---|---|---|---|---|\n");
+    g_busy = dmalloc(1u << 30);
     cublasHandle_t blas;
     assert_int_equal(cublasCreate(&blas), CUBLAS_STATUS_SUCCESS);
     static const struct shape shapes[] = {
         {"qkv", 5120, 7168}, {"o", 5120, 5120}, {"gate_up", 5120, 27648}, {"down", 13824, 5120}};
     for (size_t i = 0; i < sizeof shapes / sizeof shapes[0]; i++) bench_shape(&shapes[i], blas, g_reps);
     cublasDestroy(blas);
+    cudaFree(g_busy);
 }
 
 int main(int argc, char **argv) {

@@ -3,7 +3,7 @@
 // Block = 4 warps owning 128 output columns (32 per warp) x a tile of 16*MT rows (MT = 1, 2,
 // 4 m16 fragments), walking its K range in chunks of 128 input rows. Each chunk's int4 words
 // (16 packed rows x 128 columns), scale/zero words and activation tile are brought into
-// shared memory by a CU_MMA_STAGES-deep cp.async pipeline, so every SM keeps several chunks
+// shared memory by a 3-4 stage cp.async pipeline, so every SM keeps several chunks
 // of weights in flight. No repacking: the checkpoint layout qweight [in/8][out] is used as is,
 // with two permutations that cost nothing:
 //  - K: mma.m16n8k16 lets thread t (= lane % 4) hold logical k {2t, 2t+1, 2t+8, 2t+9} in both
@@ -30,14 +30,15 @@ typedef __nv_bfloat16 bf16;
 #define MMA_WROW (MMA_COLS + 8)    // words per packed row in shared (padding: no bank conflicts)
 #define MMA_XROW (MMA_BK + 32)     // bf16 per activation row in shared (row stride = 64 mod 128 B)
 #define MMA_THREADS 128
-#define CU_MMA_STAGES 4
 
 template <int MT> struct mma_smem {
+    static constexpr int stages = MT >= 4 ? 3 : 4;  // cp.async pipeline depth (2 blocks/SM at MT 4)
+    static constexpr int blocks_per_sm = MT == 1 ? 3 : 2;
     static constexpr int w_words = (MMA_BK / 8) * MMA_WROW;
     static constexpr int sz_words = (MMA_BK / 32) * MMA_COLS;
     static constexpr int x_elems = 16 * MT * MMA_XROW;
     static constexpr int stage_bytes = (w_words + sz_words) * 4 + x_elems * 2;
-    static constexpr int bytes = CU_MMA_STAGES * stage_bytes;
+    static constexpr int bytes = stages * stage_bytes;
 };
 
 __device__ __forceinline__ void cp16(void *dst, const void *src, bool valid) {
@@ -71,80 +72,93 @@ struct mma_args {
     float *partial;
 };
 
-// Issues the cp.async copies of chunk c into shared stage buffer `st`.
+// Issues the cp.async copies of chunk c into shared stage buffer `st`; rows past `in`,
+// columns past `out` and activation rows past M are zero-filled.
 template <int MT>
 __device__ __forceinline__ void load_chunk(const mma_args &p, int c, char *st, int row0, int n0) {
     uint32_t *ws = (uint32_t *)st, *szs = ws + mma_smem<MT>::w_words;
     bf16 *xs = (bf16 *)(szs + mma_smem<MT>::sz_words);
-    const int k0 = c * MMA_BK, klen = min(MMA_BK, p.in - k0), g0 = k0 / p.gs, ng = (k0 + klen - 1) / p.gs - g0 + 1;
-    for (int i = threadIdx.x; i < (klen / 8) * 32; i += MMA_THREADS) {
-        int r = i >> 5, col = n0 + (i & 31) * 4;
-        bool v = col < p.out;
-        cp16(ws + r * MMA_WROW + (i & 31) * 4, v ? p.qweight + (size_t)(k0 / 8 + r) * p.out + col : p.qweight, v);
+    const int tid = threadIdx.x, k0 = c * MMA_BK, kr = min(MMA_BK, p.in - k0) / 8;
+    const int col = n0 + (tid & 31) * 4;
+    const bool cv = col < p.out;
+    const int32_t *wsrc = p.qweight + (size_t)(k0 / 8 + (tid >> 5)) * p.out + col;
+#pragma unroll
+    for (int i = 0; i < 4; i++) {
+        const int r = (tid >> 5) + 4 * i;
+        const bool v = cv && r < kr;
+        cp16(ws + r * MMA_WROW + (tid & 31) * 4, v ? wsrc + (size_t)(4 * i) * p.out : p.qweight, v);
     }
-    for (int i = threadIdx.x; i < ng * 32; i += MMA_THREADS) {
-        int r = i >> 5, col = n0 + (i & 31) * 4;
-        bool v = col < p.out;
-        cp16(szs + r * MMA_COLS + (i & 31) * 4, v ? p.sz + (size_t)(g0 + r) * p.out + col : p.sz, v);
+    {
+        const int g0 = k0 / p.gs, ng = (k0 + kr * 8 - 1) / p.gs - g0 + 1, r = tid >> 5;
+        const bool v = cv && r < ng;
+        cp16(szs + r * MMA_COLS + (tid & 31) * 4, v ? p.sz + (size_t)(g0 + r) * p.out + col : p.sz, v);
     }
-    const int per_row = klen / 8;
-    for (int i = threadIdx.x; i < 16 * MT * per_row; i += MMA_THREADS) {
-        int r = i / per_row, q = i % per_row;
-        bool v = row0 + r < p.M;
+    const int q = tid & 15;
+#pragma unroll
+    for (int i = 0; i < 2 * MT; i++) {
+        const int r = (tid >> 4) + 8 * i;
+        const bool v = row0 + r < p.M && q < kr;
         cp16(xs + r * MMA_XROW + q * 8, v ? p.x + (size_t)(row0 + r) * p.in + k0 + q * 8 : p.x, v);
     }
 }
 
-// The MMAs of one chunk: 32-row blocks, each flushed into acc with its group's scale.
+__device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
+    uint32_t r;
+    asm("prmt.b32 %0, %1, %2, %3;\n" : "=r"(r) : "r"(a), "r"(b), "r"(sel));
+    return r;
+}
+
+// The MMAs of one chunk: 32-row blocks, each group's partial sum (tmp) flushed into acc with
+// the group's scale. Inside a 32-row block, thread t's word (rows 8t..8t+7, nibbles n0..n7)
+// feeds the two mma steps as bf16 pairs {n0,n4} {n1,n5} (step 0) and {n2,n6} {n3,n7} (step
+// 1): one AND/OR per pair; the activations are paired the same way with byte permutes.
+// starts/ends: bit kb set when 32-row block kb begins / ends a group (or the block's K range).
 template <int MT>
-__device__ __forceinline__ void compute_chunk(const mma_args &p, int c, const char *st, int k_end,
+__device__ __forceinline__ void compute_chunk(const char *st, int nkb, unsigned starts, unsigned ends, int gi0,
                                               float (&acc)[MT][4][4], float (&tmp)[MT][4][4], float (&sc)[8],
                                               uint32_t (&zz)[4]) {
     const uint32_t *ws = (const uint32_t *)st, *szs = ws + mma_smem<MT>::w_words;
     const bf16 *xs = (const bf16 *)(szs + mma_smem<MT>::sz_words);
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
-    const int k0 = c * MMA_BK, nkb = min(MMA_BK, p.in - k0) / 32, g0 = k0 / p.gs;
+    int gi = gi0;  // group row within this stage's scale rows
 #pragma unroll
     for (int kb = 0; kb < MMA_BK / 32; kb++) {
         if (kb >= nkb) break;
-        const int k = k0 + kb * 32;
-        if (kb == 0 || k % p.gs == 0) {  // (re)load this group's zeros and scales
-            const uint32_t *row = szs + (k / p.gs - g0) * MMA_COLS + warp * 32;
+        if (starts >> kb & 1) {  // (re)load this group's zeros and scales
+            const uint32_t *row = szs + gi * MMA_COLS + warp * 32;
             uint4 zv = *(const uint4 *)(row + 4 * g), s0 = *(const uint4 *)(row + 8 * t),
                   s1 = *(const uint4 *)(row + 8 * t + 4);
             uint32_t zw[4] = {zv.x, zv.y, zv.z, zv.w}, sw[8] = {s0.x, s0.y, s0.z, s0.w, s1.x, s1.y, s1.z, s1.w};
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                uint32_t zb = __bfloat16_as_ushort(__float2bfloat16(128.0f + (float)(zw[j] >> 16)));
-                zz[j] = zb | (zb << 16);
-            }
+            for (int j = 0; j < 4; j++) zz[j] = (0x4300u + (zw[j] >> 16)) * 0x10001u;  // bf16(128 + z), z < 128
 #pragma unroll
             for (int j = 0; j < 8; j++) sc[j] = __half2float(__ushort_as_half((unsigned short)(sw[j] & 0xffff)));
+            gi++;
         }
         const uint4 wv = *(const uint4 *)(ws + (kb * 4 + t) * MMA_WROW + warp * 32 + 4 * g);
         const uint32_t w[4] = {wv.x, wv.y, wv.z, wv.w};
-        uint4 a_lo[MT], a_hi[MT];
+        uint32_t a[MT][2][4];  // [mt][step][mma A register]
 #pragma unroll
         for (int mt = 0; mt < MT; mt++) {
-            a_lo[mt] = *(const uint4 *)(xs + (mt * 16 + g) * MMA_XROW + kb * 32 + 8 * t);
-            a_hi[mt] = *(const uint4 *)(xs + (mt * 16 + g + 8) * MMA_XROW + kb * 32 + 8 * t);
+            const uint4 lo = *(const uint4 *)(xs + (mt * 16 + g) * MMA_XROW + kb * 32 + 8 * t);
+            const uint4 hi = *(const uint4 *)(xs + (mt * 16 + g + 8) * MMA_XROW + kb * 32 + 8 * t);
+            a[mt][0][0] = prmt(lo.x, lo.z, 0x5410), a[mt][0][2] = prmt(lo.x, lo.z, 0x7632);
+            a[mt][0][1] = prmt(hi.x, hi.z, 0x5410), a[mt][0][3] = prmt(hi.x, hi.z, 0x7632);
+            a[mt][1][0] = prmt(lo.y, lo.w, 0x5410), a[mt][1][2] = prmt(lo.y, lo.w, 0x7632);
+            a[mt][1][1] = prmt(hi.y, hi.w, 0x5410), a[mt][1][3] = prmt(hi.y, hi.w, 0x7632);
         }
 #pragma unroll
-        for (int s = 0; s < 2; s++) {
+        for (int j = 0; j < 4; j++) {
+            uint32_t b[4];
 #pragma unroll
-            for (int j = 0; j < 4; j++) {
-                const uint32_t q = w[j] >> (16 * s);
-                const uint32_t b0 = bf16x2_sub(0x43004300u | (q & 0xFu) | ((q & 0xF0u) << 12), zz[j]);
-                const uint32_t b1 = bf16x2_sub(0x43004300u | ((q >> 8) & 0xFu) | ((q & 0xF000u) << 4), zz[j]);
+            for (int i = 0; i < 4; i++) b[i] = bf16x2_sub(((w[j] >> (4 * i)) & 0x000F000Fu) | 0x43004300u, zz[j]);
 #pragma unroll
-                for (int mt = 0; mt < MT; mt++) {
-                    const uint32_t a[4] = {s ? a_lo[mt].z : a_lo[mt].x, s ? a_hi[mt].z : a_hi[mt].x,
-                                           s ? a_lo[mt].w : a_lo[mt].y, s ? a_hi[mt].w : a_hi[mt].y};
-                    mma_bf16(tmp[mt][j], a, b0, b1);
-                }
+            for (int mt = 0; mt < MT; mt++) {
+                mma_bf16(tmp[mt][j], a[mt][0], b[0], b[1]);
+                mma_bf16(tmp[mt][j], a[mt][1], b[2], b[3]);
             }
         }
-        if ((k + 32) % p.gs == 0 || k + 32 == k_end) {
+        if (ends >> kb & 1) {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -182,7 +196,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_gptq_mma(const mma_args p) {
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
     const int row0 = blockIdx.x * 16 * MT, n0 = blockIdx.y * MMA_COLS;
     const int n_chunks = (p.in + MMA_BK - 1) / MMA_BK, c_begin = blockIdx.z * p.cps;
-    const int c_end = min(n_chunks, c_begin + p.cps), k_end = min(p.in, c_end * MMA_BK);
+    const int c_end = min(n_chunks, c_begin + p.cps);
     const int SB = mma_smem<MT>::stage_bytes;
 
     float acc[MT][4][4], tmp[MT][4][4], sc[8];
@@ -194,18 +208,31 @@ __global__ void __launch_bounds__(MMA_THREADS) k_gptq_mma(const mma_args p) {
 #pragma unroll
             for (int e = 0; e < 4; e++) acc[mt][j][e] = tmp[mt][j][e] = 0;
 
+    constexpr int S = mma_smem<MT>::stages;
 #pragma unroll
-    for (int s = 0; s < CU_MMA_STAGES - 1; s++) {
+    for (int s = 0; s < S - 1; s++) {
         if (c_begin + s < c_end) load_chunk<MT>(p, c_begin + s, smem + s * SB, row0, n0);
         cp_commit();
     }
+    const int gb = p.gs / 32;        // group size in 32-row blocks
+    int pos = (c_begin * MMA_BK) % p.gs / 32;  // position of the next 32-row block in its group
     for (int c = c_begin; c < c_end; c++) {
-        cp_wait<CU_MMA_STAGES - 2>();
+        cp_wait<S - 2>();
         __syncthreads();  // chunk c visible to all; everyone is done with chunk c - 1's buffer
-        const int nc = c + CU_MMA_STAGES - 1;
-        if (nc < c_end) load_chunk<MT>(p, nc, smem + ((nc - c_begin) % CU_MMA_STAGES) * SB, row0, n0);
+        const int nc = c + S - 1;
+        if (nc < c_end) load_chunk<MT>(p, nc, smem + ((nc - c_begin) % S) * SB, row0, n0);
         cp_commit();
-        compute_chunk<MT>(p, c, smem + ((c - c_begin) % CU_MMA_STAGES) * SB, k_end, acc, tmp, sc, zz);
+        const int k0 = c * MMA_BK, nkb = min(MMA_BK, p.in - k0) / 32;
+        unsigned starts = c == c_begin, ends = 0;  // the first block (re)loads scales even mid-group
+        for (int kb = 0; kb < nkb; kb++) {
+            starts |= (pos == 0) << kb;
+            if (++pos == gb) ends |= 1u << kb, pos = 0;
+        }
+        if (c == c_end - 1) ends |= 1u << (nkb - 1);
+        // scale rows of the stage start at the chunk's first group: the first reload uses row 0 when the
+        // chunk starts a group, else row 1 (row 0 is the group carried over from the previous chunk)
+        compute_chunk<MT>(smem + ((c - c_begin) % S) * SB, nkb, starts, ends, (starts & 1) ? 0 : 1, acc, tmp, sc,
+                          zz);
     }
     cp_wait<0>();
 
@@ -240,10 +267,11 @@ static void mma_shape(const struct cu_gptq *l, int M, int *mt, int *ks, int *cps
     *mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;
     const int n_chunks = (l->in + MMA_BK - 1) / MMA_BK;
     const int tiles = ((M + 16 * *mt - 1) / (16 * *mt)) * ((l->out + MMA_COLS - 1) / MMA_COLS);
-    int k = (2 * n_sm + tiles - 1) / tiles;
+    const int target = n_sm * (*mt == 1 ? mma_smem<1>::blocks_per_sm : mma_smem<4>::blocks_per_sm);
+    int k = (target + tiles - 1) / tiles;
     k = k < 1 ? 1 : k > n_chunks ? n_chunks : k;
     int c = (n_chunks + k - 1) / k;
-    if (c < CU_MMA_STAGES && n_chunks >= CU_MMA_STAGES) c = CU_MMA_STAGES;  // keep the pipeline full
+    if (c < 4 && n_chunks >= 4) c = 4;  // keep the pipeline busy
     *cps = c;
     *ks = (n_chunks + c - 1) / c;
 }
