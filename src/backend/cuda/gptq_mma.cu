@@ -31,9 +31,12 @@ typedef __nv_bfloat16 bf16;
 #define MMA_XROW (MMA_BK + 32)     // bf16 per activation row in shared (row stride = 64 mod 128 B)
 #define MMA_THREADS 128
 
+#ifndef MMA_S1
+#define MMA_S1 3  // pipeline depth at MT 1 (3: 4 blocks per SM, measured faster than 4: 3 blocks)
+#endif
 template <int MT> struct mma_smem {
-    static constexpr int stages = MT >= 4 ? 3 : 4;  // cp.async pipeline depth (2 blocks/SM at MT 4)
-    static constexpr int blocks_per_sm = MT == 1 ? 3 : 2;
+    static constexpr int stages = MT >= 4 ? 3 : MT == 2 ? 4 : MMA_S1;  // cp.async pipeline depth
+    static constexpr int blocks_per_sm = MT == 1 ? (MMA_S1 == 3 ? 4 : 3) : 2;
     static constexpr int w_words = (MMA_BK / 8) * MMA_WROW;
     static constexpr int sz_words = (MMA_BK / 32) * MMA_COLS;
     static constexpr int x_elems = 16 * MT * MMA_XROW;
@@ -113,7 +116,7 @@ __device__ __forceinline__ uint32_t prmt(uint32_t a, uint32_t b, uint32_t sel) {
 // feeds the two mma steps as bf16 pairs {n0,n4} {n1,n5} (step 0) and {n2,n6} {n3,n7} (step
 // 1): one AND/OR per pair; the activations are paired the same way with byte permutes.
 // starts/ends: bit kb set when 32-row block kb begins / ends a group (or the block's K range).
-template <int MT>
+template <int MT, bool AL>
 __device__ __forceinline__ void compute_chunk(const char *st, int nkb, unsigned starts, unsigned ends, int gi0,
                                               float (&acc)[MT][4][4], float (&tmp)[MT][4][4], float (&sc)[8],
                                               uint32_t (&zz)[4]) {
@@ -123,8 +126,10 @@ __device__ __forceinline__ void compute_chunk(const char *st, int nkb, unsigned 
     int gi = gi0;  // group row within this stage's scale rows
 #pragma unroll
     for (int kb = 0; kb < MMA_BK / 32; kb++) {
-        if (kb >= nkb) break;
-        if (starts >> kb & 1) {  // (re)load this group's zeros and scales
+        // AL (groups and `in` multiples of 128): groups start and end only at chunk edges, and the
+        // kb loop is straight-line code the compiler can schedule across
+        if (!AL && kb >= nkb) break;
+        if (AL ? (kb == 0 && (starts & 1)) : (starts >> kb & 1)) {  // (re)load this group's zeros and scales
             const uint32_t *row = szs + gi * MMA_COLS + warp * 32;
             uint4 zv = *(const uint4 *)(row + 4 * g), s0 = *(const uint4 *)(row + 8 * t),
                   s1 = *(const uint4 *)(row + 8 * t + 4);
@@ -158,7 +163,7 @@ __device__ __forceinline__ void compute_chunk(const char *st, int nkb, unsigned 
                 mma_bf16(tmp[mt][j], a[mt][1], b[2], b[3]);
             }
         }
-        if (ends >> kb & 1) {
+        if (AL ? (kb == MMA_BK / 32 - 1 && ends) : (ends >> kb & 1)) {
 #pragma unroll
             for (int mt = 0; mt < MT; mt++)
 #pragma unroll
@@ -190,7 +195,7 @@ __device__ __forceinline__ void store_row8(const mma_args &p, int r, int col, co
     }
 }
 
-template <int MT>
+template <int MT, bool AL>
 __global__ void __launch_bounds__(MMA_THREADS) k_gptq_mma(const mma_args p) {
     extern __shared__ __align__(16) char smem[];
     const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5, g = lane >> 2, t = lane & 3;
@@ -231,7 +236,7 @@ __global__ void __launch_bounds__(MMA_THREADS) k_gptq_mma(const mma_args p) {
         if (c == c_end - 1) ends |= 1u << (nkb - 1);
         // scale rows of the stage start at the chunk's first group: the first reload uses row 0 when the
         // chunk starts a group, else row 1 (row 0 is the group carried over from the previous chunk)
-        compute_chunk<MT>(smem + ((c - c_begin) % S) * SB, nkb, starts, ends, (starts & 1) ? 0 : 1, acc, tmp, sc,
+        compute_chunk<MT, AL>(smem + ((c - c_begin) % S) * SB, nkb, starts, ends, (starts & 1) ? 0 : 1, acc, tmp, sc,
                           zz);
     }
     cp_wait<0>();
@@ -285,8 +290,13 @@ extern "C" size_t cu_gptq_mma_scratch_floats(const struct cu_gptq *l, int M) {
 
 template <int MT> static void launch_mma(const mma_args &a, dim3 grid, cudaStream_t st) {
     const int bytes = mma_smem<MT>::bytes;
-    CU_CHECK(cudaFuncSetAttribute(k_gptq_mma<MT>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
-    k_gptq_mma<MT><<<grid, MMA_THREADS, bytes, st>>>(a);
+    if (a.gs % MMA_BK == 0 && a.in % MMA_BK == 0) {
+        CU_CHECK(cudaFuncSetAttribute(k_gptq_mma<MT, true>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        k_gptq_mma<MT, true><<<grid, MMA_THREADS, bytes, st>>>(a);
+    } else {
+        CU_CHECK(cudaFuncSetAttribute(k_gptq_mma<MT, false>, cudaFuncAttributeMaxDynamicSharedMemorySize, bytes));
+        k_gptq_mma<MT, false><<<grid, MMA_THREADS, bytes, st>>>(a);
+    }
     CU_LAUNCHED("gptq_mma");
 }
 
