@@ -134,6 +134,19 @@ static void test_mma_edges(void **state) {
     qlin_free(&q);
     qlin_make(&q, 2048, 512, 64, true);
     check_case(&q, 300, true), check_case(&q, 2, false);
+    // unsupported shapes are refused with a recorded error and nothing written
+    struct cu_gptq bad = {2048, 512, 48, 2048 / 48, q.dqw, q.dsz};
+    assert_false(cu_gptq_mma_supported(&bad));
+    assert_true(cu_gptq_mma_supported(&(struct cu_gptq){2048, 512, 64, 32, q.dqw, q.dsz}));
+    uint16_t *y = pg_malloc(512 * 2);
+    bf16_t *dy = dmalloc(512 * 2), *dx = dmalloc(2048 * 2);
+    cu_gptq_mma(&bad, dx, 1, NULL, dy, 512, NULL, 0);
+    char err[PG_ERR_LEN] = "";
+    assert_int_equal(cu_take_error(err), -1);
+    assert_non_null(strstr(err, "gptq_mma"));
+    to_host(y, dy, 512 * 2);
+    for (int i = 0; i < 512; i++) assert_int_equal(y[i], 0xffff);
+    cudaFree(dy), cudaFree(dx), free(y);
     qlin_free(&q);
 }
 

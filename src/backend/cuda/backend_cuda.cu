@@ -56,7 +56,8 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
         cu_permute_cols(x, d->perm, T, d->in, c->xperm, c->st);
         x = c->xperm;
     }
-    if (d->quant && c->int4_mma && T >= CU_MMA_MIN_ROWS && T <= (d->wt ? CU_MMA_MAX_ROWS_CACHED : CU_MMA_MAX_ROWS)) {
+    if (d->quant && c->int4_mma && T >= CU_MMA_MIN_ROWS && T <= (d->wt ? CU_MMA_MAX_ROWS_CACHED : CU_MMA_MAX_ROWS) &&
+        cu_gptq_mma_supported(&d->q)) {
         cu_gptq_mma(&d->q, x, T, d->bias, y, ldy, c->mma_scratch, c->st);
         return;
     }
@@ -488,7 +489,7 @@ static size_t mma_scratch_floats(const struct cuda_ctx *c) {
         for (int p = 0; p < L->qkv.n && p < 3; p++) lin[n++] = &L->qkv.part[p];
         for (int p = 0; p < L->gu.n && p < 3; p++) lin[n++] = &L->gu.part[p];
         for (int i = 0; i < n; i++)
-            for (int T = CU_MMA_MIN_ROWS; lin[i]->quant && T <= hi; T++) {
+            for (int T = CU_MMA_MIN_ROWS; lin[i]->quant && cu_gptq_mma_supported(&lin[i]->q) && T <= hi; T++) {
                 size_t f = cu_gptq_mma_scratch_floats(&lin[i]->q, T);
                 if (f > mx) mx = f;
             }

@@ -31,6 +31,9 @@ typedef __nv_bfloat16 bf16;
 #define MMA_XROW (MMA_BK + 32)     // bf16 per activation row in shared (row stride = 64 mod 128 B)
 #define MMA_THREADS 128
 
+#ifndef MMA_MIN_CPS
+#define MMA_MIN_CPS 4  // fewest 128-row chunks per split-K block
+#endif
 #ifndef MMA_S1
 #define MMA_S1 3  // pipeline depth at MT 1 (3: 4 blocks per SM, measured faster than 4: 3 blocks)
 #endif
@@ -276,9 +279,13 @@ static void mma_shape(const struct cu_gptq *l, int M, int *mt, int *ks, int *cps
     int k = (target + tiles - 1) / tiles;
     k = k < 1 ? 1 : k > n_chunks ? n_chunks : k;
     int c = (n_chunks + k - 1) / k;
-    if (c < 4 && n_chunks >= 4) c = 4;  // keep the pipeline busy
+    if (c < MMA_MIN_CPS && n_chunks >= MMA_MIN_CPS) c = MMA_MIN_CPS;  // pipeline fill amortised over enough chunks
     *cps = c;
     *ks = (n_chunks + c - 1) / c;
+}
+
+extern "C" bool cu_gptq_mma_supported(const struct cu_gptq *l) {
+    return l->in % 32 == 0 && l->out % 4 == 0 && l->group_size % 32 == 0 && l->in > 0 && l->out > 0;
 }
 
 extern "C" size_t cu_gptq_mma_scratch_floats(const struct cu_gptq *l, int M) {
@@ -303,7 +310,7 @@ template <int MT> static void launch_mma(const mma_args &a, dim3 grid, cudaStrea
 extern "C" void cu_gptq_mma(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y, int ldy,
                             float *scratch, cudaStream_t st) {
     if (M <= 0) return;
-    if (l->in % 32 || l->out % 4 || l->group_size % 32 || ((uintptr_t)x & 15)) {
+    if (!cu_gptq_mma_supported(l) || ((uintptr_t)x & 15)) {
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq_mma: unsupported shape");
         return;
     }
