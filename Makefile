@@ -90,7 +90,9 @@ CUDA_TEST_BIN := $(patsubst tests/cuda/%.c,$(O)/tests-cuda/%,$(wildcard tests/cu
 $(O)/tests-cuda/%: tests/cuda/%.c tests/cuda/cuda_test_util.h $(O)/libpagoda.a
 	@mkdir -p $(dir $@)
 	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(O)/libpagoda.a $(LDLIBS) -lcmocka
-test-cuda-bins: $(CUDA_TEST_BIN) $(O)/pagoda
+# GPU microbenchmarks (tests/cuda/bench_*.c): built with the GPU tests, never run by test-cuda.
+CUDA_BENCH_BIN := $(patsubst tests/cuda/%.c,$(O)/tests-cuda/%,$(wildcard tests/cuda/bench_*.c))
+test-cuda-bins: $(CUDA_TEST_BIN) $(CUDA_BENCH_BIN) $(O)/pagoda
 test-cuda: test-cuda-bins
 	@bash tests/cuda/run.sh $(O)
 

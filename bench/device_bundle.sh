@@ -9,7 +9,7 @@ make -j2 CUDA=1 all test-cuda-bins bench-cuda >/dev/null
 make -j2 CUDA=1 build-cuda/tests-cuda/bench_attn_prefill >/dev/null  # GPU kernel benchmarks (not run by test-cuda)
 rm -rf "$DEST" && mkdir -p "$DEST/lib" "$DEST/bin"
 cp build-cuda/pagoda build-cuda/tests-cuda/test_* build-cuda/bench/cuda_ops_bench "$DEST/bin/"
-cp build-cuda/tests-cuda/bench_* "$DEST/bin/"
+cp build-cuda/tests-cuda/bench_* "$DEST/bin/" 2>/dev/null || true
 # an older build to compare against in the same device session (device_run.sh ab), if given
 [ -n "${BASE_BIN:-}" ] && cp "$BASE_BIN" "$DEST/bin/pagoda-base"
 cp bench/device_run.sh bench/device_perf.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true

@@ -72,6 +72,10 @@ struct cuda_ctx {
     float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
     bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
     size_t attn_partial_floats, gemv_partial_floats;
+    // int4 tensor-core GEMM (gptq_mma.cu) for CU_MMA_MIN_ROWS..CU_MMA_MAX_ROWS rows; off with
+    // PAGODA_INT4_MMA=0 (read at init). mma_scratch: its split-K partials.
+    bool int4_mma;
+    float *mma_scratch;
     // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
     int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
     size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;
@@ -100,6 +104,6 @@ struct cuda_ctx {
 int cuw_upload(struct cuda_ctx *c, const struct model_weights *w, char *err);
 void cuw_free(struct cuda_ctx *c);
 // Keeps dequantized bf16 copies of the int4 linears for many-row steps when they fit.
-void cuw_dense_cache(struct cuda_ctx *c);
+void cuw_dense_cache(struct cuda_ctx *c);  // skipped when PAGODA_NO_DENSE_CACHE=1
 // Bytes of dequantization scratch and gemv partials the uploaded weights need.
 void cuw_scratch_needs(const struct cuda_ctx *c, size_t *deq_elems, size_t *partial_floats, int *max_in);

@@ -129,6 +129,18 @@ void cu_bf16_gemv(const bf16_t *W, int in, int out, const bf16_t *x, int M, cons
 // wt (in, out) bf16 = dequantized W^T (for the cuBLAS path).
 void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st);
 
+// ---- GPTQ on tensor cores (gptq_mma.cu) ----
+// y (M, ldy) bf16 = x (M, in) bf16 . W^T (+ bias f32 [out], may be NULL), any M >= 1 (made for
+// 3..256: batched decode and short prefill), f32 accumulation, deterministic. Needs in % 32 == 0,
+// out % 4 == 0, group_size % 32 == 0 and x 16-byte aligned (otherwise records an error and
+// writes nothing). scratch: cu_gptq_mma_scratch_floats(l, M) floats (0 means NULL is fine);
+// the launcher allocates nothing and never synchronises (graph-capture safe).
+// Whether l meets those shape limits (x alignment aside).
+bool cu_gptq_mma_supported(const struct cu_gptq *l);
+size_t cu_gptq_mma_scratch_floats(const struct cu_gptq *l, int M);
+void cu_gptq_mma(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y, int ldy,
+                 float *scratch, cudaStream_t st);
+
 // ---- sampling (sampling.cu) ----
 // One sampled row's parameters, on the device.
 struct cu_sample_params {
