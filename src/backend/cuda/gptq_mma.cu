@@ -34,12 +34,18 @@ typedef __nv_bfloat16 bf16;
 #ifndef MMA_MIN_CPS
 #define MMA_MIN_CPS 4  // fewest 128-row chunks per split-K block
 #endif
+#ifndef MMA_S2
+#define MMA_S2 3  // pipeline depth at MT 2 (3: 3 blocks per SM, measured a little faster than 4: 2 blocks)
+#endif
+#ifndef MMA_CPS_MT
+#define MMA_CPS_MT 1  // 1: the fewest chunks per split-K block grows with the row tile (4 * MT)
+#endif
 #ifndef MMA_S1
 #define MMA_S1 3  // pipeline depth at MT 1 (3: 4 blocks per SM, measured faster than 4: 3 blocks)
 #endif
 template <int MT> struct mma_smem {
-    static constexpr int stages = MT >= 4 ? 3 : MT == 2 ? 4 : MMA_S1;  // cp.async pipeline depth
-    static constexpr int blocks_per_sm = MT == 1 ? (MMA_S1 == 3 ? 4 : 3) : 2;
+    static constexpr int stages = MT >= 4 ? 3 : MT == 2 ? MMA_S2 : MMA_S1;  // cp.async pipeline depth
+    static constexpr int blocks_per_sm = MT == 1 ? (MMA_S1 == 3 ? 4 : 3) : MT == 2 ? (MMA_S2 == 3 ? 3 : 2) : 2;
     static constexpr int w_words = (MMA_BK / 8) * MMA_WROW;
     static constexpr int sz_words = (MMA_BK / 32) * MMA_COLS;
     static constexpr int x_elems = 16 * MT * MMA_XROW;
@@ -275,11 +281,12 @@ static void mma_shape(const struct cu_gptq *l, int M, int *mt, int *ks, int *cps
     *mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;
     const int n_chunks = (l->in + MMA_BK - 1) / MMA_BK;
     const int tiles = ((M + 16 * *mt - 1) / (16 * *mt)) * ((l->out + MMA_COLS - 1) / MMA_COLS);
-    const int target = n_sm * (*mt == 1 ? mma_smem<1>::blocks_per_sm : mma_smem<4>::blocks_per_sm);
+    const int target = n_sm * (*mt == 1 ? mma_smem<1>::blocks_per_sm : *mt == 2 ? mma_smem<2>::blocks_per_sm : mma_smem<4>::blocks_per_sm);
     int k = (target + tiles - 1) / tiles;
     k = k < 1 ? 1 : k > n_chunks ? n_chunks : k;
     int c = (n_chunks + k - 1) / k;
-    if (c < MMA_MIN_CPS && n_chunks >= MMA_MIN_CPS) c = MMA_MIN_CPS;  // pipeline fill amortised over enough chunks
+    const int min_cps = MMA_CPS_MT ? MMA_MIN_CPS * *mt : MMA_MIN_CPS;  // pipeline fill amortised over enough chunks
+    if (c < min_cps) c = min_cps < n_chunks ? min_cps : n_chunks;
     *cps = c;
     *ks = (n_chunks + c - 1) / c;
 }
