@@ -7,15 +7,17 @@
 // of weights in flight. No repacking: the checkpoint layout qweight [in/8][out] is used as is,
 // with two permutations that cost nothing:
 //  - K: mma.m16n8k16 lets thread t (= lane % 4) hold logical k {2t, 2t+1, 2t+8, 2t+9} in both
-//    A and B. Over a 32-row block (two mma steps s), logical k maps to the physical rows
-//    8t + 4s + {0,1,2,3}, so thread t's B operand is exactly one int4 word (rows 8t..8t+7)
-//    and its A operand one 16-byte load of 8 consecutive activations per row.
+//    A and B. Over a 32-row block (two mma steps s), thread t's logical k map to the physical
+//    rows 8t..8t+7 (pairs {0,4} {1,5} for s = 0, {2,6} {3,7} for s = 1), so its B operand is
+//    exactly one int4 word and its A operand one 16-byte load of 8 consecutive activations
+//    per row, paired the same way with byte permutes.
 //  - N: fragment j's local column g (= lane / 4) is physical column 4g + j of the warp's 32,
 //    so a thread's 4 fragments come from one 16-byte load, and its accumulators cover 8
 //    consecutive output columns (8t..8t+7).
-// Dequantization: the nibble is OR'd into the mantissa of bf16 128.0 and bf16(128 + zero)
-// subtracted (exact small integers), the mma accumulates x . (q - z) in f32 per group of 32
-// rows, and the f32 group scale is applied to that partial sum (no bf16 rounding of scales).
+// Dequantization: two nibbles at a time are AND/OR'd into the mantissas of a bf16x2 128.0 and
+// bf16(128 + zero) subtracted (exact small integers); the mma accumulates x . (q - z) in f32
+// per quantization group, and the f32 group scale is applied to that partial sum (no bf16
+// rounding of the fp16 scales).
 // Split-K over blocks (grid z) writes f32 partials that k_mma_reduce sums in a fixed order
 // (+ bias); with one split the block stores bf16 directly. Results are deterministic.
 #include <cuda_bf16.h>
