@@ -7,15 +7,17 @@
 // of weights in flight. No repacking: the checkpoint layout qweight [in/8][out] is used as is,
 // with two permutations that cost nothing:
 //  - K: mma.m16n8k16 lets thread t (= lane % 4) hold logical k {2t, 2t+1, 2t+8, 2t+9} in both
-//    A and B. Over a 32-row block (two mma steps s), logical k maps to the physical rows
-//    8t + 4s + {0,1,2,3}, so thread t's B operand is exactly one int4 word (rows 8t..8t+7)
-//    and its A operand one 16-byte load of 8 consecutive activations per row.
+//    A and B. Over a 32-row block (two mma steps s), thread t's logical k map to the physical
+//    rows 8t..8t+7 (pairs {0,4} {1,5} for s = 0, {2,6} {3,7} for s = 1), so its B operand is
+//    exactly one int4 word and its A operand one 16-byte load of 8 consecutive activations
+//    per row, paired the same way with byte permutes.
 //  - N: fragment j's local column g (= lane / 4) is physical column 4g + j of the warp's 32,
 //    so a thread's 4 fragments come from one 16-byte load, and its accumulators cover 8
 //    consecutive output columns (8t..8t+7).
-// Dequantization: the nibble is OR'd into the mantissa of bf16 128.0 and bf16(128 + zero)
-// subtracted (exact small integers), the mma accumulates x . (q - z) in f32 per group of 32
-// rows, and the f32 group scale is applied to that partial sum (no bf16 rounding of scales).
+// Dequantization: two nibbles at a time are AND/OR'd into the mantissas of a bf16x2 128.0 and
+// bf16(128 + zero) subtracted (exact small integers); the mma accumulates x . (q - z) in f32
+// per quantization group, and the f32 group scale is applied to that partial sum (no bf16
+// rounding of the fp16 scales).
 // Split-K over blocks (grid z) writes f32 partials that k_mma_reduce sums in a fixed order
 // (+ bias); with one split the block stores bf16 directly. Results are deterministic.
 #include <cuda_bf16.h>
@@ -34,12 +36,18 @@ typedef __nv_bfloat16 bf16;
 #ifndef MMA_MIN_CPS
 #define MMA_MIN_CPS 4  // fewest 128-row chunks per split-K block
 #endif
+#ifndef MMA_S2
+#define MMA_S2 3  // pipeline depth at MT 2 (3: 3 blocks per SM, measured a little faster than 4: 2 blocks)
+#endif
+#ifndef MMA_CPS_MT
+#define MMA_CPS_MT 1  // 1: the fewest chunks per split-K block grows with the row tile (4 * MT)
+#endif
 #ifndef MMA_S1
 #define MMA_S1 3  // pipeline depth at MT 1 (3: 4 blocks per SM, measured faster than 4: 3 blocks)
 #endif
 template <int MT> struct mma_smem {
-    static constexpr int stages = MT >= 4 ? 3 : MT == 2 ? 4 : MMA_S1;  // cp.async pipeline depth
-    static constexpr int blocks_per_sm = MT == 1 ? (MMA_S1 == 3 ? 4 : 3) : 2;
+    static constexpr int stages = MT >= 4 ? 3 : MT == 2 ? MMA_S2 : MMA_S1;  // cp.async pipeline depth
+    static constexpr int blocks_per_sm = MT == 1 ? (MMA_S1 == 3 ? 4 : 3) : MT == 2 ? (MMA_S2 == 3 ? 3 : 2) : 2;
     static constexpr int w_words = (MMA_BK / 8) * MMA_WROW;
     static constexpr int sz_words = (MMA_BK / 32) * MMA_COLS;
     static constexpr int x_elems = 16 * MT * MMA_XROW;
@@ -275,11 +283,12 @@ static void mma_shape(const struct cu_gptq *l, int M, int *mt, int *ks, int *cps
     *mt = M <= 16 ? 1 : M <= 32 ? 2 : 4;
     const int n_chunks = (l->in + MMA_BK - 1) / MMA_BK;
     const int tiles = ((M + 16 * *mt - 1) / (16 * *mt)) * ((l->out + MMA_COLS - 1) / MMA_COLS);
-    const int target = n_sm * (*mt == 1 ? mma_smem<1>::blocks_per_sm : mma_smem<4>::blocks_per_sm);
+    const int target = n_sm * (*mt == 1 ? mma_smem<1>::blocks_per_sm : *mt == 2 ? mma_smem<2>::blocks_per_sm : mma_smem<4>::blocks_per_sm);
     int k = (target + tiles - 1) / tiles;
     k = k < 1 ? 1 : k > n_chunks ? n_chunks : k;
     int c = (n_chunks + k - 1) / k;
-    if (c < MMA_MIN_CPS && n_chunks >= MMA_MIN_CPS) c = MMA_MIN_CPS;  // pipeline fill amortised over enough chunks
+    const int min_cps = MMA_CPS_MT ? MMA_MIN_CPS * *mt : MMA_MIN_CPS;  // pipeline fill amortised over enough chunks
+    if (c < min_cps) c = min_cps < n_chunks ? min_cps : n_chunks;
     *cps = c;
     *ks = (n_chunks + c - 1) / c;
 }
