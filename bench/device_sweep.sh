@@ -31,7 +31,7 @@ for f in os.listdir(src):
     if f != "model.safetensors":
         (shutil.copytree if os.path.isdir(src + "/" + f) else shutil.copy)(src + "/" + f, dst + "/" + f)
 PY
-  rm -rf .devwork/sweepz && mkdir -p .devwork/sweepz && tar cJf .devwork/sweepz/sweep.tar.xz $D
+  rm -rf .devwork/sweepz && mkdir -p .devwork/sweepz && tar -I 'xz -T2 -6' -cf .devwork/sweepz/sweep.tar.xz $D
   du -sh .devwork/sweepz; exit 0
 fi
 [ -d $D ] || tar xJf .devwork/sweepz/sweep.tar.xz
@@ -51,6 +51,6 @@ json.dump({"chat_template": open(t).read(), "bos_token": None, "eos_token": "<|i
 PY
 timeout ${SWEEP_TIMEOUT:-540} python3 bench/sweep_cs.py --pagoda $D/bin/pagoda --model $M --configs "$CONFIGS" \
   --concurrency "$CONC" --limit "$LIMIT" --max-tokens "$MAXTOK" --min-requests "$MINREQ" \
-  ${BASE:+--baseline-dir "$BASE"} --embed-model-dir $D/minilm --out $OUT/sweep 2>&1 | tail -60
+  ${BASE:+--baseline-dir "$BASE"} $([ -d $D/minilm ] && echo --embed-model-dir $D/minilm) --out $OUT/sweep 2>&1 | tail -60
 cp $OUT/sweep/sweep.md $OUT/sweep/sweep-latency.svg $OUT/ 2>/dev/null
 tar czf $OUT/sweep.tgz -C $OUT sweep && rm -rf $OUT/sweep
