@@ -72,7 +72,7 @@ $(O)/%.o: %.c
 
 $(O)/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c -o $@ $<
+	$(NVCC) $(NVFLAGS) -MMD -MP -c -o $@ $<
 
 $(O)/tests/%: tests/c/%.c $(O)/libpagoda.a
 	@mkdir -p $(dir $@)
@@ -81,7 +81,7 @@ $(O)/tests/%: tests/c/%.c $(O)/libpagoda.a
 cuda-objs: $(CU_SRC:%.cu=build-cuda/%.cu.o)
 build-cuda/%.cu.o: %.cu
 	@mkdir -p $(dir $@)
-	$(NVCC) $(NVFLAGS) -c -o $@ $<
+	$(NVCC) $(NVFLAGS) -MMD -MP -c -o $@ $<
 
 test-bins: $(TEST_BIN) $(O)/pagoda
 
@@ -126,4 +126,6 @@ build-fuzz/fuzz_%: fuzz/fuzz_%.c build-fuzz/libpagoda.a
 clean:
 	rm -rf build build-san build-cuda build-san-cuda build-fuzz
 
--include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(wildcard build-fuzz/src/*/*.d build-fuzz/src/*/*/*.d)
+# .cu objects too (nvcc -MMD writes foo.cu.d): a header change must rebuild every kernel file
+# that includes it, or objects with stale struct layouts link together
+-include $(LIB_OBJ:.o=.d) $(CLI_OBJ:.o=.d) $(wildcard build-cuda/src/backend/cuda/*.cu.d) $(wildcard build-fuzz/src/*/*.d build-fuzz/src/*/*/*.d)

@@ -13,7 +13,9 @@ if [ "${1:-}" = "--prepare" ]; then
   mkdir -p .devwork/sweep/tests
   for t in test_cuda_attn_prefill test_cuda_gptq_mma test_cuda_feed test_cuda_model; do cp build-cuda/tests-cuda/$t .devwork/sweep/tests/; done
   strip .devwork/sweep/tests/*
-  rm -rf .devwork/finalz && mkdir -p .devwork/finalz && tar -I 'xz -T2 -6' -cf .devwork/finalz/final.tar.xz .devwork/sweep
+  cp -L "$(ldconfig -p | awk '/libcmocka.so.0 /{print $NF; exit}')" .devwork/sweep/lib/
+  # the embedding model does not fit the device tool's 64 MiB with the rest: left out here
+  rm -rf .devwork/finalz && mkdir -p .devwork/finalz && tar -I 'xz -T2 -6' --exclude=.devwork/sweep/minilm -cf .devwork/finalz/final.tar.xz .devwork/sweep
   du -sh .devwork/finalz; exit 0
 fi
 T0=$SECONDS; TOTAL=${TOTAL:-540}
