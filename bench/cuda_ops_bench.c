@@ -283,7 +283,6 @@ int main(int argc, char **argv) {
         for (int mi = 0; mi < 4; mi++) {
             row(&b, lin_name[l], "int4 split+reduce (old)", (struct op){OP_INT4, l, CU_GEMV_SPLIT, Ms[mi], 0}, NULL);
             row(&b, lin_name[l], "int4 fused (new)", (struct op){OP_INT4, l, CU_GEMV_FUSED, Ms[mi], 0}, NULL);
-            row(&b, lin_name[l], "int4 pipelined (new)", (struct op){OP_INT4, l, CU_GEMV_PIPE, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, 0, Ms[mi], 0}, NULL);
                 row(&b, lin_name[l], "int4 fused + swiglu in staging", (struct op){OP_INT4_SWIGLU, l, 0, Ms[mi], 0}, NULL);
@@ -311,7 +310,7 @@ int main(int argc, char **argv) {
         double floor_b = 0;
         for (int l = 0; l < 4; l++) floor_b += op_bytes(&(struct op){OP_INT4, l, 0, M, 0});
         floor_b += op_bytes(&(struct op){OP_ATTN, 0, 0, M, 512});
-        for (int f = CU_GEMV_SPLIT; f <= CU_GEMV_PIPE; f++) {
+        for (int f = CU_GEMV_SPLIT; f <= CU_GEMV_FUSED; f++) {
             double sum = 0;
             struct op ops[8] = {{OP_RMSNORM, 0, 0, M, 0}, {OP_INT4, 0, f, M, 0}, {OP_ROPE, 0, 0, M, 512},
                                 {OP_ATTN, 0, 0, M, 512},  {OP_INT4, 1, f, M, 0}, {OP_RMSNORM, 0, 0, M, 0},
@@ -319,7 +318,7 @@ int main(int argc, char **argv) {
             for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
             if (!f) sum += time_op(&b, &(struct op){OP_SWIGLU, 0, 0, M, 0});
             double g = time_layer(&b, M, f);
-            static const char *pn[3] = {"split+reduce (old)", "fused", "pipelined"};
+            static const char *pn[2] = {"split+reduce (old)", "fused"};
             printf("| %d | %s | %.1f | %.1f | %.1f |\n", M, pn[f], g, sum,
                    floor_b / (b.copy_gbs * 1e3));
         }

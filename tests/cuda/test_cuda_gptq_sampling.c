@@ -88,7 +88,7 @@ static void run_gptq_case(int in, int out, int gs) {
     printf("  dequant %dx%d g%d: %zu mismatches\n", in, out, gs, bad);
     assert_int_equal(bad, 0);
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
-        for (int variant = CU_GEMV_SPLIT; variant <= CU_GEMV_PIPE; variant++)
+        for (int variant = CU_GEMV_SPLIT; variant <= CU_GEMV_FUSED; variant++)
             for (int form = 0; form < (variant != CU_GEMV_SPLIT ? 3 : 1); form++)
                 gemv_case(&l, w, bias, db, M, variant, form);
     cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);

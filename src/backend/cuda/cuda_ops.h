@@ -111,9 +111,8 @@ struct cu_gemv_in {
     bool swiglu;
 };
 // Variants (kept for A/B in bench/cuda_ops_bench): SPLIT = split-K GEMV + separate reduce
-// kernel (plain input only); FUSED = one kernel, last block per column tile reduces;
-// PIPE = FUSED with each warp walking several 64-row stages, next stage's loads in flight.
-enum { CU_GEMV_SPLIT = 0, CU_GEMV_FUSED = 1, CU_GEMV_PIPE = 2, CU_GEMV_DEFAULT = CU_GEMV_FUSED };
+// kernel (plain input only); FUSED = one kernel, last block per column tile reduces.
+enum { CU_GEMV_SPLIT = 0, CU_GEMV_FUSED = 1, CU_GEMV_DEFAULT = CU_GEMV_FUSED };
 // y (M, ldy) bf16 = in(x) (M, in) . W^T (+ bias f32) for 1 <= M <= CU_GEMV_MAX_ROWS;
 // deterministic (fixed summation order). cu_gptq_gemv: plain x (ldx = in), default variant.
 void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,

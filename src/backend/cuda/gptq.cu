@@ -22,15 +22,11 @@ static void gemv_shape(const struct cu_gptq *l, int *cpb, int *ks) {
     *ks = (n_chunks + *cpb - 1) / *cpb;
 }
 
-static void pipe_shape(const struct cu_gptq *l, int *S, int *ks);
-
 extern "C" size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M) {
     int cpb, ks;
     gemv_shape(l, &cpb, &ks);
-    int ks_fused = (l->in / 128 + GV_WARPS - 1) / GV_WARPS, S, ks_pipe;
+    int ks_fused = (l->in / 128 + GV_WARPS - 1) / GV_WARPS;
     if (ks_fused > ks) ks = ks_fused;
-    pipe_shape(l, &S, &ks_pipe);
-    if (ks_pipe > ks) ks = ks_pipe;
     return CU_GEMV_COUNTERS + (size_t)ks * M * l->out;
 }
 
@@ -341,177 +337,6 @@ static void launch_fused(const struct cu_gptq *l, const gx &x, const float *bias
     CU_LAUNCHED("gptq_gemv_fused");
 }
 
-// ---- pipelined variant (CU_GEMV_PIPE) ----
-// As the fused kernel, but each warp walks S stages of 64 rows and issues the next stage's 8
-// int4 loads before computing the current one (register double buffer), so memory stays busy
-// while the block computes. S (<= 4) is halved while the grid has under 384 blocks (not for
-// narrow outputs, under 16 column tiles, where speed does not matter). Scale and
-// zero are re-read (from L1/L2) at every stage start, so group sums never span stages.
-static void pipe_shape(const struct cu_gptq *l, int *S, int *ks) {
-    const int tiles = (l->out + GV_COLS - 1) / GV_COLS, n_st = l->in / 64;
-    int s = 4;  // 4 stages: 1024 rows per block, 37 KB of staged activations at M = 8
-    while (s > 1 && tiles >= 16 && (long)tiles * ((n_st + GV_WARPS * s - 1) / (GV_WARPS * s)) < 384) s /= 2;
-    *S = s;
-    *ks = (n_st + GV_WARPS * s - 1) / (GV_WARPS * s);
-}
-
-template <int M>
-__device__ __forceinline__ void pipe_stage(const int4 (&qw)[8], const uint32_t *__restrict__ sz, int out, int gs,
-                                           int col, int row0, const float *xs, const float *xsum, int KB, int xo0,
-                                           float (&acc)[M][4]) {
-    float t1[M][4], tx[M], sc16[4], scz[4];
-    auto load_group = [&](int row) {
-        uint4 v = __ldg((const uint4 *)(sz + (size_t)(row / gs) * out + col));
-        uint32_t g[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-        for (int c = 0; c < 4; c++) {
-            float s = __half2float(__ushort_as_half((unsigned short)(g[c] & 0xffff)));
-            sc16[c] = 16.0f * s;
-            scz[c] = s * (16.0f + (float)(g[c] >> 16));
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            tx[m] = 0;
-#pragma unroll
-            for (int c = 0; c < 4; c++) t1[m][c] = 0;
-        }
-    };
-    auto flush = [&]() {
-#pragma unroll
-        for (int m = 0; m < M; m++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[m][c] += sc16[c] * t1[m][c] - scz[c] * tx[m];
-    };
-    load_group(row0);
-#pragma unroll
-    for (int r = 0; r < 8; r++) {
-        if (r > 0 && gs < 64 && ((r * 8) % gs) == 0) {
-            flush();
-            load_group(row0 + r * 8);
-        }
-        const uint32_t qv[4] = {(uint32_t)qw[r].x, (uint32_t)qw[r].y, (uint32_t)qw[r].z, (uint32_t)qw[r].w};
-        float wf[4][8];
-#pragma unroll
-        for (int c = 0; c < 4; c++)
-#pragma unroll
-            for (int j = 0; j < 8; j++) wf[c][j] = nib1(qv[c], j);
-        const int xo = xo0 + r * 8;
-#pragma unroll
-        for (int m = 0; m < M; m++) {
-            float4 a = *(const float4 *)(xs + m * KB + xo), b = *(const float4 *)(xs + m * KB + xo + 4);
-            float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-            tx[m] += xsum[m * (KB / 8) + xo / 8];
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) t1[m][c] += xv[j] * wf[c][j];
-        }
-    }
-    flush();
-}
-
-template <int M>
-__global__ void __launch_bounds__(GV_WARPS * 32)
-k_gptq_gemv_pipe(const int32_t *__restrict__ qweight, const uint32_t *__restrict__ sz, int in, int out, int gs,
-                 gx xin, int S, const float *__restrict__ bias, bf16 *__restrict__ y, int ldy, float *partial,
-                 unsigned *ticket) {
-    extern __shared__ float xs[];  // [M][KB], [M][KB/8]; later [GV_WARPS][M][GV_COLS]
-    const int KB = GV_WARPS * S * 64;
-    float *xsum = xs + M * KB;
-    __shared__ bool last;
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, ks = gridDim.y;
-    const int n_st = in / 64, b0 = blockIdx.y * GV_WARPS * S;
-    const int klen = (min(n_st, b0 + GV_WARPS * S) - b0) * 64, kbase = b0 * 64;
-    const int col = blockIdx.x * GV_COLS + lane * 4;
-    const int s0 = b0 + w * S, s_end = min(n_st, s0 + S);
-    const bool active = col < out && s0 < n_st;
-
-    int4 qa[8], qb[8];
-    auto load = [&](int4 (&q)[8], int st) {
-#pragma unroll
-        for (int r = 0; r < 8; r++) q[r] = __ldg((const int4 *)(qweight + (size_t)(st * 8 + r) * out + col));
-    };
-    if (active) load(qa, s0);
-    for (int u = threadIdx.x; u < M * (klen / 8); u += blockDim.x) {
-        int m = u / (klen / 8), r8 = u % (klen / 8);
-        float s = 0;
-#pragma unroll
-        for (int j = 0; j < 8; j++) {
-            float v = gx_load(xin, in, m, kbase + r8 * 8 + j);
-            xs[m * KB + r8 * 8 + j] = v;
-            s += v;
-        }
-        xsum[m * (KB / 8) + r8] = s;
-    }
-    __syncthreads();
-
-    float acc[M][4];
-#pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) acc[m][c] = 0;
-    if (active)
-        for (int st = s0; st < s_end; st += 2) {
-            if (st + 1 < s_end) load(qb, st + 1);
-            pipe_stage<M>(qa, sz, out, gs, col, st * 64, xs, xsum, KB, (st - b0) * 64, acc);
-            if (st + 1 >= s_end) break;
-            if (st + 2 < s_end) load(qa, st + 2);
-            pipe_stage<M>(qb, sz, out, gs, col, (st + 1) * 64, xs, xsum, KB, (st + 1 - b0) * 64, acc);
-        }
-    __syncthreads();
-    float *red = xs;
-#pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) red[(w * M + m) * GV_COLS + lane * 4 + c] = acc[m][c];
-    __syncthreads();
-    const int oc = blockIdx.x * GV_COLS + threadIdx.x;
-    const bool mine = threadIdx.x < GV_COLS && oc < out;
-    if (ks == 1) {
-        if (mine)
-            for (int m = 0; m < M; m++) {
-                float s = bias ? bias[oc] : 0.f;
-                for (int ww = 0; ww < GV_WARPS; ww++) s += red[(ww * M + m) * GV_COLS + threadIdx.x];
-                y[(size_t)m * ldy + oc] = __float2bfloat16(s);
-            }
-        return;
-    }
-    if (mine)
-        for (int m = 0; m < M; m++) {
-            float s = 0;
-            for (int ww = 0; ww < GV_WARPS; ww++) s += red[(ww * M + m) * GV_COLS + threadIdx.x];
-            partial[((size_t)blockIdx.y * M + m) * out + oc] = s;
-        }
-    __threadfence();
-    __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
-    __syncthreads();
-    if (!last) return;
-    __threadfence();
-    if (mine)
-        for (int m = 0; m < M; m++) {
-            float s = bias ? bias[oc] : 0.f;
-            for (int k = 0; k < ks; k++) s += __ldcg(partial + ((size_t)k * M + m) * out + oc);
-            y[(size_t)m * ldy + oc] = __float2bfloat16(s);
-        }
-    if (threadIdx.x == 0) ticket[blockIdx.x] = 0;
-}
-
-template <int M>
-static void launch_pipe(const struct cu_gptq *l, const gx &x, const float *bias, bf16_t *y, int ldy, float *partial,
-                        cudaStream_t st) {
-    int S, ks;
-    pipe_shape(l, &S, &ks);
-    const int KB = GV_WARPS * S * 64;
-    size_t sm = (size_t)M * (KB + KB / 8) * sizeof(float);
-    if (sm < (size_t)GV_WARPS * M * GV_COLS * sizeof(float)) sm = (size_t)GV_WARPS * M * GV_COLS * sizeof(float);
-    dim3 grid((l->out + GV_COLS - 1) / GV_COLS, ks);
-    k_gptq_gemv_pipe<M><<<grid, GV_WARPS * 32, sm, st>>>(l->qweight, l->sz, l->in, l->out, l->group_size, x, S, bias,
-                                                         (bf16 *)y, ldy, partial + CU_GEMV_COUNTERS,
-                                                         (unsigned *)partial);
-    CU_LAUNCHED("gptq_gemv_pipe");
-}
-
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
                                 bf16_t *y, int ldy, float *partial, int variant, cudaStream_t st) {
     if (M <= 0) return;
@@ -525,19 +350,6 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
         return;
     }
     gx a = {(const bf16 *)x->x, x->ldx, x->perm, x->swiglu};
-    if (variant == CU_GEMV_PIPE) {
-        switch (M) {
-        case 1: launch_pipe<1>(l, a, bias, y, ldy, partial, st); break;
-        case 2: launch_pipe<2>(l, a, bias, y, ldy, partial, st); break;
-        case 3: launch_pipe<3>(l, a, bias, y, ldy, partial, st); break;
-        case 4: launch_pipe<4>(l, a, bias, y, ldy, partial, st); break;
-        case 5: launch_pipe<5>(l, a, bias, y, ldy, partial, st); break;
-        case 6: launch_pipe<6>(l, a, bias, y, ldy, partial, st); break;
-        case 7: launch_pipe<7>(l, a, bias, y, ldy, partial, st); break;
-        default: launch_pipe<8>(l, a, bias, y, ldy, partial, st); break;
-        }
-        return;
-    }
     switch (M) {
     case 1: launch_fused<1>(l, a, bias, y, ldy, partial, st); break;
     case 2: launch_fused<2>(l, a, bias, y, ldy, partial, st); break;
