@@ -416,6 +416,9 @@ static int parse_messages(struct api_request *r, json_t *body, struct api_error 
         }
         json_t *copy = json_copy(m);
         json_array_append_new(r->messages, copy);
+        // an assistant turn that only made tool calls has content null (the OpenAI SDK sends
+        // it so): templates get "" (Qwen3's does string tests on it; Qwen2.5's treats both alike)
+        if (!c || json_is_null(c)) json_object_set_new(copy, "content", json_string(""));
         if (normalize_content(copy, i, e)) return -1;
         parse_tool_call_args(copy);
     }
