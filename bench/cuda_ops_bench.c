@@ -56,7 +56,7 @@ static const char *lin_name[4] = {"qkv 5120->7168", "o 5120->5120", "gate|up 512
 static const int lin_in[4] = {H, NH * HD, H, I}, lin_out[4] = {QKV, H, 2 * I, H};
 
 struct op {
-    int kind, lin, variant, M, ctx;
+    int kind, lin, M, ctx;
 };
 enum { OP_INT4, OP_INT4_SWIGLU, OP_CUBLAS, OP_DENSE, OP_LM_CUBLAS, OP_LM_DENSE, OP_RMSNORM, OP_ROPE, OP_ATTN, OP_SWIGLU };
 
@@ -89,10 +89,10 @@ static void run_op(struct bench *b, const struct op *o) {
     const int M = o->M, in = lin_in[o->lin], out = lin_out[o->lin];
     struct cu_gemv_in x = {b->x, in, NULL, false};
     switch (o->kind) {
-    case OP_INT4: cu_gptq_gemv_ex(&b->q[o->lin], &x, M, NULL, b->y, out, b->partial, o->variant, b->st); break;
+    case OP_INT4: cu_gptq_gemv_ex(&b->q[o->lin], &x, M, NULL, b->y, out, b->partial, b->st); break;
     case OP_INT4_SWIGLU:
         x = (struct cu_gemv_in){b->gu, 2 * I, NULL, true};
-        cu_gptq_gemv_ex(&b->q[3], &x, M, NULL, b->y, H, b->partial, CU_GEMV_FUSED, b->st);
+        cu_gptq_gemv_ex(&b->q[3], &x, M, NULL, b->y, H, b->partial, b->st);
         break;
     case OP_CUBLAS: gemm(b, b->wd[o->lin], in, out, b->x, M, b->y, false); break;
     case OP_DENSE: cu_bf16_gemv(b->wd[o->lin], in, out, b->x, M, NULL, b->y, out, false, b->st); break;
@@ -168,33 +168,27 @@ static void row(struct bench *b, const char *name, const char *impl, struct op o
     printf("| %s | %s | %d | %.1f | %.0f | %.0f%% |\n", name, impl, o.M, us, gbs, 100 * gbs / b->copy_gbs);
 }
 
-// One decode layer (batch M, context 512) as the backend runs it; fused = the new path.
-static void layer(struct bench *b, int M, int v) {
-    const bool fused = v != CU_GEMV_SPLIT;
+// One decode layer (batch M, context 512) as the backend runs it.
+static void layer(struct bench *b, int M) {
     struct cu_gemv_in xn = {b->xn, H, NULL, false}, at = {b->attn, NH * HD, NULL, false};
-    struct cu_gemv_in gu = {b->gu, 2 * I, NULL, true}, act = {b->x, I, NULL, false};
+    struct cu_gemv_in gu = {b->gu, 2 * I, NULL, true};
     cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-    cu_gptq_gemv_ex(&b->q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, v, b->st);
+    cu_gptq_gemv_ex(&b->q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
     cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
     cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M), b->apart,
                    b->attn, b->st);
-    cu_gptq_gemv_ex(&b->q[1], &at, M, NULL, b->y, H, b->partial, v, b->st);
+    cu_gptq_gemv_ex(&b->q[1], &at, M, NULL, b->y, H, b->partial, b->st);
     cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-    cu_gptq_gemv_ex(&b->q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, v, b->st);
-    if (fused) {
-        cu_gptq_gemv_ex(&b->q[3], &gu, M, NULL, b->y, H, b->partial, v, b->st);
-    } else {
-        cu_swiglu(b->gu, M, I, b->x, b->st);
-        cu_gptq_gemv_ex(&b->q[3], &act, M, NULL, b->y, H, b->partial, v, b->st);
-    }
+    cu_gptq_gemv_ex(&b->q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, b->st);
+    cu_gptq_gemv_ex(&b->q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
 }
 
-static double time_layer(struct bench *b, int M, int v) {
+static double time_layer(struct bench *b, int M) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     set_ctx(b, M, 512);
     ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
-    layer(b, M, v);
+    layer(b, M);
     ck(cudaStreamEndCapture(b->st, &g), "end capture");
     ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
     float t[1024], ms;
@@ -281,47 +275,40 @@ int main(int argc, char **argv) {
     const int Ms[4] = {1, 2, 4, 8};
     for (int l = 0; l < 4; l++)
         for (int mi = 0; mi < 4; mi++) {
-            row(&b, lin_name[l], "int4 split+reduce (old)", (struct op){OP_INT4, l, CU_GEMV_SPLIT, Ms[mi], 0}, NULL);
-            row(&b, lin_name[l], "int4 fused (new)", (struct op){OP_INT4, l, CU_GEMV_FUSED, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
-                row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, 0, Ms[mi], 0}, NULL);
-                row(&b, lin_name[l], "int4 fused + swiglu in staging", (struct op){OP_INT4_SWIGLU, l, 0, Ms[mi], 0}, NULL);
+                row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
+                row(&b, lin_name[l], "int4 GEMV + swiglu in staging", (struct op){OP_INT4_SWIGLU, l, Ms[mi], 0}, NULL);
             }
         }
     for (int l = 0; l < 4; l++)
         for (int mi = 0; mi < 4; mi++) {
-            row(&b, lin_name[l], "bf16 cuBLAS", (struct op){OP_CUBLAS, l, 0, Ms[mi], 0}, NULL);
-            row(&b, lin_name[l], "bf16 custom gemv", (struct op){OP_DENSE, l, 0, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "bf16 cuBLAS", (struct op){OP_CUBLAS, l, Ms[mi], 0}, NULL);
+            row(&b, lin_name[l], "bf16 custom gemv", (struct op){OP_DENSE, l, Ms[mi], 0}, NULL);
         }
     for (int mi = 0; mi < 4; mi++) {
-        row(&b, "lm_head 5120->152064", "bf16 cuBLAS (f32 out)", (struct op){OP_LM_CUBLAS, 0, 0, Ms[mi], 0}, NULL);
-        row(&b, "lm_head 5120->152064", "bf16 custom gemv", (struct op){OP_LM_DENSE, 0, 0, Ms[mi], 0}, NULL);
+        row(&b, "lm_head 5120->152064", "bf16 cuBLAS (f32 out)", (struct op){OP_LM_CUBLAS, 0, Ms[mi], 0}, NULL);
+        row(&b, "lm_head 5120->152064", "bf16 custom gemv", (struct op){OP_LM_DENSE, 0, Ms[mi], 0}, NULL);
     }
     for (int mi = 0; mi < 4; mi++) {
-        row(&b, "add_rmsnorm 5120", "", (struct op){OP_RMSNORM, 0, 0, Ms[mi], 0}, NULL);
-        row(&b, "qkv_rope_store", "", (struct op){OP_ROPE, 0, 0, Ms[mi], 512}, NULL);
-        row(&b, "attn_decode ctx 512", "", (struct op){OP_ATTN, 0, 0, Ms[mi], 512}, NULL);
-        row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, 0, Ms[mi], 4096}, NULL);
+        row(&b, "add_rmsnorm 5120", "", (struct op){OP_RMSNORM, 0, Ms[mi], 0}, NULL);
+        row(&b, "qkv_rope_store", "", (struct op){OP_ROPE, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 512", "", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
     }
     printf("\n## One int4 decode layer as a CUDA graph (context 512)\n\n");
-    printf("| M | path | graph us | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|---|\n");
+    printf("| M | graph us | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|\n");
     for (int mi = 0; mi < 4; mi++) {
         const int M = Ms[mi];
         double floor_b = 0;
-        for (int l = 0; l < 4; l++) floor_b += op_bytes(&(struct op){OP_INT4, l, 0, M, 0});
-        floor_b += op_bytes(&(struct op){OP_ATTN, 0, 0, M, 512});
-        for (int f = CU_GEMV_SPLIT; f <= CU_GEMV_FUSED; f++) {
-            double sum = 0;
-            struct op ops[8] = {{OP_RMSNORM, 0, 0, M, 0}, {OP_INT4, 0, f, M, 0}, {OP_ROPE, 0, 0, M, 512},
-                                {OP_ATTN, 0, 0, M, 512},  {OP_INT4, 1, f, M, 0}, {OP_RMSNORM, 0, 0, M, 0},
-                                {OP_INT4, 2, f, M, 0},    {OP_INT4, 3, f, M, 0}};
-            for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
-            if (!f) sum += time_op(&b, &(struct op){OP_SWIGLU, 0, 0, M, 0});
-            double g = time_layer(&b, M, f);
-            static const char *pn[2] = {"split+reduce (old)", "fused"};
-            printf("| %d | %s | %.1f | %.1f | %.1f |\n", M, pn[f], g, sum,
-                   floor_b / (b.copy_gbs * 1e3));
-        }
+        for (int l = 0; l < 4; l++) floor_b += op_bytes(&(struct op){OP_INT4, l, M, 0});
+        floor_b += op_bytes(&(struct op){OP_ATTN, 0, M, 512});
+        double sum = 0;
+        struct op ops[8] = {{OP_RMSNORM, 0, M, 0}, {OP_INT4, 0, M, 0}, {OP_ROPE, 0, M, 512},
+                            {OP_ATTN, 0, M, 512},  {OP_INT4, 1, M, 0}, {OP_RMSNORM, 0, M, 0},
+                            {OP_INT4, 2, M, 0},    {OP_INT4_SWIGLU, 3, M, 0}};
+        for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
+        printf("| %d | %.1f | %.1f | %.1f |\n", M, time_layer(&b, M), sum, floor_b / (b.copy_gbs * 1e3));
     }
     if (cu_take_error(err)) {
         fprintf(stderr, "%s\n", err);

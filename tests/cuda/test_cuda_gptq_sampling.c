@@ -6,8 +6,7 @@
 // One GEMV against the double reference w (W^T, (in, out)). form 0: plain x; 1: x is a
 // gate|up row (SwiGLU formed in the GEMV), 2: SwiGLU plus a permutation of the input.
 // Output poisoned, bias on; a second launch must give bit-identical results.
-static void gemv_case(const struct cu_gptq *l, const double *w, const float *bias, const float *db, int M, int variant,
-                      int form) {
+static void gemv_case(const struct cu_gptq *l, const double *w, const float *bias, const float *db, int M, int form) {
     const int in = l->in, out = l->out, ldx = form ? 2 * in : in, ldy = out + 8;
     uint16_t *x = rand_bf16((size_t)M * ldx, form ? 3.0f : 1.0f);
     int32_t *perm = pg_malloc(sizeof(int32_t) * in);
@@ -35,9 +34,9 @@ static void gemv_case(const struct cu_gptq *l, const double *w, const float *bia
     cu_gemv_scratch_reset(part, 0);
     struct cu_gemv_in a = {dx, ldx, form == 2 ? dperm : NULL, form != 0};
     uint16_t *y = pg_malloc((size_t)M * ldy * 2), *y2 = pg_malloc((size_t)M * ldy * 2), *yc = pg_malloc((size_t)M * out * 2);
-    cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, variant, 0);
+    cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, 0);
     to_host(y, dy, (size_t)M * ldy * 2);
-    cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, variant, 0);
+    cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, 0);
     to_host(y2, dy, (size_t)M * ldy * 2);
     double *ref = pg_malloc(sizeof(double) * M * out);
     for (int m = 0; m < M; m++) {
@@ -50,7 +49,7 @@ static void gemv_case(const struct cu_gptq *l, const double *w, const float *bia
         for (int o = 0; o < out; o++) assert_int_equal(y[(size_t)m * ldy + o], y2[(size_t)m * ldy + o]);
     }
     char name[80];
-    snprintf(name, sizeof name, "gptq gemv %dx%d g%d M=%d v%d form%d", in, out, l->group_size, M, variant, form);
+    snprintf(name, sizeof name, "gptq gemv %dx%d g%d M=%d form%d", in, out, l->group_size, M, form);
     CHECK_ERR(name, rel_err_bf16(yc, ref, (size_t)M * out), 6e-3);
     uint32_t *tick = pg_malloc(sizeof(uint32_t) * CU_GEMV_COUNTERS);  // tickets left re-armed
     to_host(tick, part, sizeof(uint32_t) * CU_GEMV_COUNTERS);
@@ -88,9 +87,7 @@ static void run_gptq_case(int in, int out, int gs) {
     printf("  dequant %dx%d g%d: %zu mismatches\n", in, out, gs, bad);
     assert_int_equal(bad, 0);
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
-        for (int variant = CU_GEMV_SPLIT; variant <= CU_GEMV_FUSED; variant++)
-            for (int form = 0; form < (variant != CU_GEMV_SPLIT ? 3 : 1); form++)
-                gemv_case(&l, w, bias, db, M, variant, form);
+        for (int form = 0; form < 3; form++) gemv_case(&l, w, bias, db, M, form);
     cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
     free(qw), free(sz), free(bias), free(w), free(wt);
 }

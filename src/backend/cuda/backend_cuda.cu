@@ -56,7 +56,7 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
                      T <= (d->wt ? CU_MMA_MAX_ROWS_CACHED : CU_MMA_MAX_ROWS) && cu_gptq_mma_supported(&d->q);
     if (d->quant && !mma && T <= (d->wt ? 2 : CU_GEMV_MAX_ROWS)) {
         struct cu_gemv_in in = {x, x_is_gu ? 2 * d->in : d->in, d->perm, x_is_gu};
-        cu_gptq_gemv_ex(&d->q, &in, T, d->bias, y, ldy, c->gemv_partial, CU_GEMV_DEFAULT, c->st);
+        cu_gptq_gemv_ex(&d->q, &in, T, d->bias, y, ldy, c->gemv_partial, c->st);
         return;
     }
     if (x_is_gu) {

@@ -110,13 +110,10 @@ struct cu_gemv_in {
     const int32_t *perm;
     bool swiglu;
 };
-// Variants (kept for A/B in bench/cuda_ops_bench): SPLIT = split-K GEMV + separate reduce
-// kernel (plain input only); FUSED = one kernel, last block per column tile reduces.
-enum { CU_GEMV_SPLIT = 0, CU_GEMV_FUSED = 1, CU_GEMV_DEFAULT = CU_GEMV_FUSED };
 // y (M, ldy) bf16 = in(x) (M, in) . W^T (+ bias f32) for 1 <= M <= CU_GEMV_MAX_ROWS;
-// deterministic (fixed summation order). cu_gptq_gemv: plain x (ldx = in), default variant.
+// deterministic (fixed summation order). cu_gptq_gemv: plain x (ldx = in).
 void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
-                     bf16_t *y, int ldy, float *partial, int variant, cudaStream_t st);
+                     bf16_t *y, int ldy, float *partial, cudaStream_t st);
 void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
                   int ldy, float *partial, cudaStream_t st);
 // ---- dense bf16 GEMV (dense_gemv.cu) ----

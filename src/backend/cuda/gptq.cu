@@ -1,12 +1,9 @@
 // GPTQ int4 weight-only GEMM.
-// Few rows (decode, M <= 8): a bandwidth-bound GEMV streaming the checkpoint layout
-// qweight [in/8][out] with 16-byte loads (4 output columns x 8 input rows per thread per
-// load), 16 loads in flight per thread (one 128-row chunk), activations staged in shared
-// memory as f32 and broadcast. Nibbles become floats without conversions: the nibble is OR'd
-// into the mantissa of 2^23 and (2^23 + zero) subtracted, giving (q - z) exactly; the group
-// scale is applied once per group. Grid (column tile of 128, K split); each warp owns whole
-// chunks; warps reduce in shared memory, K splits in k_gemv_reduce (deterministic, + bias).
-// Many rows: k_dequant writes W^T (in, out) bf16 for cuBLAS.
+// Few rows (decode, M <= 8): k_gptq_gemv_fused, a bandwidth-bound GEMV streaming the
+// checkpoint layout qweight [in/8][out] with 16-byte loads (4 output columns x 8 input rows
+// per thread per load), one 128-row chunk (16 loads in flight) per warp; its design is
+// described above the kernel.
+// Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS (or gptq_mma.cu).
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -16,158 +13,17 @@ typedef __nv_bfloat16 bf16;
 #define GV_WARPS 4
 #define GV_COLS 128
 
-static void gemv_shape(const struct cu_gptq *l, int *cpb, int *ks) {
-    int n_chunks = l->in / 128, tiles = (l->out + GV_COLS - 1) / GV_COLS;
-    *cpb = (long)tiles * n_chunks >= 4096 ? 8 : 4;
-    *ks = (n_chunks + *cpb - 1) / *cpb;
-}
+// K splits of the GEMV: one per GV_WARPS 128-row chunks.
+static int gemv_splits(const struct cu_gptq *l) { return (l->in / 128 + GV_WARPS - 1) / GV_WARPS; }
 
 extern "C" size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M) {
-    int cpb, ks;
-    gemv_shape(l, &cpb, &ks);
-    int ks_fused = (l->in / 128 + GV_WARPS - 1) / GV_WARPS;
-    if (ks_fused > ks) ks = ks_fused;
-    return CU_GEMV_COUNTERS + (size_t)ks * M * l->out;
+    return CU_GEMV_COUNTERS + (size_t)gemv_splits(l) * M * l->out;
 }
 
 extern "C" void cu_gemv_scratch_reset(float *partial, cudaStream_t st) {
     CU_CHECK(cudaMemsetAsync(partial, 0, CU_GEMV_COUNTERS * sizeof(float), st));
 }
 
-template <int M>
-__global__ void __launch_bounds__(GV_WARPS * 32)
-k_gptq_gemv(const int32_t *__restrict__ qweight, const uint32_t *__restrict__ sz, int in, int out, int gs,
-            const bf16 *__restrict__ x, int cpb, float *__restrict__ partial) {
-    extern __shared__ float xs[];  // [M][cpb*128], later [GV_WARPS][M][GV_COLS]
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
-    const int n_chunks = in / 128, c_begin = blockIdx.y * cpb, c_end = min(n_chunks, c_begin + cpb);
-    const int klen = (c_end - c_begin) * 128, kbase = c_begin * 128;
-    const int col = blockIdx.x * GV_COLS + lane * 4;
-    const bool valid = col < out;
-
-    for (int e = threadIdx.x; e < M * klen; e += blockDim.x) {
-        int m = e / klen, k = e % klen;
-        xs[m * cpb * 128 + k] = __bfloat162float(x[(size_t)m * in + kbase + k]);
-    }
-    __syncthreads();
-
-    float acc[M][4];
-#pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) acc[m][c] = 0;
-
-    for (int ch = c_begin + w; ch < c_end && valid; ch += GV_WARPS) {
-        int4 qw[16];
-#pragma unroll
-        for (int r = 0; r < 16; r++) qw[r] = __ldg((const int4 *)(qweight + (size_t)(ch * 16 + r) * out + col));
-        float tmp[M][4], zf[4], sc[4];
-        auto load_group = [&](int row) {
-            uint4 v = __ldg((const uint4 *)(sz + (size_t)(row / gs) * out + col));
-            uint32_t u[4] = {v.x, v.y, v.z, v.w};
-#pragma unroll
-            for (int c = 0; c < 4; c++) {
-                sc[c] = __half2float(__ushort_as_half((unsigned short)(u[c] & 0xffff)));
-                zf[c] = 8388608.0f + (float)(u[c] >> 16);
-            }
-        };
-        load_group(ch * 128);
-#pragma unroll
-        for (int m = 0; m < M; m++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) tmp[m][c] = 0;
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-            if (r > 0 && gs < 128 && ((r * 8) % gs) == 0) {
-#pragma unroll
-                for (int m = 0; m < M; m++)
-#pragma unroll
-                    for (int c = 0; c < 4; c++) {
-                        acc[m][c] += sc[c] * tmp[m][c];
-                        tmp[m][c] = 0;
-                    }
-                load_group(ch * 128 + r * 8);
-            }
-            int qv[4] = {qw[r].x, qw[r].y, qw[r].z, qw[r].w};
-            float wf[4][8];
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-#pragma unroll
-                for (int j = 0; j < 8; j++)
-                    wf[c][j] = __int_as_float(0x4B000000 | ((qv[c] >> (4 * j)) & 0xF)) - zf[c];
-            const int xo = (ch - c_begin) * 128 + r * 8;
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                float4 a = *(const float4 *)(xs + m * cpb * 128 + xo), b = *(const float4 *)(xs + m * cpb * 128 + xo + 4);
-                float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-#pragma unroll
-                    for (int j = 0; j < 8; j++) tmp[m][c] += xv[j] * wf[c][j];
-            }
-        }
-#pragma unroll
-        for (int m = 0; m < M; m++)
-#pragma unroll
-            for (int c = 0; c < 4; c++) acc[m][c] += sc[c] * tmp[m][c];
-    }
-    __syncthreads();
-    float *red = xs;
-#pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) red[(w * M + m) * GV_COLS + lane * 4 + c] = acc[m][c];
-    __syncthreads();
-    const int oc = blockIdx.x * GV_COLS + threadIdx.x;
-    if (threadIdx.x < GV_COLS && oc < out)
-        for (int m = 0; m < M; m++) {
-            float s = 0;
-            for (int ww = 0; ww < GV_WARPS; ww++) s += red[(ww * M + m) * GV_COLS + threadIdx.x];
-            partial[((size_t)blockIdx.y * M + m) * out + oc] = s;
-        }
-}
-
-__global__ void k_gemv_reduce(const float *partial, int ks, int M, int out, const float *bias, bf16 *y, int ldy) {
-    for (int e = blockIdx.x * blockDim.x + threadIdx.x; e < M * out; e += gridDim.x * blockDim.x) {
-        int m = e / out, o = e % out;
-        float s = bias ? bias[o] : 0.f;
-        for (int k = 0; k < ks; k++) s += partial[((size_t)k * M + m) * out + o];
-        y[(size_t)m * ldy + o] = __float2bfloat16(s);
-    }
-}
-
-template <int M>
-static void launch_gemv(const struct cu_gptq *l, const bf16_t *x, float *partial, cudaStream_t st) {
-    int cpb, ks;
-    gemv_shape(l, &cpb, &ks);
-    size_t sm = (size_t)M * (cpb * 128 > GV_WARPS * GV_COLS ? cpb * 128 : GV_WARPS * GV_COLS) * sizeof(float);
-    dim3 grid((l->out + GV_COLS - 1) / GV_COLS, ks);
-    k_gptq_gemv<M><<<grid, GV_WARPS * 32, sm, st>>>(l->qweight, l->sz, l->in, l->out, l->group_size,
-                                                   (const bf16 *)x, cpb, partial + CU_GEMV_COUNTERS);
-    CU_LAUNCHED("gptq_gemv");
-}
-
-static void gemv_split(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y, int ldy,
-                       float *partial, cudaStream_t st) {
-    switch (M) {
-    case 1: launch_gemv<1>(l, x, partial, st); break;
-    case 2: launch_gemv<2>(l, x, partial, st); break;
-    case 3: launch_gemv<3>(l, x, partial, st); break;
-    case 4: launch_gemv<4>(l, x, partial, st); break;
-    case 5: launch_gemv<5>(l, x, partial, st); break;
-    case 6: launch_gemv<6>(l, x, partial, st); break;
-    case 7: launch_gemv<7>(l, x, partial, st); break;
-    default: launch_gemv<8>(l, x, partial, st); break;
-    }
-    int cpb, ks;
-    gemv_shape(l, &cpb, &ks);
-    int n = M * l->out, blocks = (n + 255) / 256;
-    k_gemv_reduce<<<blocks > 4096 ? 4096 : blocks, 256, 0, st>>>(partial + CU_GEMV_COUNTERS, ks, M, l->out, bias,
-                                                                 (bf16 *)y, ldy);
-    CU_LAUNCHED("gemv_reduce");
-}
-
-// ---- fused variant (CU_GEMV_FUSED) ----
 // One 128-row chunk per warp, GV_WARPS chunks per block, so every block has a single
 // round trip to memory: its 16 int4 weight loads per thread are issued before the
 // activations are staged, hiding the staging behind them. Nibbles become 1 + q/16 by
@@ -330,7 +186,7 @@ static void launch_fused(const struct cu_gptq *l, const gx &x, const float *bias
                          cudaStream_t st) {
     const int KB = GV_WARPS * 128;
     size_t sm = (size_t)M * (KB + KB / 8) * sizeof(float);
-    dim3 grid((l->out + GV_COLS - 1) / GV_COLS, (l->in / 128 + GV_WARPS - 1) / GV_WARPS);
+    dim3 grid((l->out + GV_COLS - 1) / GV_COLS, gemv_splits(l));
     k_gptq_gemv_fused<M><<<grid, GV_WARPS * 32, sm, st>>>(l->qweight, l->sz, l->in, l->out, l->group_size, x, bias,
                                                           (bf16 *)y, ldy, partial + CU_GEMV_COUNTERS,
                                                           (unsigned *)partial);
@@ -338,15 +194,10 @@ static void launch_fused(const struct cu_gptq *l, const gx &x, const float *bias
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
-                                bf16_t *y, int ldy, float *partial, int variant, cudaStream_t st) {
+                                bf16_t *y, int ldy, float *partial, cudaStream_t st) {
     if (M <= 0) return;
-    if (M > CU_GEMV_MAX_ROWS || (l->out + GV_COLS - 1) / GV_COLS > CU_GEMV_COUNTERS || l->in % 128 ||
-        (variant == CU_GEMV_SPLIT && (x->perm || x->swiglu || x->ldx != l->in))) {
-        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq gemv: unsupported shape or input form");
-        return;
-    }
-    if (variant == CU_GEMV_SPLIT) {
-        gemv_split(l, x->x, M, bias, y, ldy, partial, st);
+    if (M > CU_GEMV_MAX_ROWS || (l->out + GV_COLS - 1) / GV_COLS > CU_GEMV_COUNTERS || l->in % 128) {
+        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq gemv: unsupported shape");
         return;
     }
     gx a = {(const bf16 *)x->x, x->ldx, x->perm, x->swiglu};
@@ -365,7 +216,7 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
 extern "C" void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
                              int ldy, float *partial, cudaStream_t st) {
     struct cu_gemv_in a = {x, l->in, NULL, false};
-    cu_gptq_gemv_ex(l, &a, M, bias, y, ldy, partial, CU_GEMV_DEFAULT, st);
+    cu_gptq_gemv_ex(l, &a, M, bias, y, ldy, partial, st);
 }
 
 // Thread per (packed row, column pair): 8 rows x 2 columns, bf16x2 stores coalesced along out.
