@@ -266,11 +266,6 @@ static int sample_random(float *lg, int vocab, const struct sample_input *in, in
     return draw_some(lg, in, mx, e, true, z, idx, n);
 }
 
-static bool penalized(const struct sampling_params *p) {
-    return (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) || p->presence_penalty != 0 ||
-           p->frequency_penalty != 0;
-}
-
 void sampler_sample(float *logits, int vocab, const struct sample_input *in, void *scratch,
                     struct sample_output *out) {
     const struct sampling_params *p = in->params;
@@ -278,7 +273,7 @@ void sampler_sample(float *logits, int vocab, const struct sample_input *in, voi
     float *raw = probs + vocab;
     int32_t *idx = (int32_t *)(raw + vocab);
     apply_masks(logits, vocab, in);
-    if (penalized(p)) {
+    if (sampling_penalized(p)) {
         memset(idx, 0, (size_t)vocab * sizeof *idx);
         apply_penalties(logits, vocab, in, idx);
     }

@@ -24,6 +24,13 @@ struct sampling_params {
                                // 0: the chosen token's; k: plus top-k
 };
 
+// Whether a repetition, presence or frequency penalty applies (the sampler ignores a
+// repetition penalty <= 0; the engine rejects one at submission).
+static inline bool sampling_penalized(const struct sampling_params *p) {
+    return (p->repetition_penalty != 1.0f && p->repetition_penalty > 0) || p->presence_penalty != 0.0f ||
+           p->frequency_penalty != 0.0f;
+}
+
 struct sample_input {
     const struct sampling_params *params;
     uint64_t step;             // index of the output token being sampled (0 = first)

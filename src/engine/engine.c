@@ -250,11 +250,6 @@ static bool beyond_limits(const struct engine *e, const struct sched_item *it) {
                           q->n_tokens >= e->cfg.max_model_len);
 }
 
-static bool has_penalties(const struct sampling_params *p) {
-    return p->repetition_penalty != 1.0f || p->presence_penalty != 0.0f ||
-           p->frequency_penalty != 0.0f;
-}
-
 // Whether a plan can be launched before the steps in flight are collected: every item of a
 // sequence with unresolved tokens computes exactly its last placeholder, produced by the
 // most recently launched step (the backend feeds it on the device), and its sampling needs
@@ -263,10 +258,10 @@ static bool feedable(const struct engine *e, const struct step_plan *p) {
     for (int i = 0; i < p->n; i++) {
         const struct sched_item *it = &p->items[i];
         const struct eseq *s = it->seq->owner;
-        if (s->finished || s->n_ph == 0 || beyond_limits(e, it)) continue;
+        if (s->finished || s->s.n_unresolved == 0 || beyond_limits(e, it)) continue;
         if (it->n_new != 1 || it->pos0 != it->seq->n_tokens - 1 || s->ph_step != e->n_launched)
             return false;
-        if (s->gm || has_penalties(&s->sp)) return false;
+        if (s->gm || sampling_penalized(&s->sp)) return false;
     }
     return true;
 }
@@ -297,7 +292,7 @@ static int build_batch(struct engine *e, struct step_plan *plan, struct inflight
         if (!r->t_scheduled) r->t_scheduled = now;
         bool ban = n_out < r->r.min_tokens && r->n_banned > 0;
         if (it->sample && s->gm) grammar_fill_mask(s->gm, s->mask);
-        bool feed = s->n_ph > 0; // feedable() checked it is the last placeholder
+        bool feed = s->s.n_unresolved > 0; // feedable() checked it is the last placeholder
         s->s.n_inflight++;
         n_tokens += it->n_new;
         plan->items[n] = *it;
@@ -319,9 +314,7 @@ static int build_batch(struct engine *e, struct step_plan *plan, struct inflight
 }
 
 static void drop_ph(struct eseq *s) {
-    if (s->n_ph <= 0) return;
-    s->n_ph--;
-    s->s.n_unresolved--;
+    if (s->s.n_unresolved > 0) s->s.n_unresolved--;
 }
 
 static void fail_all(struct engine *e, const char *msg) {
@@ -335,9 +328,8 @@ static void fail_all(struct engine *e, const char *msg) {
     for (struct ereq *q = e->active; q; q = q->next)
         for (int i = 0; i < q->r.n; i++) {
             struct eseq *s = &q->seqs[i];
-            bool unresolved = s->n_ph > 0; // a preempted one could never be recomputed
+            bool unresolved = s->s.n_unresolved > 0; // a preempted one could never be recomputed
             s->s.n_inflight = 0;
-            s->n_ph = 0;
             s->s.n_unresolved = 0;
             if (s->s.status == SEQ_RUNNING || (unresolved && !s->finished))
                 eseq_finish_now(e, s, FINISH_ERROR);
@@ -380,7 +372,6 @@ static void launched(struct engine *e, const struct inflight *f) {
         int idx = k++;
         if (s->finished) continue;
         sched_seq_append(&s->s, -1);
-        s->n_ph++;
         s->s.n_unresolved++;
         s->ph_step = f->id;
         s->ph_idx = idx;

@@ -20,8 +20,6 @@ struct eseq {
     struct grammar_matcher *gm;
     uint32_t *mask;            // [ceil(vocab / 32)] when gm
     double t_first_token;
-    int n_ph;                  // pipelining: tokens at the tail still being sampled (placeholders
-                               // -1); the first unresolved position is s.n_tokens - n_ph
     uint64_t ph_step;          // the step that produces the last placeholder
     int ph_idx;                // its result index in that step
     // accepted but not yet emitted (between eseq_accept and eseq_emit):

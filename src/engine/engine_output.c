@@ -97,16 +97,12 @@ void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res
     if (s->pend) { // several steps collected in a row: deliver in order
         eseq_emit(e, s);
         if (s->finished) { // by a stop string in that text: this token is dropped
-            if (s->n_ph > 0) {
-                s->n_ph--;
-                s->s.n_unresolved--;
-            }
+            if (s->s.n_unresolved > 0) s->s.n_unresolved--;
             return;
         }
     }
-    if (s->n_ph > 0) {
-        s->s.tokens[s->s.n_tokens - s->n_ph] = t;
-        s->n_ph--;
+    if (s->s.n_unresolved > 0) {
+        s->s.tokens[s->s.n_tokens - s->s.n_unresolved] = t;
         s->s.n_unresolved--;
         sched_seq_settle(e->sched, &s->s);
     } else {
@@ -114,7 +110,7 @@ void eseq_accept(struct engine *e, struct eseq *s, const struct step_result *res
     }
     e->generation_tokens++;
     if (!s->t_first_token) s->t_first_token = pg_now();
-    int n_known = s->s.n_tokens - s->n_ph; // later placeholders are not outputs yet
+    int n_known = s->s.n_tokens - s->s.n_unresolved; // later placeholders are not outputs yet
     int n_out = n_known - s->s.n_prompt;
     bool check_stops = n_out >= q->r.min_tokens; // no stop before min_tokens outputs (vLLM)
     bool is_eos = !q->r.ignore_eos && in_list(e->mcfg->eos_ids, e->mcfg->n_eos, t);

@@ -283,13 +283,9 @@ static void feed_tokens(struct cuda_ctx *c, int n_feed) {
 
 // ---- sampling inputs ----
 
-static bool penalized(const struct sampling_params *sp) {
-    return sp->repetition_penalty != 1.0f || sp->presence_penalty != 0.0f || sp->frequency_penalty != 0.0f;
-}
-
 static bool plain_greedy(const struct sample_input *in) {
     const struct sampling_params *sp = in->params;
-    return sp->temperature < 1e-5f && !penalized(sp) && sp->n_logit_bias == 0 && sp->logprobs <= 0 &&
+    return sp->temperature < 1e-5f && !sampling_penalized(sp) && sp->n_logit_bias == 0 && sp->logprobs <= 0 &&
            !in->allowed && in->n_banned == 0;
 }
 
@@ -322,7 +318,7 @@ static int prep_sampling(struct cuda_ctx *c, const struct step_batch *b, const i
             return -1;
         }
         *full |= !plain_greedy(in);
-        if (penalized(in->params)) P += (size_t)in->n_prompt + in->n_output;
+        if (sampling_penalized(in->params)) P += (size_t)in->n_prompt + in->n_output;
         B += in->params->n_logit_bias;
         N += in->n_banned;
         if (in->allowed) A += aw;
@@ -356,7 +352,7 @@ static int prep_sampling(struct cuda_ctx *c, const struct step_batch *b, const i
         p->step = in->step;
         p->n_logprobs = sp->logprobs;
         p->pen_off = (int)np;
-        if (penalized(sp)) {
+        if (sampling_penalized(sp)) {
             c->mark_epoch++;
             for (int k = 0; k < in->n_prompt + in->n_output; k++) {
                 bool out = k >= in->n_prompt;
