@@ -35,21 +35,9 @@ static inline uint8_t pf_rand_fp8(int e5m2) {  // finite, |v| <= 4
     }
 }
 
-static inline double pf_fp8_to_d(uint8_t b, int e5m2) {
-    int e, m;
-    double v;
-    if (e5m2) {
-        e = (b >> 2) & 31, m = b & 3;
-        v = e ? ldexp(1 + m / 4.0, e - 15) : ldexp(m / 4.0, -14);
-    } else {
-        e = (b >> 3) & 15, m = b & 7;
-        v = e ? ldexp(1 + m / 8.0, e - 7) : ldexp(m / 8.0, -6);
-    }
-    return (b >> 7) ? -v : v;
-}
 static inline double pf_kv_get(const struct pf_setup *s, const void *cache, size_t i) {
     if (s->c.kv_type == CU_KV_BF16) return bf(((const uint16_t *)cache)[i]);
-    return pf_fp8_to_d(((const uint8_t *)cache)[i], s->c.kv_type == CU_KV_E5M2);
+    return fp8_to_d(((const uint8_t *)cache)[i], s->c.kv_type == CU_KV_E5M2);
 }
 
 static inline void pf_fill_slot(struct pf_setup *s, size_t i, bool nan) {

@@ -49,6 +49,19 @@ static inline uint16_t *rand_bf16(size_t n, float scale) {
     return h;
 }
 static inline float bf(uint16_t h) { return pg_bf16_to_f32(h); }
+// An fp8 byte (e4m3 or e5m2, scale 1) decoded exactly on the host.
+static inline double fp8_to_d(uint8_t b, int e5m2) {
+    int e, m;
+    double v;
+    if (e5m2) {
+        e = (b >> 2) & 31, m = b & 3;
+        v = e ? ldexp(1 + m / 4.0, e - 15) : ldexp(m / 4.0, -14);
+    } else {
+        e = (b >> 3) & 15, m = b & 7;
+        v = e ? ldexp(1 + m / 8.0, e - 7) : ldexp(m / 8.0, -6);
+    }
+    return (b >> 7) ? -v : v;
+}
 
 // ||a - b|| / ||b||; fails on NaN/inf anywhere in a.
 static inline double rel_err_f(const float *a, const double *ref, size_t n) {
