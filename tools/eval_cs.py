@@ -26,6 +26,9 @@ import time
 import http.client
 import urllib.parse
 
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from bench_serve import pct  # noqa: E402  (percentiles as `pagoda bench serve` reports them)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 JSON_ASK = {"zh": "请按系统提示中的JSON要求，只输出一个JSON对象。",
             "en": "Output the JSON object for this conversation, as the system prompt specifies."}
@@ -83,16 +86,6 @@ def demand_overlap(pred, ref):
         rb = bigrams(r)
         scores.append(max(len(rb & bigrams(p)) / len(rb | bigrams(p)) for p in pred))
     return statistics.fmean(scores) if scores else 0.0
-
-
-def pct(xs, p):
-    """The p-th percentile with linear interpolation between order statistics (numpy's default)."""
-    if not xs:
-        return float("nan")
-    xs = sorted(xs)
-    k = (len(xs) - 1) * p / 100.0
-    f, c = math.floor(k), math.ceil(k)
-    return xs[f] if f == c else xs[f] + (xs[c] - xs[f]) * (k - f)
 
 
 def repeat_case(case, k):
