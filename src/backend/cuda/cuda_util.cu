@@ -1,5 +1,6 @@
 // CUDA error bookkeeping and the two ceilings (copy bandwidth, cuBLAS bf16 GEMM rate).
 #include <stdio.h>
+#include <stdlib.h>
 #include <string.h>
 #include <cublas_v2.h>
 #include <cuda_bf16.h>
@@ -25,6 +26,25 @@ extern "C" int cu_take_error(char *err) {
     if (err) snprintf(err, 512, "%s", g_err);
     g_has_err = 0;
     return -1;
+}
+
+#include "backend/cuda/pdl.cuh"
+
+// One answer per device (up to 16), computed on first use.
+extern "C" bool cu_pdl_enabled(void) {
+    static int state[16];  // 0 unknown, 1 off, 2 on
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return false;
+    int s = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
+    if (!s) {
+        int major = 0;
+        const char *env = getenv("PAGODA_PDL");
+        bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
+                  major >= 9 && !(env && !strcmp(env, "0"));
+        s = on ? 2 : 1;
+        __atomic_store_n(&state[dev], s, __ATOMIC_RELEASE);
+    }
+    return s == 2;
 }
 
 __global__ void k_fill_random_bf16(__nv_bfloat16 *p, size_t n, uint32_t seed) {
