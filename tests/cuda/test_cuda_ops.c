@@ -3,18 +3,20 @@
 #include "cuda_test_util.h"
 
 // ---- norm / embed / swiglu / bias / gather ----
-static void test_embed_rmsnorm(void **state) {
-    (void)state;
-    const int V = 1000, H = 896, T = 7;
-    uint16_t *tab = rand_bf16((size_t)V * H, 0.5f), *w = rand_bf16(H, 1.0f), *delta = rand_bf16((size_t)T * H, 2.0f);
-    int32_t tok[7];
+// embed, then resid += delta (delta rows of stride ld, or no delta), out = rmsnorm(resid).
+// Shapes pick cu_add_rmsnorm's register-resident vector kernel (H % 4 == 0, H <= 8192; 1..8
+// float4s per thread) and its generic fallback (H % 4 != 0, H > 8192).
+static void run_norm_case(int T, int H, int ld, bool with_delta) {
+    const int V = 1000;
+    uint16_t *tab = rand_bf16((size_t)V * H, 0.5f), *w = rand_bf16(H, 1.0f), *delta = rand_bf16((size_t)T * ld, 2.0f);
+    int32_t *tok = pg_malloc(sizeof(int32_t) * T);
     for (int t = 0; t < T; t++) tok[t] = urand() % V;
-    void *dtab = dup_to_dev(tab, (size_t)V * H * 2), *dtok = dup_to_dev(tok, sizeof tok), *dw = dup_to_dev(w, H * 2);
-    void *dd = dup_to_dev(delta, (size_t)T * H * 2);
+    void *dtab = dup_to_dev(tab, (size_t)V * H * 2), *dtok = dup_to_dev(tok, sizeof(int32_t) * T), *dw = dup_to_dev(w, H * 2);
+    void *dd = dup_to_dev(delta, (size_t)T * ld * 2);
     float *dres = dmalloc((size_t)T * H * 4);
     bf16_t *dout = dmalloc((size_t)T * H * 2);
     cu_embed(dtab, dtok, T, H, dres, 0);
-    cu_add_rmsnorm(dres, dd, H, dw, 1e-6f, T, H, dout, 0);
+    cu_add_rmsnorm(dres, with_delta ? dd : NULL, ld, dw, 1e-6f, T, H, dout, 0);
     float *res = pg_malloc((size_t)T * H * 4);
     uint16_t *out = pg_malloc((size_t)T * H * 2);
     to_host(res, dres, (size_t)T * H * 4);
@@ -23,16 +25,29 @@ static void test_embed_rmsnorm(void **state) {
     for (int t = 0; t < T; t++) {
         double ss = 0;
         for (int i = 0; i < H; i++) {
-            rr[t * H + i] = (double)bf(tab[(size_t)tok[t] * H + i]) + bf(delta[t * H + i]);
-            ss += rr[t * H + i] * rr[t * H + i];
+            rr[(size_t)t * H + i] = (double)bf(tab[(size_t)tok[t] * H + i]) + (with_delta ? bf(delta[(size_t)t * ld + i]) : 0);
+            ss += rr[(size_t)t * H + i] * rr[(size_t)t * H + i];
         }
         double inv = 1 / sqrt(ss / H + 1e-6);
-        for (int i = 0; i < H; i++) ro[t * H + i] = rr[t * H + i] * inv * bf(w[i]);
+        for (int i = 0; i < H; i++) ro[(size_t)t * H + i] = rr[(size_t)t * H + i] * inv * bf(w[i]);
     }
-    CHECK_ERR("embed + residual add (f32)", rel_err_f(res, rr, (size_t)T * H), 1e-6);
-    CHECK_ERR("rmsnorm (bf16 out)", rel_err_bf16(out, ro, (size_t)T * H), 8e-3);
+    char name[96];
+    snprintf(name, sizeof name, "embed + residual add (f32) T%d H%d ld%d delta %d", T, H, ld, with_delta);
+    CHECK_ERR(name, rel_err_f(res, rr, (size_t)T * H), 1e-6);
+    snprintf(name, sizeof name, "rmsnorm (bf16 out) T%d H%d", T, H);
+    CHECK_ERR(name, rel_err_bf16(out, ro, (size_t)T * H), 8e-3);
     cudaFree(dtab), cudaFree(dtok), cudaFree(dw), cudaFree(dd), cudaFree(dres), cudaFree(dout);
-    free(tab), free(w), free(delta), free(res), free(out), free(rr), free(ro);
+    free(tab), free(w), free(delta), free(tok), free(res), free(out), free(rr), free(ro);
+}
+
+static void test_embed_rmsnorm(void **state) {
+    (void)state;
+    run_norm_case(7, 896, 896, true);     // 1 float4 per thread
+    run_norm_case(1, 5120, 5120, false);  // 5 (Qwen2.5-14B), no delta: the first layer's norm
+    run_norm_case(3, 5120, 5128, true);   // delta row stride != H
+    run_norm_case(2, 8192, 8192, true);   // 8, the most held in registers
+    run_norm_case(2, 998, 998, true);     // H % 4 != 0: generic kernel
+    run_norm_case(1, 8196, 8196, true);   // past the register limit: generic kernel
 }
 
 static void test_swiglu_bias_gather(void **state) {
@@ -57,8 +72,22 @@ static void test_swiglu_bias_gather(void **state) {
             ref[r * I + i] = a / (1 + exp(-a)) * u + bias[i];
         }
     CHECK_ERR("swiglu + bias + gather (bf16)", rel_err_bf16(g, ref, (size_t)3 * I), 1e-2);
-    cudaFree(dgu), cudaFree(db), cudaFree(dout), cudaFree(dg), cudaFree(drows);
-    free(gu), free(g), free(ref);
+    // permute_cols on the gathered rows: an exact copy under a random permutation
+    int32_t *perm = pg_malloc(sizeof(int32_t) * I);
+    for (int i = 0; i < I; i++) perm[i] = i;
+    for (int i = I - 1; i > 0; i--) {
+        int j = (int)(urand() % (uint32_t)(i + 1)), x = perm[i];
+        perm[i] = perm[j], perm[j] = x;
+    }
+    void *dperm = dup_to_dev(perm, sizeof(int32_t) * I);
+    bf16_t *dp = dmalloc((size_t)3 * I * 2);
+    cu_permute_cols(dg, dperm, 3, I, dp, 0);
+    uint16_t *pm = pg_malloc((size_t)3 * I * 2);
+    to_host(pm, dp, (size_t)3 * I * 2);
+    for (int r = 0; r < 3; r++)
+        for (int i = 0; i < I; i++) assert_int_equal(pm[r * I + i], g[r * I + perm[i]]);
+    cudaFree(dgu), cudaFree(db), cudaFree(dout), cudaFree(dg), cudaFree(drows), cudaFree(dperm), cudaFree(dp);
+    free(gu), free(g), free(ref), free(perm), free(pm);
 }
 
 // ---- fp8 decoding on the host ----
@@ -235,21 +264,21 @@ static void test_attn_prefill(void **state) {
 }
 
 // ---- rope + kv store ----
-static void run_rope_case(int nh, int nkv, int hd, int kv_type) {
+static void run_rope_case(int nh, int nkv, int hd, int kv_type, bool with_bias) {
     int len[3] = {5, 40, 1000}, nn[3] = {5, 3, 1};
     struct pg_setup s;
     setup_init(&s, 3, len, nn, nh, nkv, hd, kv_type);
     const int W = (nh + 2 * nkv) * hd, T = s.T;
     uint16_t *qkv = rand_bf16((size_t)T * W, 2.0f);
     float *bias = pg_malloc(sizeof(float) * W);
-    for (int i = 0; i < W; i++) bias[i] = frand();
+    for (int i = 0; i < W; i++) bias[i] = with_bias ? frand() : 0.0f;
     size_t es = kv_type == CU_KV_BF16 ? 2 : 1;
     void *dqkv = dup_to_dev(qkv, (size_t)T * W * 2), *db = dup_to_dev(bias, 4 * W);
     void *dk = dmalloc(s.cache_elems * es), *dv = dmalloc(s.cache_elems * es);
     bf16_t *dq = dmalloc((size_t)T * nh * hd * 2);
     struct dev_step ds;
     dev_step_init(&ds, &s);
-    cu_qkv_rope_store(dqkv, W, db, &ds.st, nh, nkv, hd, 1e6f, 16, kv_type, dk, dv, dq, 0);
+    cu_qkv_rope_store(dqkv, W, with_bias ? db : NULL, &ds.st, nh, nkv, hd, 1e6f, 16, kv_type, dk, dv, dq, 0);
     uint16_t *q = pg_malloc((size_t)T * nh * hd * 2);
     to_host(q, dq, (size_t)T * nh * hd * 2);
     to_host(s.kc, dk, s.cache_elems * es);
@@ -284,7 +313,7 @@ static void run_rope_case(int nh, int nkv, int hd, int kv_type) {
     }
     double tol = kv_type == CU_KV_BF16 ? 8e-3 : kv_type == CU_KV_E4M3 ? 0.06 : 0.12;
     char name[64];
-    snprintf(name, sizeof name, "rope q hd%d", hd);
+    snprintf(name, sizeof name, "rope q nh%d nkv%d hd%d bias %d", nh, nkv, hd, with_bias);
     CHECK_ERR(name, rel_err_bf16(q, rq, nq), 8e-3);
     snprintf(name, sizeof name, "rope k -> cache (kv type %d)", kv_type);
     CHECK_ERR(name, rel_err_f(gk, rk, nkvv), tol);
@@ -298,10 +327,12 @@ static void run_rope_case(int nh, int nkv, int hd, int kv_type) {
 
 static void test_rope_store(void **state) {
     (void)state;
-    run_rope_case(40, 8, 128, CU_KV_BF16);
-    run_rope_case(14, 2, 64, CU_KV_BF16);
-    run_rope_case(4, 2, 128, CU_KV_E4M3);
-    run_rope_case(4, 2, 64, CU_KV_E5M2);
+    run_rope_case(40, 8, 128, CU_KV_BF16, true);  // Qwen2.5-14B: 56 heads, 14 blocks per token
+    run_rope_case(14, 2, 64, CU_KV_BF16, true);   // 18 heads: the last block has 2 idle warps
+    run_rope_case(4, 2, 128, CU_KV_E4M3, true);
+    run_rope_case(4, 2, 64, CU_KV_E5M2, true);
+    run_rope_case(5, 1, 96, CU_KV_BF16, false);   // half 48: lanes 24..31 idle; no bias
+    run_rope_case(8, 2, 256, CU_KV_BF16, true);   // half 128: two pairs of pairs per lane
 }
 
 int main(void) {

@@ -6,6 +6,7 @@
 #include <string.h>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/cuda/pdl.cuh"
 
 extern "C" int cuda_device_count(void) {
     int n = 0;
@@ -270,15 +271,16 @@ static void staging_mark(struct cuda_ctx *c) {
 // Device-side token feed: tok[pairs[2i]] = out[pairs[2i + 1]].token, out being the previous
 // step's sampler output (still in d_out: stream order puts this before this step's sampler).
 __global__ void k_feed_tokens(int32_t *tok, const int32_t *pairs, int n, const struct cu_sample_out *out) {
+    pdl_launch_dependents();
+    pdl_wait();
     int i = blockIdx.x * blockDim.x + threadIdx.x;
     if (i < n) tok[pairs[2 * i]] = out[pairs[2 * i + 1]].token;
 }
 
 static void feed_tokens(struct cuda_ctx *c, int n_feed) {
     if (n_feed <= 0) return;
-    k_feed_tokens<<<(n_feed + 127) / 128, 128, 0, c->st>>>(c->d_i32 + c->off_tok, c->d_i32 + c->off_feed, n_feed,
-                                                           c->d_out);
-    CU_CHECK(cudaGetLastError());
+    CU_CHECK(pdl_launch(k_feed_tokens, (n_feed + 127) / 128, 128, 0, c->st, c->d_i32 + c->off_tok,
+                        c->d_i32 + c->off_feed, n_feed, c->d_out));
 }
 
 // ---- sampling inputs ----

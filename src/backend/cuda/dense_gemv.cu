@@ -3,11 +3,13 @@
 // split the input dimension, each lane streaming 16-byte vectors of the DG_ROWS weight rows
 // (DG_ROWS * DG_UNROLL loads in flight per thread) and reusing each 16-byte activation load
 // for DG_ROWS rows. Warp shuffles then shared memory reduce in a fixed order, so results
-// are deterministic. Measured against cuBLAS in bench/cuda_ops_bench; not wired into the
-// backend until it wins there.
+// are deterministic. Measured against cuBLAS in bench/cuda_ops_bench. Launched with
+// pdl_launch: each thread issues its first weight loads before pdl_wait (weights are
+// constant), the activations only after.
 #include <cuda_bf16.h>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/pdl.cuh"
 
 typedef __nv_bfloat16 bf16;
 #define DG_WARPS 8
@@ -23,11 +25,24 @@ __device__ __forceinline__ void bf8(const int4 v, float f[8]) {
     }
 }
 
+// The weight vectors of one loop step starting at v0 (zeros past the end).
+__device__ __forceinline__ void dg_load_w(int4 (&wq)[DG_UNROLL][DG_ROWS], const int4 *Wv, int nv, int out, int o0,
+                                          int v0) {
+#pragma unroll
+    for (int u = 0; u < DG_UNROLL; u++)
+#pragma unroll
+        for (int r = 0; r < DG_ROWS; r++) {
+            int v = v0 + u * DG_WARPS * 32, o = min(o0 + r, out - 1);
+            wq[u][r] = v < nv ? __ldcs(Wv + (size_t)o * nv + v) : make_int4(0, 0, 0, 0);
+        }
+}
+
 template <int M>
 __global__ void __launch_bounds__(DG_WARPS * 32)
 k_bf16_gemv(const bf16 *__restrict__ W, int in, int out, const bf16 *__restrict__ x, const float *__restrict__ bias,
             void *y, int ldy, bool f32_out) {
     __shared__ float red[DG_WARPS][M][DG_ROWS];
+    pdl_launch_dependents();
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nv = in / 8;
     const int o0 = blockIdx.x * DG_ROWS;
     float acc[M][DG_ROWS];
@@ -36,15 +51,11 @@ k_bf16_gemv(const bf16 *__restrict__ W, int in, int out, const bf16 *__restrict_
 #pragma unroll
         for (int r = 0; r < DG_ROWS; r++) acc[m][r] = 0;
     const int4 *Wv = (const int4 *)W, *xv = (const int4 *)x;
-    for (int v0 = threadIdx.x; v0 < nv; v0 += DG_WARPS * 32 * DG_UNROLL) {
-        int4 wq[DG_UNROLL][DG_ROWS];
-#pragma unroll
-        for (int u = 0; u < DG_UNROLL; u++)
-#pragma unroll
-            for (int r = 0; r < DG_ROWS; r++) {
-                int v = v0 + u * DG_WARPS * 32, o = min(o0 + r, out - 1);
-                wq[u][r] = v < nv ? __ldcs(Wv + (size_t)o * nv + v) : make_int4(0, 0, 0, 0);
-            }
+    int4 wq[DG_UNROLL][DG_ROWS];
+    int v0 = threadIdx.x;
+    dg_load_w(wq, Wv, nv, out, o0, v0);  // the first step's weights, before the wait
+    pdl_wait();
+    while (v0 < nv) {
 #pragma unroll
         for (int u = 0; u < DG_UNROLL; u++) {
             int v = v0 + u * DG_WARPS * 32;
@@ -62,6 +73,8 @@ k_bf16_gemv(const bf16 *__restrict__ W, int in, int out, const bf16 *__restrict_
                     for (int j = 0; j < 8; j++) acc[m][r] += xf[j] * wf[r][j];
             }
         }
+        v0 += DG_WARPS * 32 * DG_UNROLL;
+        if (v0 < nv) dg_load_w(wq, Wv, nv, out, o0, v0);
     }
 #pragma unroll
     for (int m = 0; m < M; m++)
@@ -87,9 +100,8 @@ k_bf16_gemv(const bf16 *__restrict__ W, int in, int out, const bf16 *__restrict_
 template <int M>
 static void launch_dense(const bf16_t *W, int in, int out, const bf16_t *x, const float *bias, void *y, int ldy,
                          bool f32_out, cudaStream_t st) {
-    k_bf16_gemv<M><<<(out + DG_ROWS - 1) / DG_ROWS, DG_WARPS * 32, 0, st>>>((const bf16 *)W, in, out, (const bf16 *)x,
-                                                                           bias, y, ldy, f32_out);
-    CU_LAUNCHED("bf16_gemv");
+    CU_CHECK(pdl_launch(k_bf16_gemv<M>, (out + DG_ROWS - 1) / DG_ROWS, DG_WARPS * 32, 0, st, (const bf16 *)W, in, out,
+                        (const bf16 *)x, bias, y, ldy, f32_out));
 }
 
 extern "C" void cu_bf16_gemv(const bf16_t *W, int in, int out, const bf16_t *x, int M, const float *bias, void *y,

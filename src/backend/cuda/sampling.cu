@@ -11,6 +11,7 @@
 #include <math.h>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/pdl.cuh"
 #include "backend/sampling.h"
 
 #define SB 1024
@@ -62,6 +63,8 @@ __device__ void bargmax(float v, int idx, float *redv, int *redi, float *ov, int
 
 // Masks, then logit bias, then penalties: the order of the host sampler (backend/sampler.c).
 __global__ void k_penalties(float *logits, int vocab, const struct cu_sample_params *pp, struct cu_sample_lists L) {
+    pdl_launch_dependents();
+    pdl_wait();
     const struct cu_sample_params p = pp[blockIdx.x];
     float *row = logits + (size_t)blockIdx.x * vocab;
     if (p.allowed_off >= 0)
@@ -126,6 +129,8 @@ __global__ void __launch_bounds__(SB) k_sample(const float *logits, int vocab, c
     __shared__ float red[32], redv[32];
     __shared__ int redi[32];
     __shared__ float sh_cum[SB];
+    pdl_launch_dependents();
+    pdl_wait();
     const struct cu_sample_params p = pp[blockIdx.x];
     const float *row = logits + (size_t)blockIdx.x * vocab;
     float *pr = scratch + (size_t)blockIdx.x * vocab;
@@ -223,15 +228,15 @@ extern "C" void cu_sample(float *logits, int n, int vocab, const struct cu_sampl
                           const struct cu_sample_lists *lists, float *scratch, struct cu_sample_out *out,
                           cudaStream_t st) {
     if (n <= 0) return;
-    k_penalties<<<n, 256, 0, st>>>(logits, vocab, p, *lists);
-    CU_LAUNCHED("penalties");
-    k_sample<<<n, SB, 0, st>>>(logits, vocab, p, scratch, out);
-    CU_LAUNCHED("sample");
+    CU_CHECK(pdl_launch(k_penalties, n, 256, 0, st, logits, vocab, p, *lists));
+    CU_CHECK(pdl_launch(k_sample, n, SB, 0, st, logits, vocab, p, scratch, out));
 }
 
 __global__ void __launch_bounds__(SB) k_argmax(const float *logits, int vocab, struct cu_sample_out *outs) {
     __shared__ float red[32], redv[32];
     __shared__ int redi[32];
+    pdl_launch_dependents();
+    pdl_wait();
     const float *row = logits + (size_t)blockIdx.x * vocab;
     float mx = -INFINITY;
     int mi = 0x7fffffff;
@@ -255,6 +260,5 @@ __global__ void __launch_bounds__(SB) k_argmax(const float *logits, int vocab, s
 
 extern "C" void cu_argmax(const float *logits, int n, int vocab, struct cu_sample_out *out, cudaStream_t st) {
     if (n <= 0) return;
-    k_argmax<<<n, SB, 0, st>>>(logits, vocab, out);
-    CU_LAUNCHED("argmax");
+    CU_CHECK(pdl_launch(k_argmax, n, SB, 0, st, logits, vocab, out));
 }
