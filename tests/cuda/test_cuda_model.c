@@ -3,7 +3,8 @@
 // make_model: "tiny" and Qwen2.5-0.5B shapes, bf16 and GPTQ int4. Checks prefill logits,
 // greedy decode through CUDA graphs (each token must be a near-argmax of the reference and
 // equal to the eager path's), chunked prefill, batch independence, all-position logits,
-// seeded sampling independent of the batch, KV-pool refusal, and fp8 KV vs bf16 KV.
+// seeded sampling independent of the batch, KV-pool refusal, fp8 KV vs bf16 KV, and the
+// same results with programmatic dependent launch on and off.
 #include <cblas.h>
 #undef I  // complex.h, through openblas_config.h
 
@@ -478,11 +479,96 @@ static void test_vs_cpu_backend(void **state) {
     run_vs_cpu("qwen2.5-0.5b", true, 4e-2);
 }
 
+// ---- programmatic dependent launch ----
+struct pdl_run {
+    float *logits;          // all-position prefill logits (NP, V), eager forward
+    int32_t tok[10];        // greedy: the prefill's token, then 9 decode steps (graphs)
+    float lp[10];
+    struct step_result smp; // one step with the full sampler (penalties, temperature, logprobs)
+};
+
+static void pdl_run_once(const struct model_weights *w, bool pdl, const int32_t *prompt, int NP, struct pdl_run *o) {
+    cu_pdl_force(pdl);
+    struct gpu g;
+    gpu_init(&g, w, false, PG_BF16);
+    int32_t toks[64], bt[64];
+    for (int i = 0; i < 64; i++) bt[i] = 63 - i;
+    memcpy(toks, prompt, sizeof(int32_t) * NP);
+    const int V = w->cfg.vocab;
+    o->logits = pg_malloc(sizeof(float) * V * NP);
+    struct step_seq s = one_seq(toks, NP, 0, bt, &g.sp, 0);
+    gpu_logits(&g, &s, 1, true, o->logits);
+    struct step_result res[1];
+    gpu_step(&g, &s, 1, res);
+    int n = NP;
+    for (int it = 0; it < 10; it++) {
+        o->tok[it] = toks[n] = res[0].token;
+        o->lp[it] = res[0].logprob;
+        n++;
+        if (it == 9) break;
+        struct step_seq d = one_seq(toks + n - 1, 1, n - 1, bt, &g.sp, it + 1);
+        gpu_step(&g, &d, 1, res);
+    }
+    struct sampling_params sp = g.sp;
+    sp.temperature = 0.8f, sp.top_k = 40, sp.repetition_penalty = 1.2f, sp.seed = 7, sp.logprobs = 3;
+    struct step_seq d = one_seq(toks + n - 1, 1, n - 1, bt, &sp, 11);
+    d.smp.prompt = toks, d.smp.n_prompt = n - 1;
+    gpu_step(&g, &d, 1, &o->smp);
+    backend_cuda.free(g.ctx);
+}
+
+static bool pdl_same(const struct pdl_run *a, const struct pdl_run *b, size_t n_logits) {
+    return !memcmp(a->logits, b->logits, sizeof(float) * n_logits) && !memcmp(a->tok, b->tok, sizeof a->tok) &&
+           !memcmp(a->lp, b->lp, sizeof a->lp) && a->smp.token == b->smp.token && a->smp.logprob == b->smp.logprob &&
+           a->smp.n_top == b->smp.n_top && !memcmp(a->smp.top_ids, b->smp.top_ids, sizeof(int32_t) * a->smp.n_top) &&
+           !memcmp(a->smp.top_logprobs, b->smp.top_logprobs, sizeof(float) * a->smp.n_top);
+}
+
+// PDL on must give the results of PDL off (PAGODA_PDL=0). Two runs with it off first show
+// whether the pipeline is bitwise deterministic; if so, PDL on must match bit for bit,
+// else (some kernel not deterministic) the logits within 1e-3 and the greedy tokens.
+static void run_pdl_case(const char *preset, bool gptq) {
+    char err[PG_ERR_LEN] = "";
+    struct model_config mc;
+    assert_int_equal(make_model_config(preset, gptq, &mc, err), 0);
+    struct model_weights *w = make_model_weights(&mc, 17, 0, err);
+    assert_non_null(w);
+    const int NP = 20;
+    int32_t prompt[20];
+    for (int i = 0; i < NP; i++) prompt[i] = urand() % mc.vocab;
+    struct pdl_run off1, off2, on;
+    pdl_run_once(w, false, prompt, NP, &off1);
+    pdl_run_once(w, false, prompt, NP, &off2);
+    pdl_run_once(w, true, prompt, NP, &on);
+    cu_pdl_force(true);  // back to the default on this device (PAGODA_PDL aside)
+    const size_t nl = (size_t)NP * mc.vocab;
+    bool det = pdl_same(&off1, &off2, nl), same = pdl_same(&off1, &on, nl);
+    double *ref = pg_malloc(sizeof(double) * nl);
+    for (size_t i = 0; i < nl; i++) ref[i] = off1.logits[i];
+    double e = rel_err_f(on.logits, ref, nl);
+    printf("  pdl %s %s: off twice %s, on vs off %s (logits rel err %.2e)\n", preset, gptq ? "gptq" : "bf16",
+           det ? "bitwise equal" : "DIFFER", same ? "bitwise equal" : "differ", e);
+    if (det) {
+        assert_true(same);
+    } else {
+        assert_true(e < 1e-3);
+        assert_memory_equal(off1.tok, on.tok, sizeof on.tok);
+    }
+    free(ref), free(off1.logits), free(off2.logits), free(on.logits);
+    make_model_free(w);
+}
+
+static void test_pdl_same_results(void **state) {
+    (void)state;
+    run_pdl_case("qwen2.5-0.5b", false);  // dense bf16 GEMV, H 896, head_dim 64
+    run_pdl_case("tiny", true);           // int4 GEMV and MMA paths
+}
+
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_tiny_bf16),       cmocka_unit_test(test_tiny_gptq),   cmocka_unit_test(test_qwen05_bf16),
         cmocka_unit_test(test_qwen05_gptq),     cmocka_unit_test(test_seeded_sampling), cmocka_unit_test(test_kv_refusal),
-        cmocka_unit_test(test_fp8_kv),          cmocka_unit_test(test_vs_cpu_backend),
+        cmocka_unit_test(test_fp8_kv),          cmocka_unit_test(test_vs_cpu_backend), cmocka_unit_test(test_pdl_same_results),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

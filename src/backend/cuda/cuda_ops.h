@@ -21,6 +21,10 @@ int cu_note(cudaError_t e, const char *file, int line, const char *what);
 int cu_take_error(char *err);
 #define CU_CHECK(call) cu_note((call), __FILE__, __LINE__, #call)
 #define CU_LAUNCHED(name) cu_note(cudaGetLastError(), __FILE__, __LINE__, name)
+// Tests: turns programmatic dependent launch (pdl.cuh) on (where the device has it) or off for
+// the current device from the next launch on, overriding PAGODA_PDL. Graphs already
+// captured keep the launches they were captured with.
+void cu_pdl_force(bool on);
 
 // ---- elementwise (ops_elementwise.cu) ----
 // out[t, :] = float(table[tok[t], :])                 out: (T, H) f32

@@ -30,21 +30,30 @@ extern "C" int cu_take_error(char *err) {
 
 #include "backend/cuda/pdl.cuh"
 
+static int g_pdl_state[16];  // per device: 0 unknown, 1 off, 2 on
+
+static bool pdl_supported(int dev) {
+    int major = 0;
+    return cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess && major >= 9;
+}
+
 // One answer per device (up to 16), computed on first use.
 extern "C" bool cu_pdl_enabled(void) {
-    static int state[16];  // 0 unknown, 1 off, 2 on
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return false;
-    int s = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
+    int s = __atomic_load_n(&g_pdl_state[dev], __ATOMIC_ACQUIRE);
     if (!s) {
-        int major = 0;
         const char *env = getenv("PAGODA_PDL");
-        bool on = cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, dev) == cudaSuccess &&
-                  major >= 9 && !(env && !strcmp(env, "0"));
-        s = on ? 2 : 1;
-        __atomic_store_n(&state[dev], s, __ATOMIC_RELEASE);
+        s = pdl_supported(dev) && !(env && !strcmp(env, "0")) ? 2 : 1;
+        __atomic_store_n(&g_pdl_state[dev], s, __ATOMIC_RELEASE);
     }
     return s == 2;
+}
+
+extern "C" void cu_pdl_force(bool on) {
+    int dev = 0;
+    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return;
+    __atomic_store_n(&g_pdl_state[dev], on && pdl_supported(dev) ? 2 : 1, __ATOMIC_RELEASE);
 }
 
 __global__ void k_fill_random_bf16(__nv_bfloat16 *p, size_t n, uint32_t seed) {
