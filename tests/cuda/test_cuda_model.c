@@ -249,7 +249,8 @@ static void run_model_case(const char *preset, bool gptq, double tol) {
     // all positions: the last row equals the last-token logits
     float *all = pg_malloc(sizeof(float) * V * NP);
     gpu_logits(&g, &s, 1, true, all);
-    CHECK_ERR("all_positions last row vs last-token", logit_rel(all + (size_t)(NP - 1) * V, gl, V), 1e-6);
+    // the last row through cuBLAS, the last token through the bf16 GEMV: fp32 sums in another order
+    CHECK_ERR("all_positions last row vs last-token", logit_rel(all + (size_t)(NP - 1) * V, gl, V), 1e-5);
     // chunked prefill: 10 then 14 tokens
     struct step_seq c1 = one_seq(toks, 10, 0, bt, &g.sp, 0), c2 = one_seq(toks + 10, NP - 10, 10, bt, &g.sp, 0);
     c1.sample = false;
