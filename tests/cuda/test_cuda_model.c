@@ -538,10 +538,11 @@ static void run_pdl_case(const char *preset, bool gptq) {
     int32_t prompt[20];
     for (int i = 0; i < NP; i++) prompt[i] = urand() % mc.vocab;
     struct pdl_run off1, off2, on;
+    const bool was = cu_pdl_enabled();
     pdl_run_once(w, false, prompt, NP, &off1);
     pdl_run_once(w, false, prompt, NP, &off2);
     pdl_run_once(w, true, prompt, NP, &on);
-    cu_pdl_force(true);  // back to the default on this device (PAGODA_PDL aside)
+    cu_pdl_force(was);
     const size_t nl = (size_t)NP * mc.vocab;
     bool det = pdl_same(&off1, &off2, nl), same = pdl_same(&off1, &on, nl);
     double *ref = pg_malloc(sizeof(double) * nl);

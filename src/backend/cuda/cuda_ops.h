@@ -25,6 +25,7 @@ int cu_take_error(char *err);
 // the current device from the next launch on, overriding PAGODA_PDL. Graphs already
 // captured keep the launches they were captured with.
 void cu_pdl_force(bool on);
+bool cu_pdl_enabled(void);  // whether launches carry the PDL attribute now (cuda_util.cu)
 
 // ---- elementwise (ops_elementwise.cu) ----
 // out[t, :] = float(table[tok[t], :])                 out: (T, H) f32
