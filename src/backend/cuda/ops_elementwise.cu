@@ -10,17 +10,34 @@
 
 typedef __nv_bfloat16 bf16;
 
-__global__ void k_embed(const bf16 *table, const int32_t *tok, int H, float *out) {
+// 4 bf16 (8 bytes) <-> 4 floats.
+__device__ __forceinline__ float4 bf4_to_f4(uint2 u) {
+    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
+                       __uint_as_float(u.y & 0xffff0000u));
+}
+__device__ __forceinline__ uint2 f4_to_bf4(float a, float b, float c, float d) {
+    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
+    return make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
+}
+
+static bool aligned(const void *p, size_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
+
+// vec: H % 4 == 0, table 8-byte and out 16-byte aligned (4 bf16 in, a float4 out).
+__global__ void k_embed(const bf16 *table, const int32_t *tok, int H, float *out, bool vec) {
     pdl_launch_dependents();
     pdl_wait();
     const bf16 *src = table + (size_t)tok[blockIdx.x] * H;
     float *dst = out + (size_t)blockIdx.x * H;
-    for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
+    if (vec)
+        for (int i = threadIdx.x; i < H / 4; i += blockDim.x) ((float4 *)dst)[i] = bf4_to_f4(((const uint2 *)src)[i]);
+    else
+        for (int i = threadIdx.x; i < H; i += blockDim.x) dst[i] = __bfloat162float(src[i]);
 }
 
 extern "C" void cu_embed(const bf16_t *table, const int32_t *tok, int T, int H, float *out, cudaStream_t st) {
     if (T <= 0) return;
-    CU_CHECK(pdl_launch(k_embed, T, 256, 0, st, (const bf16 *)table, tok, H, out));
+    const bool vec = H % 4 == 0 && aligned(table, 8) && aligned(out, 16);
+    CU_CHECK(pdl_launch(k_embed, T, 256, 0, st, (const bf16 *)table, tok, H, out, vec));
 }
 
 __device__ __forceinline__ float block_sum(float v, float *red) {
@@ -54,16 +71,6 @@ __global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, con
     float inv = rsqrtf(block_sum(ss, red) / H + eps);
     bf16 *o = out + (size_t)blockIdx.x * H;
     for (int i = threadIdx.x; i < H; i += blockDim.x) o[i] = __float2bfloat16(r[i] * inv * __bfloat162float(w[i]));
-}
-
-// 4 bf16 (8 bytes) <-> 4 floats.
-__device__ __forceinline__ float4 bf4_to_f4(uint2 u) {
-    return make_float4(__uint_as_float(u.x << 16), __uint_as_float(u.x & 0xffff0000u), __uint_as_float(u.y << 16),
-                       __uint_as_float(u.y & 0xffff0000u));
-}
-__device__ __forceinline__ uint2 f4_to_bf4(float a, float b, float c, float d) {
-    __nv_bfloat162 lo = __floats2bfloat162_rn(a, b), hi = __floats2bfloat162_rn(c, d);
-    return make_uint2(*(uint32_t *)&lo, *(uint32_t *)&hi);
 }
 
 #define RMS_THREADS 256
@@ -118,8 +125,6 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, const bf16 *w, fl
         o[i] = f4_to_bf4(v[k].x * inv * g.x, v[k].y * inv * g.y, v[k].z * inv * g.z, v[k].w * inv * g.w);
     }
 }
-
-static bool aligned(const void *p, size_t a) { return ((uintptr_t)p & (a - 1)) == 0; }
 
 extern "C" void cu_add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const bf16_t *w, float eps,
                                int T, int H, bf16_t *out, cudaStream_t st) {
