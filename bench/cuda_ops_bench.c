@@ -1,5 +1,5 @@
 // Decode-path kernel microbenchmark at the Qwen2.5-14B shapes (hidden 5120, 40/8 heads of
-// 128, intermediate 13824, vocab 152064, GPTQ int4 group 128) for batch 1, 2, 4, 8.
+// 128, intermediate 13824, vocab 152064, GPTQ int4 group 128) for batch 1, 2, 4, 8 (16 for the GEMMs).
 // Each op runs alone: median of REPS timed launches (cudaEvents); before each launch of an
 // op that streams weights or KV, L2 is flushed by reading 256 MiB (an argmax over it: a memset would leave dirty lines whose write-back
 // lands in the timed op); add_rmsnorm, rope and swiglu read what the previous kernel just
@@ -18,7 +18,7 @@
 #include "backend/cuda/cuda_ops.h"
 #include "util/common.h"
 
-enum { H = 5120, NH = 40, NKV = 8, HD = 128, I = 13824, V = 152064, GS = 128, BS = 16, MAXM = 8, MAXCTX = 4096 };
+enum { H = 5120, NH = 40, NKV = 8, HD = 128, I = 13824, V = 152064, GS = 128, BS = 16, MAXM = 16, MAXCTX = 4096 };
 #define QKV (NH * HD + 2 * NKV * HD)
 
 static void ck(cudaError_t e, const char *what) {
@@ -272,9 +272,9 @@ int main(int argc, char **argv) {
            b.flush_bytes / (fms * 1e6));
     printf("device-to-device copy: %.0f GB/s (read + write); %% copy below = op bytes / time / that\n\n", b.copy_gbs);
     printf("| op | impl | M | us | GB/s | %% copy |\n|---|---|---|---|---|---|\n");
-    const int Ms[4] = {1, 2, 4, 8};
+    const int Ms[5] = {1, 2, 4, 8, 16};  // the dense custom GEMV stops at 8 rows
     for (int l = 0; l < 4; l++)
-        for (int mi = 0; mi < 4; mi++) {
+        for (int mi = 0; mi < 5; mi++) {
             row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
@@ -282,9 +282,10 @@ int main(int argc, char **argv) {
             }
         }
     for (int l = 0; l < 4; l++)
-        for (int mi = 0; mi < 4; mi++) {
+        for (int mi = 0; mi < 5; mi++) {
             row(&b, lin_name[l], "bf16 cuBLAS", (struct op){OP_CUBLAS, l, Ms[mi], 0}, NULL);
-            row(&b, lin_name[l], "bf16 custom gemv", (struct op){OP_DENSE, l, Ms[mi], 0}, NULL);
+            if (Ms[mi] <= CU_DENSE_GEMV_MAX_ROWS)
+                row(&b, lin_name[l], "bf16 custom gemv", (struct op){OP_DENSE, l, Ms[mi], 0}, NULL);
         }
     for (int mi = 0; mi < 4; mi++) {
         row(&b, "lm_head 5120->152064", "bf16 cuBLAS (f32 out)", (struct op){OP_LM_CUBLAS, 0, Ms[mi], 0}, NULL);
@@ -298,7 +299,7 @@ int main(int argc, char **argv) {
     }
     printf("\n## One int4 decode layer as a CUDA graph (context 512)\n\n");
     printf("| M | graph us | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|\n");
-    for (int mi = 0; mi < 4; mi++) {
+    for (int mi = 0; mi < 5; mi++) {
         const int M = Ms[mi];
         double floor_b = 0;
         for (int l = 0; l < 4; l++) floor_b += op_bytes(&(struct op){OP_INT4, l, M, 0});

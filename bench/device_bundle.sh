@@ -12,6 +12,7 @@ cp build-cuda/pagoda build-cuda/tests-cuda/test_* build-cuda/bench/cuda_ops_benc
 cp build-cuda/tests-cuda/bench_* "$DEST/bin/" 2>/dev/null || true
 # an older build to compare against in the same device session (device_run.sh ab), if given
 [ -n "${BASE_BIN:-}" ] && cp "$BASE_BIN" "$DEST/bin/pagoda-base"
+[ -n "${BASE_OPS:-}" ] && cp "$BASE_OPS" "$DEST/bin/cuda_ops_bench-base"
 cp bench/device_run.sh bench/device_perf.sh bench/hf_baseline.py "$DEST/" 2>/dev/null || true
 [ -n "${BASE_BIN:-}" ] && echo "base: ${BASE_COMMIT:-unknown}" > "$DEST/BASE_COMMIT"
 for b in "$DEST"/bin/*; do

@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab overlap
+# Phases: info tests ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
+# microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
+# old vs new kernel (tests/cuda/bench_attn_prefill).
 # ab: the same latency runs with bin/pagoda-base (an older build bundled beside the new one,
 # see device_bundle.sh) and bin/pagoda, one after the other in this session.
 # Logs go to $OUT (one file per phase) and a summary to stdout.
@@ -43,6 +46,18 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         run ab-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --batch 32 --input-len 4096 --output-len 32 --prefill-lens 4096 --json $OUT/ab-$bin.jsonl
         run ab-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --kv-cache-dtype fp8 --batch 32 --input-len 4096 --output-len 32 --prefill-lens 4096 --json $OUT/ab-$bin.jsonl
       done ;;
+  ab1) for bin in pagoda-base pagoda; do
+        [ -x $D/bin/$bin ] || continue
+        B=$D/bin/$bin
+        run ab1-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/ab1-$bin.jsonl
+        run ab1-$bin 150 $B bench latency --random qwen2.5-14b --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/ab1-$bin.jsonl
+      done ;;
+  ops) for bin in cuda_ops_bench cuda_ops_bench-base; do
+        [ -x $D/bin/$bin ] || continue
+        echo "### $bin" | tee -a $OUT/summary.txt
+        timeout 150 $D/bin/$bin ${OPS_REPS:-30} > $OUT/$bin.md 2> $OUT/$bin.err; echo "### $bin rc=$?" | tee -a $OUT/summary.txt
+      done ;;
+  attnpf) run attnpf 150 env CMOCKA_MESSAGE_OUTPUT=stdout $D/bin/bench_attn_prefill ;;
   overlap) run overlap 400 bash bench/overlap.sh $P $OUT ;;
   hf) run hf 200 env PYTHONUNBUFFERED=1 $PY $D/hf_baseline.py --json $OUT/results.jsonl ;;
 esac; done

@@ -1,6 +1,7 @@
 // GPU tests of the GPTQ int4 GEMV / dequantization kernels against a double-precision CPU
 // reference, and of the GPU sampler against the host sampler (backend/sampler.c).
 #include "cuda_test_util.h"
+#include "backend/gptq_pack.h"
 
 // ---- GPTQ ----
 // One GEMV against the double reference w (W^T, (in, out)). form 0: plain x; 1: x is a
@@ -67,7 +68,11 @@ static void run_gptq_case(int in, int out, int gs) {
         sz[i] = pg_f32_to_f16(0.002f + 0.01f * (frand() + 1)) | ((urand() % 16) << 16);
     float *bias = pg_malloc(sizeof(float) * out);
     for (int o = 0; o < out; o++) bias[o] = frand();
-    void *dqw = dup_to_dev(qw, sizeof(int32_t) * (size_t)(in / 8) * out), *dsz = dup_to_dev(sz, sizeof(uint32_t) * (size_t)ng * out);
+    // the device takes the tile layout (backend/gptq_pack.h)
+    uint32_t *qt = pg_malloc(sizeof(uint32_t) * (size_t)(in / 8) * out), *szt = pg_malloc(sizeof(uint32_t) * (size_t)ng * out);
+    gptq_tile_pack((const uint32_t *)qw, in, out, qt);
+    gptq_tile_pack_sz(sz, ng, out, szt);
+    void *dqw = dup_to_dev(qt, sizeof(int32_t) * (size_t)(in / 8) * out), *dsz = dup_to_dev(szt, sizeof(uint32_t) * (size_t)ng * out);
     void *db = dup_to_dev(bias, sizeof(float) * out);
     struct cu_gptq l = {in, out, gs, ng, dqw, dsz};
     double *w = pg_malloc(sizeof(double) * (size_t)in * out);  // W^T (in, out)
@@ -89,7 +94,7 @@ static void run_gptq_case(int in, int out, int gs) {
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
         for (int form = 0; form < 3; form++) gemv_case(&l, w, bias, db, M, form);
     cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
-    free(qw), free(sz), free(bias), free(w), free(wt);
+    free(qw), free(sz), free(qt), free(szt), free(bias), free(w), free(wt);
 }
 
 // Dense bf16 GEMV (bf16 and f32 outputs, with and without bias) against a double reference.
@@ -98,7 +103,7 @@ static void run_dense_case(int in, int out) {
     float *bias = pg_malloc(sizeof(float) * out);
     for (int o = 0; o < out; o++) bias[o] = frand();
     void *dW = dup_to_dev(W, (size_t)out * in * 2), *db = dup_to_dev(bias, sizeof(float) * out);
-    for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++) {
+    for (int M = 1; M <= CU_DENSE_GEMV_MAX_ROWS; M++) {
         uint16_t *x = rand_bf16((size_t)M * in, 1.0f);
         void *dx = dup_to_dev(x, (size_t)M * in * 2);
         const int ldy = out + 4;
@@ -140,11 +145,12 @@ static void test_dense_gemv(void **state) {
 static void test_gptq(void **state) {
     (void)state;
     run_gptq_case(1024, 768, 128);
-    run_gptq_case(896, 1152, 32);
-    run_gptq_case(1024, 260, 64);
-    run_gptq_case(2048, 512, 2048);
-    run_gptq_case(512, 384, 128);   // one K split: no ticket
-    run_gptq_case(3456, 256, 128);  // 7 K splits
+    run_gptq_case(896, 1152, 64);    // Qwen2.5-0.5B q|k|v input width
+    run_gptq_case(1024, 272, 64);    // a partial 64-column block
+    run_gptq_case(2048, 512, 2048);  // a group straddling K splits
+    run_gptq_case(512, 384, 128);    // one K split: no ticket
+    run_gptq_case(3456, 256, 128);   // several K splits, the last one short
+    run_gptq_case(4864, 128, 128);   // Qwen2.5-0.5B down input width
 }
 
 // ---- sampling ----

@@ -25,14 +25,6 @@ static int blas_note(cublasStatus_t s, const char *file, int line) {
 }
 #define BLAS_CHECK(call) blas_note((call), __FILE__, __LINE__)
 
-// Rows for which int4 linears use the tensor-core GEMM (cu_gptq_mma) instead of the GEMV or
-// cuBLAS (PAGODA_INT4_MMA=0 turns it off; see docs/cuda.md). Where a dequantized bf16 copy
-// exists, cuBLAS on it was faster above 16 rows on the H200 (bench_gptq_mma, 2026-11-28), so
-// the kernel then serves up to CU_MMA_MAX_ROWS_CACHED rows only.
-#define CU_MMA_MIN_ROWS 3
-#define CU_MMA_MAX_ROWS 256
-#define CU_MMA_MAX_ROWS_CACHED 16
-
 // Y (T, out; row stride ldy) = X (T, in) . W^T. W is (out, in) when !w_is_t, else W^T (in, out).
 static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t *X, int T, int in, int out,
                  void *Y, int ldy, bool f32_out) {
@@ -47,15 +39,12 @@ static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t 
 #define DENSE_GEMV_MAX_ROWS 2
 
 // y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer; the input is
-// silu(gate) * up. Int4 weights: the GEMV for few rows (up to CU_GEMV_MAX_ROWS, or 2 when a
-// dequantized copy exists: measured on the H200, cuBLAS on the bf16 copy wins from about 3
-// rows), which forms SwiGLU, the desc_act gather and the bias itself; else cuBLAS on the
+// silu(gate) * up. Int4 weights: the tensor-core GEMV (gptq.cu) for up to CU_GEMV_MAX_ROWS
+// rows, which forms SwiGLU, the desc_act gather and the bias itself; beyond, cuBLAS on the
 // dequantized copy or on a per-step dequantization. Dense: cu_bf16_gemv for few rows, else cuBLAS.
 static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bf16_t *y, int ldy,
                     bool x_is_gu) {
-    const bool mma = d->quant && c->int4_mma && T >= CU_MMA_MIN_ROWS &&
-                     T <= (d->wt ? CU_MMA_MAX_ROWS_CACHED : CU_MMA_MAX_ROWS) && cu_gptq_mma_supported(&d->q);
-    if (d->quant && !mma && T <= (d->wt ? 2 : CU_GEMV_MAX_ROWS)) {
+    if (d->quant && T <= CU_GEMV_MAX_ROWS) {
         struct cu_gemv_in in = {x, x_is_gu ? 2 * d->in : d->in, d->perm, x_is_gu};
         cu_gptq_gemv_ex(&d->q, &in, T, d->bias, y, ldy, c->gemv_partial, c->st);
         return;
@@ -67,10 +56,6 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
     if (d->perm) {
         cu_permute_cols(x, d->perm, T, d->in, c->xperm, c->st);
         x = c->xperm;
-    }
-    if (mma) {
-        cu_gptq_mma(&d->q, x, T, d->bias, y, ldy, c->mma_scratch, c->st);
-        return;
     }
     if (d->quant && d->wt) {
         gemm(c, d->wt, true, x, T, d->in, d->out, y, ldy, false);
@@ -556,25 +541,6 @@ static void *dalloc(size_t bytes) {
     return p;
 }
 
-// Largest split-K scratch of cu_gptq_mma over the int4 linears and the rows it serves.
-static size_t mma_scratch_floats(const struct cuda_ctx *c) {
-    size_t mx = 0;
-    const int hi = c->Tmax < CU_MMA_MAX_ROWS ? c->Tmax : CU_MMA_MAX_ROWS;
-    for (int l = 0; l < c->mc.n_layers; l++) {
-        const struct dlayer *L = &c->layers[l];
-        const struct dlin *lin[8] = {&L->o, &L->down};
-        int n = 2;
-        for (int p = 0; p < L->qkv.n && p < 3; p++) lin[n++] = &L->qkv.part[p];
-        for (int p = 0; p < L->gu.n && p < 3; p++) lin[n++] = &L->gu.part[p];
-        for (int i = 0; i < n; i++)
-            for (int T = CU_MMA_MIN_ROWS; lin[i]->quant && cu_gptq_mma_supported(&lin[i]->q) && T <= hi; T++) {
-                size_t f = cu_gptq_mma_scratch_floats(&lin[i]->q, T);
-                if (f > mx) mx = f;
-            }
-    }
-    return mx;
-}
-
 static int alloc_buffers(struct cuda_ctx *c) {
     const struct model_config *m = &c->mc;
     const size_t T = c->Tmax, S = c->Smax, H = m->hidden, QH = (size_t)m->n_heads * m->head_dim;
@@ -631,8 +597,6 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->xperm = any_perm ? (bf16_t *)dalloc(T * max_in * 2) : NULL;
     c->deq = deq ? (bf16_t *)dalloc(deq * 2) : NULL;
     c->gemv_partial = part ? (float *)dalloc(part * 4) : NULL;
-    size_t mscr = c->int4_mma ? mma_scratch_floats(c) : 0;
-    c->mma_scratch = mscr ? (float *)dalloc(mscr * 4) : NULL;
     c->attn_partial = (float *)dalloc(apart * 4);
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
@@ -702,7 +666,7 @@ static void cuda_free(void *ctx) {
         if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
     cuw_free(c);
     void *dev[] = {c->kv, c->d_i32, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q, c->attn, c->gu,
-                   c->act, c->xperm, c->deq, c->gemv_partial, c->mma_scratch, c->attn_partial, c->hs, c->logits, c->samp_scratch,
+                   c->act, c->xperm, c->deq, c->gemv_partial, c->attn_partial, c->hs, c->logits, c->samp_scratch,
                    c->d_lists, c->blas_ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     cudaFreeHost(c->h_i32);
@@ -806,8 +770,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
         goto fail;
     if (cuw_upload(c, w, err)) goto fail;
     {
-        const char *e_mma = getenv("PAGODA_INT4_MMA"), *e_dense = getenv("PAGODA_NO_DENSE_CACHE");
-        c->int4_mma = !(e_mma && !strcmp(e_mma, "0"));
+        const char *e_dense = getenv("PAGODA_NO_DENSE_CACHE");
         if (!(e_dense && !strcmp(e_dense, "1"))) cuw_dense_cache(c);
     }
     if (alloc_buffers(c)) goto fail;

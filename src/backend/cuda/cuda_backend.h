@@ -72,10 +72,6 @@ struct cuda_ctx {
     float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
     bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
     size_t attn_partial_floats, gemv_partial_floats;
-    // int4 tensor-core GEMM (gptq_mma.cu) for CU_MMA_MIN_ROWS..CU_MMA_MAX_ROWS rows; off with
-    // PAGODA_INT4_MMA=0 (read at init). mma_scratch: its split-K partials.
-    bool int4_mma;
-    float *mma_scratch;
     // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
     int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
     size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;

@@ -88,21 +88,23 @@ void cu_attn_prefill(const bf16_t *q, const struct cu_step *s, const int32_t *ti
                      const void *v_cache, bf16_t *out, cudaStream_t st);
 
 // ---- GPTQ (gptq.cu) ----
-// Device layout of a GPTQ linear (built from the checkpoint form by the backend):
-//   qweight [in/8][out] int32 (8 input rows per word, low nibble first; 4-bit only here:
-//           8-bit weights are widened to dense bf16 at load)
-//   sz      [n_groups][out] uint32: low 16 bits = fp16 scale, high 16 = zero point
+// Device layout of a GPTQ linear (built from the checkpoint form by the backend at load):
+//   qweight  the tile layout of backend/gptq_pack.h ((in/8) * out int32 words; 4-bit only:
+//            8-bit weights and shapes cu_gptq_tc_supported refuses are widened to dense bf16)
+//   sz       [out/16][n_groups][16] uint32: low 16 bits = fp16 scale, high 16 = zero point
 //   rows are in group order (desc_act permuted at load; perm given to the caller)
 struct cu_gptq {
     int in, out, group_size, n_groups;
     const int32_t *qweight;
     const uint32_t *sz;
 };
-#define CU_GEMV_MAX_ROWS 8
+// Shapes the int4 kernels take: in % 64 == 0, out % 16 == 0, group_size % 64 == 0.
+bool cu_gptq_tc_supported(int in, int out, int group_size);
+#define CU_GEMV_MAX_ROWS 16
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
 // with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
 // cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels
-// leave the tickets zero, so graphs replay). Requires in % 128 == 0, out % 4 == 0.
+// leave the tickets zero, so graphs replay). Requires cu_gptq_tc_supported.
 #define CU_GEMV_COUNTERS 4096
 size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M);
 void cu_gemv_scratch_reset(float *partial, cudaStream_t st);
@@ -122,25 +124,14 @@ void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M,
 void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
                   int ldy, float *partial, cudaStream_t st);
 // ---- dense bf16 GEMV (dense_gemv.cu) ----
-// y (M, ldy) = x (M, in) bf16 . W^T (+ bias f32, may be NULL) for 1 <= M <= CU_GEMV_MAX_ROWS;
+// y (M, ldy) = x (M, in) bf16 . W^T (+ bias f32, may be NULL) for 1 <= M <= CU_DENSE_GEMV_MAX_ROWS;
 // W (out, in) bf16 row-major, in % 8 == 0, 16-byte aligned rows; y bf16, or f32 when f32_out.
 // Deterministic (fixed reduction order).
+#define CU_DENSE_GEMV_MAX_ROWS 8
 void cu_bf16_gemv(const bf16_t *W, int in, int out, const bf16_t *x, int M, const float *bias, void *y,
                   int ldy, bool f32_out, cudaStream_t st);
 // wt (in, out) bf16 = dequantized W^T (for the cuBLAS path).
 void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st);
-
-// ---- GPTQ on tensor cores (gptq_mma.cu) ----
-// y (M, ldy) bf16 = x (M, in) bf16 . W^T (+ bias f32 [out], may be NULL), any M >= 1 (made for
-// 3..256: batched decode and short prefill), f32 accumulation, deterministic. Needs in % 32 == 0,
-// out % 4 == 0, group_size % 32 == 0 and x 16-byte aligned (otherwise records an error and
-// writes nothing). scratch: cu_gptq_mma_scratch_floats(l, M) floats (0 means NULL is fine);
-// the launcher allocates nothing and never synchronises (graph-capture safe).
-// Whether l meets those shape limits (x alignment aside).
-bool cu_gptq_mma_supported(const struct cu_gptq *l);
-size_t cu_gptq_mma_scratch_floats(const struct cu_gptq *l, int M);
-void cu_gptq_mma(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y, int ldy,
-                 float *scratch, cudaStream_t st);
 
 // ---- sampling (sampling.cu) ----
 // One sampled row's parameters, on the device.

@@ -1,13 +1,14 @@
 // Uploads a model_weights to the device in the CUDA backend's layouts: dense weights as
-// bf16 (out, in); GPTQ 4-bit as qweight [in/8][out] + packed (fp16 scale | zero << 16) per
-// group and column, desc_act rows reordered into group order (the activations are
-// permuted by the same map before the GEMM); q/k/v and gate/up fused when formats agree.
-// 8-bit GPTQ and shapes the int4 kernels do not take (in % 128, out % 4) are dequantized
-// to dense bf16 here.
+// bf16 (out, in); GPTQ 4-bit in the tile layout of backend/gptq_pack.h + packed (fp16 scale |
+// zero << 16) per group and column, desc_act rows reordered into group order (the
+// activations are permuted by the same map before the GEMM); q/k/v and gate/up fused when
+// formats agree. 8-bit GPTQ and shapes the int4 kernels do not take (cu_gptq_tc_supported:
+// in % 64, out % 16, group size % 64) are dequantized to dense bf16 here.
 #include <stdlib.h>
 #include <string.h>
 
 #include "backend/cuda/cuda_backend.h"
+#include "backend/gptq_pack.h"
 
 static void *dev_alloc(struct cuda_ctx *c, size_t bytes) {
     void *p = NULL;
@@ -69,8 +70,7 @@ static uint16_t *dequant_host(const struct linear *l) {
 }
 
 static bool int4_ok(const struct linear *l) {
-    return l->quantized && l->bits == 4 && l->in % 128 == 0 && l->out % 4 == 0 && l->group_size % 8 == 0 &&
-           (l->group_size % 128 == 0 || 128 % l->group_size == 0);
+    return l->quantized && l->bits == 4 && cu_gptq_tc_supported(l->in, l->out, l->group_size);
 }
 
 // Group order of the rows: perm[new] = old, stable; fails unless every group has group_size rows.
@@ -135,6 +135,15 @@ static int upload_gptq(struct cuda_ctx *c, const struct linear *const *parts, in
             }
         col += l->out;
     }
+    // Checkpoint layout -> tile layout (backend/gptq_pack.h).
+    int32_t *tiles = (int32_t *)pg_malloc((size_t)(in / 8) * out * 4);
+    uint32_t *sz_tiles = (uint32_t *)pg_malloc((size_t)ng * out * 4);
+    gptq_tile_pack((const uint32_t *)qw, in, out, (uint32_t *)tiles);
+    gptq_tile_pack_sz(sz, ng, out, sz_tiles);
+    free(qw);
+    free(sz);
+    qw = tiles;
+    sz = sz_tiles;
     memset(d, 0, sizeof *d);
     d->in = in;
     d->out = out;

@@ -107,7 +107,7 @@ static void launch_dense(const bf16_t *W, int in, int out, const bf16_t *x, cons
 extern "C" void cu_bf16_gemv(const bf16_t *W, int in, int out, const bf16_t *x, int M, const float *bias, void *y,
                              int ldy, bool f32_out, cudaStream_t st) {
     if (M <= 0 || out <= 0) return;
-    if (M > CU_GEMV_MAX_ROWS || in % 8) {
+    if (M > CU_DENSE_GEMV_MAX_ROWS || in % 8) {
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "bf16 gemv: unsupported shape");
         return;
     }

@@ -1,215 +1,339 @@
-// GPTQ int4 weight-only GEMM.
-// Few rows (decode, M <= 8): k_gptq_gemv_fused, a bandwidth-bound GEMV streaming the
-// checkpoint layout qweight [in/8][out] with 16-byte loads (4 output columns x 8 input rows
-// per thread per load), one 128-row chunk (16 loads in flight) per warp; its design is
-// described above the kernel.
-// Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS (or gptq_mma.cu).
+// GPTQ int4 weight-only GEMM over the tile layout of backend/gptq_pack.h.
+//
+// Few rows (decode, 1..16): k_gptq_tc, a bandwidth-bound GEMM on tensor cores. Block = 4
+// warps, each warp owning one 16-column strip, all four sharing a K range of `kr` inputs
+// (a multiple of the group size) whose activations the block stages once in shared memory
+// as bf16 (forming silu(gate) * up and the desc_act gather on the way). A warp streams its
+// strip's tiles, which are contiguous in memory, with one 16-byte load per lane per tile and
+// TC_U tiles per batch, the next batch in flight while the current one is multiplied; the
+// first batch is issued before pdl_wait(), so with programmatic dependent launch the weight
+// loads overlap the previous kernel. Each 16-input step of a tile is one
+// mma.m16n8k16 (rows = output columns, columns = activation rows; one n8 fragment per 8
+// rows): a word's nibbles are AND/OR'd into the mantissa of bf16 128.0 (two per lop3) and
+// bf16(128 + zero) subtracted, which leaves the exact small integers q - z; the f32 group
+// scale multiplies the f32 sum of each group. K splits are summed by the last block of each
+// column tile (atomic ticket + fences) in fixed split order (deterministic), which adds the
+// bias, writes bf16 and re-arms its ticket for the next launch / graph replay.
+//
+// Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/pdl.cuh"
 
 typedef __nv_bfloat16 bf16;
-#define GV_WARPS 4
-#define GV_COLS 128
+#define TC_WARPS 4
+#define TC_COLS (TC_WARPS * 16)       // output columns per block
+#define TC_U 4                        // tiles per lane per batch (16-byte loads in flight)
+#define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
+#define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
 
-// K splits of the GEMV: one per GV_WARPS 128-row chunks.
-static int gemv_splits(const struct cu_gptq *l) { return (l->in / 128 + GV_WARPS - 1) / GV_WARPS; }
+// Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
+// activation tile M x (kr + 8) bf16 within TC_SMEM_MAX. A group may straddle two splits: the
+// scale is linear, so each split scales its share of the group.
+static int tc_kr(const struct cu_gptq *l, int M) {
+    int kr = TC_BLOCK_BYTES / (TC_COLS / 2);
+    int cap = TC_SMEM_MAX / (2 * M) - 8;
+    if (kr > cap) kr = cap;
+    kr = kr / 64 * 64;
+    if (kr < 64) kr = 64;
+    return kr > l->in ? l->in : kr;
+}
+
+static int tc_splits(const struct cu_gptq *l, int M) {
+    int kr = tc_kr(l, M);
+    return (l->in + kr - 1) / kr;
+}
+
+extern "C" bool cu_gptq_tc_supported(int in, int out, int group_size) {
+    return in > 0 && out > 0 && in % 64 == 0 && out % 16 == 0 && group_size > 0 && group_size % 64 == 0 &&
+           (out + TC_COLS - 1) / TC_COLS <= CU_GEMV_COUNTERS;
+}
 
 extern "C" size_t cu_gemv_partial_floats(const struct cu_gptq *l, int M) {
-    return CU_GEMV_COUNTERS + (size_t)gemv_splits(l) * M * l->out;
+    size_t most = 0;
+    for (int m = 1; m <= M && m <= CU_GEMV_MAX_ROWS; m++) {
+        size_t f = (size_t)tc_splits(l, m) * m * l->out;
+        if (f > most) most = f;
+    }
+    return CU_GEMV_COUNTERS + most;
 }
 
 extern "C" void cu_gemv_scratch_reset(float *partial, cudaStream_t st) {
     CU_CHECK(cudaMemsetAsync(partial, 0, CU_GEMV_COUNTERS * sizeof(float), st));
 }
 
-// One 128-row chunk per warp, GV_WARPS chunks per block, so every block has a single
-// round trip to memory: its 16 int4 weight loads per thread are issued before the
-// activations are staged, hiding the staging behind them. Nibbles become 1 + q/16 by
-// placing them in the top mantissa bits of 1.0f (shift + lop3, no subtract); the zero point
-// is folded in per group: sum x (q - z) = 16 sum x (1 + q/16) - (16 + z) sum x, with the 8-row
-// sums of x precomputed while staging. K splits are summed by the last block of each column
-// tile (atomic ticket + fences) in fixed split order, so results do not depend on timing;
-// that block adds the bias, writes bf16 and re-arms the ticket for the next launch / replay.
-// The staging can form silu(gate) * up (rounded to bf16 like cu_swiglu) and gather the
-// desc_act permutation, so neither needs its own kernel.
+// The GEMM's input rows, see struct cu_gemv_in.
 struct gx {
     const bf16 *x;
     int ldx;
     const int32_t *perm;
     bool swiglu;
+    bool vec;  // rows 16-byte aligned and no perm: 8 inputs per load
 };
 
-__device__ __forceinline__ float gx_load(const gx &a, int in, int m, int k) {
-    int src = a.perm ? a.perm[k] : k;
-    const bf16 *row = a.x + (size_t)m * a.ldx;
-    if (!a.swiglu) return __bfloat162float(row[src]);
-    float g = __bfloat162float(row[src]), u = __bfloat162float(row[in + src]);
+__device__ __forceinline__ float silu_mul(float g, float u) {
     return __bfloat162float(__float2bfloat16(g / (1.0f + __expf(-g)) * u));
 }
 
-__device__ __forceinline__ float nib1(uint32_t v, int j) {  // 1 + nibble_j / 16, exactly
-    uint32_t t = j < 5 ? v << (19 - 4 * j) : v >> (4 * j - 19);
-    return __uint_as_float((t & 0x00780000u) | 0x3F800000u);
-}
-
-template <int M>
-__global__ void __launch_bounds__(GV_WARPS * 32)
-k_gptq_gemv_fused(const int32_t *__restrict__ qweight, const uint32_t *__restrict__ sz, int in, int out, int gs,
-                  gx xin, const float *__restrict__ bias, bf16 *__restrict__ y, int ldy, float *partial,
-                  unsigned *ticket) {
-    constexpr int KB = GV_WARPS * 128;
-    extern __shared__ float xs[];  // [M][KB] activations, then [M][KB/8] 8-row sums; later [GV_WARPS][M][GV_COLS]
-    float *xsum = xs + M * KB;
-    __shared__ bool last;
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, ks = gridDim.y;
-    const int n_chunks = in / 128, c0 = blockIdx.y * GV_WARPS, ch = c0 + w;
-    const int klen = (min(n_chunks, c0 + GV_WARPS) - c0) * 128, kbase = c0 * 128;
-    const int col = blockIdx.x * GV_COLS + lane * 4;
-    const bool active = col < out && ch < n_chunks;
-
-    int4 qw[16];
-    if (active)
+// Inputs k..k+7 of row m as 8 bf16 (k % 8 == 0).
+__device__ __forceinline__ uint4 gx_load8(const gx &a, int in, int m, int k) {
+    const bf16 *row = a.x + (size_t)m * a.ldx;
+    __align__(16) bf16 v[8];
+    if (a.vec) {
+        uint4 r = *(const uint4 *)(row + k);
+        if (!a.swiglu) return r;
+        uint4 u = *(const uint4 *)(row + in + k);
+        const bf16 *g8 = (const bf16 *)&r, *u8 = (const bf16 *)&u;
 #pragma unroll
-        for (int r = 0; r < 16; r++) qw[r] = __ldg((const int4 *)(qweight + (size_t)(ch * 16 + r) * out + col));
-    for (int u = threadIdx.x; u < M * (klen / 8); u += blockDim.x) {
-        int m = u / (klen / 8), r8 = u % (klen / 8);
-        float s = 0;
+        for (int j = 0; j < 8; j++) v[j] = __float2bfloat16(silu_mul(__bfloat162float(g8[j]), __bfloat162float(u8[j])));
+    } else {
 #pragma unroll
         for (int j = 0; j < 8; j++) {
-            float v = gx_load(xin, in, m, kbase + r8 * 8 + j);
-            xs[m * KB + r8 * 8 + j] = v;
-            s += v;
+            int src = a.perm ? a.perm[k + j] : k + j;
+            v[j] = a.swiglu ? __float2bfloat16(silu_mul(__bfloat162float(row[src]), __bfloat162float(row[in + src])))
+                            : row[src];
         }
-        xsum[m * (KB / 8) + r8] = s;
+    }
+    return *(const uint4 *)v;
+}
+
+__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
+    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
+                 "{%0,%1,%2,%3};\n"
+                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
+                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
+}
+
+// bf16x2 (128 + nibble at bits 0-3, 128 + nibble at bits 16-19) of q: (q & 0x000F000F) | 0x43004300.
+__device__ __forceinline__ uint32_t nib_bf16x2(uint32_t q) {
+    uint32_t r;
+    asm("lop3.b32 %0, %1, %2, %3, 0xEA;\n" : "=r"(r) : "r"(q), "r"(0x000F000Fu), "r"(0x43004300u));
+    return r;
+}
+
+__device__ __forceinline__ uint32_t bf16x2_sub(uint32_t a, uint32_t b) {
+    __nv_bfloat162 r = __hsub2(*(const __nv_bfloat162 *)&a, *(const __nv_bfloat162 *)&b);
+    return *(uint32_t *)&r;
+}
+
+// Streaming 16-byte weight load: read once per step, keep it out of L1 and first to leave L2.
+__device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
+    uint4 r;
+    asm volatile("ld.global.nc.L1::no_allocate.v4.u32 {%0,%1,%2,%3}, [%4];\n"
+                 : "=r"(r.x), "=r"(r.y), "=r"(r.z), "=r"(r.w)
+                 : "l"(p));
+    return r;
+}
+
+struct tc_args {
+    const uint4 *qw;     // tile layout, 16 bytes per lane per tile
+    const uint32_t *sz;  // [out/16][n_groups][16]
+    int in, out, gs, ng, kr;
+    gx x;
+    const float *bias;
+    bf16 *y;
+    int ldy;
+    float *partial;      // [splits][M][out]
+    unsigned *ticket;    // one per column tile
+};
+
+template <int M>
+__global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
+    constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
+    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8]
+    __shared__ bool last;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
+    const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
+    const int k0 = blockIdx.y * p.kr, klen = min(p.kr, p.in - k0), ntiles = klen / 64, tpg = p.gs / 64;
+    const int xstride = p.kr + 8;  // bf16; (kr + 8) / 2 words = 4 mod 32: conflict-free B loads
+    const bool active = strip < p.out / 16;
+    pdl_launch_dependents();
+
+    const uint4 *wp = p.qw + ((size_t)strip * (p.in / 64) + k0 / 64) * 32 + lane;
+    const int kt0 = k0 / 64;  // global index of the block's first tile
+    const uint32_t *szp = p.sz + (size_t)strip * p.ng * 16 + g;
+    // A tile opens a group (loads its scale/zero) when it is the group's first or the block's
+    // first, and closes it (applies the scale) when it is the group's last or the block's last.
+    auto opens = [&](int tile) { return tile == 0 || (kt0 + tile) % tpg == 0; };
+    auto closes = [&](int tile) { return tile == ntiles - 1 || (kt0 + tile + 1) % tpg == 0; };
+    uint4 nxt[TC_U];
+    uint2 nsz[TC_U];  // scale/zero words of columns g and g + 8 where a tile opens a group
+#pragma unroll
+    for (int u = 0; u < TC_U; u++) {
+        nxt[u] = make_uint4(0, 0, 0, 0);
+        nsz[u] = make_uint2(0, 0);
+    }
+    auto fetch = [&](int b) {
+#pragma unroll
+        for (int u = 0; u < TC_U; u++) {
+            const int tile = b + u;
+            if (active && tile < ntiles) {
+                nxt[u] = ld_stream(wp + (size_t)tile * 32);
+                if (opens(tile)) {
+                    const uint32_t *s = szp + (size_t)((kt0 + tile) / tpg) * 16;
+                    nsz[u] = make_uint2(__ldg(s), __ldg(s + 8));
+                }
+            }
+        }
+    };
+    fetch(0);
+    pdl_wait();
+
+    // Stage the activation rows of this K range (8 inputs per unit).
+    for (int u = threadIdx.x; u < M * (klen / 8); u += blockDim.x) {
+        const int m = u / (klen / 8), c8 = u % (klen / 8);
+        *(uint4 *)(xs + m * xstride + c8 * 8) = gx_load8(p.x, p.in, m, k0 + c8 * 8);
     }
     __syncthreads();
 
-    float acc[M][4];
+    float acc[NB][4], cg[NB][4];
 #pragma unroll
-    for (int m = 0; m < M; m++)
+    for (int f = 0; f < NB; f++)
 #pragma unroll
-        for (int c = 0; c < 4; c++) acc[m][c] = 0;
+        for (int i = 0; i < 4; i++) acc[f][i] = cg[f][i] = 0.f;
     if (active) {
-        float t1[M][4], tx[M], sc16[4], scz[4];
-        auto load_group = [&](int row) {
-            uint4 v = __ldg((const uint4 *)(sz + (size_t)(row / gs) * out + col));
-            uint32_t g[4] = {v.x, v.y, v.z, v.w};
+        const uint32_t *xw = (const uint32_t *)xs;  // bf16 pairs
+        uint32_t zlo = 0, zhi = 0;
+        float slo = 0.f, shi = 0.f;
+        for (int b = 0; b < ntiles; b += TC_U) {
+            uint4 cur[TC_U];
+            uint2 csz[TC_U];
 #pragma unroll
-            for (int c = 0; c < 4; c++) {
-                float s = __half2float(__ushort_as_half((unsigned short)(g[c] & 0xffff)));
-                sc16[c] = 16.0f * s;
-                scz[c] = s * (16.0f + (float)(g[c] >> 16));
+            for (int u = 0; u < TC_U; u++) {
+                cur[u] = nxt[u];
+                csz[u] = nsz[u];
             }
+            fetch(b + TC_U);
 #pragma unroll
-            for (int m = 0; m < M; m++) {
-                tx[m] = 0;
+            for (int u = 0; u < TC_U; u++) {
+                const int tile = b + u;
+                if (tile >= ntiles) break;
+                if (opens(tile)) {
+                    slo = __half2float(__ushort_as_half((unsigned short)(csz[u].x & 0xffff)));
+                    shi = __half2float(__ushort_as_half((unsigned short)(csz[u].y & 0xffff)));
+                    zlo = 0x43004300u | (csz[u].x >> 16) | (csz[u].x >> 16 << 16);
+                    zhi = 0x43004300u | (csz[u].y >> 16) | (csz[u].y >> 16 << 16);
+                }
+                const uint32_t q4[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
 #pragma unroll
-                for (int c = 0; c < 4; c++) t1[m][c] = 0;
-            }
-        };
-        auto flush = [&]() {
+                for (int j = 0; j < 4; j++) {
+                    uint32_t a[4];
+                    a[0] = bf16x2_sub(nib_bf16x2(q4[j]), zlo);
+                    a[1] = bf16x2_sub(nib_bf16x2(q4[j] >> 4), zhi);
+                    a[2] = bf16x2_sub(nib_bf16x2(q4[j] >> 8), zlo);
+                    a[3] = bf16x2_sub(nib_bf16x2(q4[j] >> 12), zhi);
+                    const int kw = (tile * 64 + j * 16) / 2 + t;  // word of inputs 2t, 2t+1
 #pragma unroll
-            for (int m = 0; m < M; m++)
+                    for (int f = 0; f < NB; f++) {
+                        const int m = f * 8 + g;
+                        const uint32_t *row = xw + (size_t)(m < M ? m : 0) * (xstride / 2);
+                        const uint32_t b0 = m < M ? row[kw] : 0u, b1 = m < M ? row[kw + 4] : 0u;
+                        mma_bf16(cg[f], a, b0, b1);
+                    }
+                }
+                if (closes(tile)) {
 #pragma unroll
-                for (int c = 0; c < 4; c++) acc[m][c] += sc16[c] * t1[m][c] - scz[c] * tx[m];
-        };
-        load_group(ch * 128);
-#pragma unroll
-        for (int r = 0; r < 16; r++) {
-            if (r > 0 && gs < 128 && ((r * 8) % gs) == 0) {
-                flush();
-                load_group(ch * 128 + r * 8);
-            }
-            const uint32_t qv[4] = {(uint32_t)qw[r].x, (uint32_t)qw[r].y, (uint32_t)qw[r].z, (uint32_t)qw[r].w};
-            float wf[4][8];
-#pragma unroll
-            for (int c = 0; c < 4; c++)
-#pragma unroll
-                for (int j = 0; j < 8; j++) wf[c][j] = nib1(qv[c], j);
-            const int xo = w * 128 + r * 8;
-#pragma unroll
-            for (int m = 0; m < M; m++) {
-                float4 a = *(const float4 *)(xs + m * KB + xo), b = *(const float4 *)(xs + m * KB + xo + 4);
-                float xv[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-                tx[m] += xsum[m * (KB / 8) + xo / 8];
-#pragma unroll
-                for (int c = 0; c < 4; c++)
-#pragma unroll
-                    for (int j = 0; j < 8; j++) t1[m][c] += xv[j] * wf[c][j];
+                    for (int f = 0; f < NB; f++) {
+                        acc[f][0] += slo * cg[f][0];
+                        acc[f][1] += slo * cg[f][1];
+                        acc[f][2] += shi * cg[f][2];
+                        acc[f][3] += shi * cg[f][3];
+                        cg[f][0] = cg[f][1] = cg[f][2] = cg[f][3] = 0.f;
+                    }
+                }
             }
         }
-        flush();
     }
-    __syncthreads();
-    float *red = xs;
-#pragma unroll
-    for (int m = 0; m < M; m++)
-#pragma unroll
-        for (int c = 0; c < 4; c++) red[(w * M + m) * GV_COLS + lane * 4 + c] = acc[m][c];
-    __syncthreads();
-    const int oc = blockIdx.x * GV_COLS + threadIdx.x;
-    const bool mine = threadIdx.x < GV_COLS && oc < out;
+
+    // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
+    const int n_lo = strip * 16 + g;
     if (ks == 1) {
-        if (mine)
-            for (int m = 0; m < M; m++) {
-                float s = bias ? bias[oc] : 0.f;
-                for (int ww = 0; ww < GV_WARPS; ww++) s += red[(ww * M + m) * GV_COLS + threadIdx.x];
-                y[(size_t)m * ldy + oc] = __float2bfloat16(s);
-            }
+        if (active)
+#pragma unroll
+            for (int f = 0; f < NB; f++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int m = f * 8 + 2 * t + (i & 1), n = n_lo + (i >= 2 ? 8 : 0);
+                    if (m < M) p.y[(size_t)m * p.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
+                }
         return;
     }
-    if (mine)
-        for (int m = 0; m < M; m++) {
-            float s = 0;
-            for (int ww = 0; ww < GV_WARPS; ww++) s += red[(ww * M + m) * GV_COLS + threadIdx.x];
-            partial[((size_t)blockIdx.y * M + m) * out + oc] = s;
-        }
+    if (active)
+#pragma unroll
+        for (int f = 0; f < NB; f++)
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                const int m = f * 8 + 2 * t + (i & 1), n = n_lo + (i >= 2 ? 8 : 0);
+                if (m < M) p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
+            }
     __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
+    if (threadIdx.x == 0) last = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
     __syncthreads();
     if (!last) return;
     __threadfence();
-    if (mine)
-        for (int m = 0; m < M; m++) {
-            float s = bias ? bias[oc] : 0.f;
-            for (int k = 0; k < ks; k++) s += __ldcg(partial + ((size_t)k * M + m) * out + oc);
-            y[(size_t)m * ldy + oc] = __float2bfloat16(s);
-        }
-    if (threadIdx.x == 0) ticket[blockIdx.x] = 0;
+    for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
+        const int m = e / TC_COLS, n = blockIdx.x * TC_COLS + e % TC_COLS;
+        if (n >= p.out) continue;
+        float s = p.bias ? p.bias[n] : 0.f;
+        for (int k = 0; k < ks; k++) s += __ldcg(p.partial + ((size_t)k * M + m) * p.out + n);
+        p.y[(size_t)m * p.ldy + n] = __float2bfloat16(s);
+    }
+    if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
 }
 
 template <int M>
-static void launch_fused(const struct cu_gptq *l, const gx &x, const float *bias, bf16_t *y, int ldy, float *partial,
-                         cudaStream_t st) {
-    const int KB = GV_WARPS * 128;
-    size_t sm = (size_t)M * (KB + KB / 8) * sizeof(float);
-    dim3 grid((l->out + GV_COLS - 1) / GV_COLS, gemv_splits(l));
-    k_gptq_gemv_fused<M><<<grid, GV_WARPS * 32, sm, st>>>(l->qweight, l->sz, l->in, l->out, l->group_size, x, bias,
-                                                          (bf16 *)y, ldy, partial + CU_GEMV_COUNTERS,
-                                                          (unsigned *)partial);
-    CU_LAUNCHED("gptq_gemv_fused");
+static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
+    const size_t smem = (size_t)M * (a.kr + 8) * 2;
+    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
+    CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), smem, st, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
                                 bf16_t *y, int ldy, float *partial, cudaStream_t st) {
     if (M <= 0) return;
-    if (M > CU_GEMV_MAX_ROWS || (l->out + GV_COLS - 1) / GV_COLS > CU_GEMV_COUNTERS || l->in % 128) {
+    if (M > CU_GEMV_MAX_ROWS || !cu_gptq_tc_supported(l->in, l->out, l->group_size)) {
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq gemv: unsupported shape");
         return;
     }
-    gx a = {(const bf16 *)x->x, x->ldx, x->perm, x->swiglu};
+    tc_args a;
+    a.qw = (const uint4 *)l->qweight;
+    a.sz = l->sz;
+    a.in = l->in;
+    a.out = l->out;
+    a.gs = l->group_size;
+    a.ng = l->n_groups;
+    a.kr = tc_kr(l, M);
+    a.x.x = (const bf16 *)x->x;
+    a.x.ldx = x->ldx;
+    a.x.perm = x->perm;
+    a.x.swiglu = x->swiglu;
+    a.x.vec = !x->perm && x->ldx % 8 == 0 && (uintptr_t)x->x % 16 == 0;
+    a.bias = bias;
+    a.y = (bf16 *)y;
+    a.ldy = ldy;
+    a.partial = partial + CU_GEMV_COUNTERS;
+    a.ticket = (unsigned *)partial;
+    const int ks = tc_splits(l, M);
     switch (M) {
-    case 1: launch_fused<1>(l, a, bias, y, ldy, partial, st); break;
-    case 2: launch_fused<2>(l, a, bias, y, ldy, partial, st); break;
-    case 3: launch_fused<3>(l, a, bias, y, ldy, partial, st); break;
-    case 4: launch_fused<4>(l, a, bias, y, ldy, partial, st); break;
-    case 5: launch_fused<5>(l, a, bias, y, ldy, partial, st); break;
-    case 6: launch_fused<6>(l, a, bias, y, ldy, partial, st); break;
-    case 7: launch_fused<7>(l, a, bias, y, ldy, partial, st); break;
-    default: launch_fused<8>(l, a, bias, y, ldy, partial, st); break;
+    case 1: launch_tc<1>(a, ks, st); break;
+    case 2: launch_tc<2>(a, ks, st); break;
+    case 3: launch_tc<3>(a, ks, st); break;
+    case 4: launch_tc<4>(a, ks, st); break;
+    case 5: launch_tc<5>(a, ks, st); break;
+    case 6: launch_tc<6>(a, ks, st); break;
+    case 7: launch_tc<7>(a, ks, st); break;
+    case 8: launch_tc<8>(a, ks, st); break;
+    case 9: launch_tc<9>(a, ks, st); break;
+    case 10: launch_tc<10>(a, ks, st); break;
+    case 11: launch_tc<11>(a, ks, st); break;
+    case 12: launch_tc<12>(a, ks, st); break;
+    case 13: launch_tc<13>(a, ks, st); break;
+    case 14: launch_tc<14>(a, ks, st); break;
+    case 15: launch_tc<15>(a, ks, st); break;
+    default: launch_tc<16>(a, ks, st); break;
     }
 }
 
@@ -219,28 +343,30 @@ extern "C" void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, co
     cu_gptq_gemv_ex(l, &a, M, bias, y, ldy, partial, st);
 }
 
-// Thread per (packed row, column pair): 8 rows x 2 columns, bf16x2 stores coalesced along out.
-__global__ void k_gptq_dequant(const int32_t *qweight, const uint32_t *sz, int in, int out, int gs, bf16 *wt) {
-    const int pairs = out / 2;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < (size_t)(in / 8) * pairs;
-         e += (size_t)gridDim.x * blockDim.x) {
-        int k = (int)(e / pairs), o = (int)(e % pairs) * 2;
-        int2 q = *(const int2 *)(qweight + (size_t)k * out + o);
-        uint2 g = *(const uint2 *)(sz + (size_t)(k * 8 / gs) * out + o);
-        float s0 = __half2float(__ushort_as_half((unsigned short)(g.x & 0xffff))), z0 = (float)(g.x >> 16);
-        float s1 = __half2float(__ushort_as_half((unsigned short)(g.y & 0xffff))), z1 = (float)(g.y >> 16);
+// Thread per tile word (8 nibbles): writes its 8 weights of W^T (in, out).
+__global__ void k_gptq_dequant(const uint32_t *qw, const uint32_t *sz, int in, int out, int gs, int ng, bf16 *wt) {
+    const size_t words = (size_t)(in / 8) * out;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < words; e += (size_t)gridDim.x * blockDim.x) {
+        const int j = (int)(e % 4), lane = (int)(e / 4 % 32);
+        const size_t tix = e / 128;
+        const int kt = (int)(tix % (in / 64)), strip = (int)(tix / (in / 64));
+        const int g = lane / 4, t = lane % 4, k0 = kt * 64 + j * 16 + 2 * t;
+        const uint32_t q = qw[e];
 #pragma unroll
-        for (int j = 0; j < 8; j++) {
-            float a = ((float)((q.x >> (4 * j)) & 0xF) - z0) * s0, b = ((float)((q.y >> (4 * j)) & 0xF) - z1) * s1;
-            *(__nv_bfloat162 *)(wt + (size_t)(k * 8 + j) * out + o) = __floats2bfloat162_rn(a, b);
+        for (int i = 0; i < 8; i++) {
+            const int r = g + ((i & 1) ? 8 : 0), k = k0 + ((i & 2) ? 8 : 0) + ((i & 4) ? 1 : 0);
+            const uint32_t s = sz[((size_t)strip * ng + k / gs) * 16 + r];
+            const float scale = __half2float(__ushort_as_half((unsigned short)(s & 0xffff)));
+            const float v = ((float)((q >> (4 * i)) & 0xF) - (float)(s >> 16)) * scale;
+            wt[(size_t)k * out + strip * 16 + r] = __float2bfloat16(v);
         }
     }
 }
 
 extern "C" void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st) {
-    size_t n = (size_t)(l->in / 8) * (l->out / 2);
+    size_t n = (size_t)(l->in / 8) * l->out;
     size_t blocks = (n + 255) / 256;
-    k_gptq_dequant<<<blocks > 65535 ? 65535 : (unsigned)blocks, 256, 0, st>>>(l->qweight, l->sz, l->in, l->out,
-                                                                              l->group_size, (bf16 *)wt);
+    k_gptq_dequant<<<blocks > 65535 ? 65535 : (unsigned)blocks, 256, 0, st>>>(
+        (const uint32_t *)l->qweight, l->sz, l->in, l->out, l->group_size, l->n_groups, (bf16 *)wt);
     CU_LAUNCHED("gptq_dequant");
 }
