@@ -563,7 +563,7 @@ static void run_pdl_case(const char *preset, bool gptq) {
 static void test_pdl_same_results(void **state) {
     (void)state;
     run_pdl_case("qwen2.5-0.5b", false);  // dense bf16 GEMV, H 896, head_dim 64
-    run_pdl_case("tiny", true);           // int4 GEMV and MMA paths
+    run_pdl_case("tiny", true);           // int4 tensor-core GEMV
 }
 
 int main(void) {
