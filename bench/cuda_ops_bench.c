@@ -238,7 +238,7 @@ static void setup(struct bench *b) {
     b->resid = dfill((size_t)MAXM * H * 4, 0);
     b->qkv_bias = dfill(QKV * 4, 0);
     b->logits = dfill((size_t)MAXM * V * 4, 0);
-    b->apart = dfill((size_t)MAXM * NH * 32 * (HD + 2) * 4, 0);
+    b->apart = dfill(((size_t)MAXM * NH * 32 * (HD + 2) + CU_ATTN_TICKETS) * 4, 0);  // tickets zero
     size_t kv = (size_t)MAXM * MAXCTX * NKV * HD * 2;
     b->kc = dfill(kv, 0x3c);
     b->vc = dfill(kv, 0x3c);

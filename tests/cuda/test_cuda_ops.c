@@ -114,13 +114,14 @@ struct pg_setup {
     size_t cache_elems;
 };
 
-static void setup_init(struct pg_setup *s, int n, const int *len, const int *nnew, int nh, int nkv, int hd, int kv_type) {
+static void setup_init_bs(struct pg_setup *s, int n, const int *len, const int *nnew, int nh, int nkv, int hd,
+                          int kv_type, int bs) {
     memset(s, 0, sizeof *s);
-    s->n = n, s->bs = 16, s->nh = nh, s->nkv = nkv, s->hd = hd, s->kv_type = kv_type;
+    s->n = n, s->bs = bs, s->nh = nh, s->nkv = nkv, s->hd = hd, s->kv_type = kv_type;
     for (int i = 0; i < n; i++) {
         s->len[i] = len[i], s->nnew[i] = nnew[i], s->q0[i] = s->T;
         s->T += nnew[i];
-        int nb = (len[i] + 15) / 16;
+        int nb = (len[i] + bs - 1) / bs;
         if (nb > s->bt_stride) s->bt_stride = nb;
         s->nblocks += nb;
     }
@@ -133,7 +134,7 @@ static void setup_init(struct pg_setup *s, int n, const int *len, const int *nne
     }
     s->bt = pg_calloc((size_t)n * s->bt_stride, sizeof(int32_t));
     for (int i = 0, k = 0; i < n; i++)
-        for (int b = 0; b < (len[i] + 15) / 16; b++) s->bt[i * s->bt_stride + b] = perm[k++];
+        for (int b = 0; b < (len[i] + bs - 1) / bs; b++) s->bt[i * s->bt_stride + b] = perm[k++];
     free(perm);
     s->tok_seq = pg_malloc(sizeof(int32_t) * s->T);
     s->tok_pos = pg_malloc(sizeof(int32_t) * s->T);
@@ -142,7 +143,7 @@ static void setup_init(struct pg_setup *s, int n, const int *len, const int *nne
             s->tok_seq[s->q0[i] + j] = i;
             s->tok_pos[s->q0[i] + j] = len[i] - nnew[i] + j;
         }
-    s->cache_elems = (size_t)s->nblocks * nkv * 16 * hd;
+    s->cache_elems = (size_t)s->nblocks * nkv * bs * hd;
     size_t es = kv_type == CU_KV_BF16 ? 2 : 1;
     s->kc = pg_malloc(s->cache_elems * es);
     s->vc = pg_malloc(s->cache_elems * es);
@@ -157,9 +158,13 @@ static void setup_init(struct pg_setup *s, int n, const int *len, const int *nne
     }
 }
 
+static void setup_init(struct pg_setup *s, int n, const int *len, const int *nnew, int nh, int nkv, int hd, int kv_type) {
+    setup_init_bs(s, n, len, nnew, nh, nkv, hd, kv_type, 16);
+}
+
 static size_t cidx(const struct pg_setup *s, int seq, int j, int kvh, int d) {
-    int blk = s->bt[seq * s->bt_stride + j / 16];
-    return (((size_t)blk * s->nkv + kvh) * 16 + j % 16) * s->hd + d;
+    int blk = s->bt[seq * s->bt_stride + j / s->bs];
+    return (((size_t)blk * s->nkv + kvh) * s->bs + j % s->bs) * s->hd + d;
 }
 
 struct dev_step {
@@ -225,7 +230,8 @@ static void run_attn_case(int nh, int nkv, int hd, int kv_type, bool prefill, in
     } else {
         int32_t seqs[5] = {0, 1, 2, 3, 4};
         void *dseqs = dup_to_dev(seqs, sizeof seqs);
-        float *part = dmalloc(sizeof(float) * 5 * nh * splits * (hd + 2));
+        float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)5 * nh * splits * (hd + 2)));
+        assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
         cu_attn_decode(dq, &ds.st, dseqs, 5, nh, nkv, hd, 16, kv_type, dk, dv, splits, part, dout, 0);
         assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
         cudaFree(dseqs), cudaFree(part);
@@ -245,6 +251,51 @@ static void run_attn_case(int nh, int nkv, int hd, int kv_type, bool prefill, in
     free(q), free(out), free(ref), free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
 }
 
+// Decode over n sequences of lengths len (block size bs, up to `splits` splits), launched
+// twice with the same scratch (the second launch needs the tickets the first re-armed) and
+// the output poisoned before each: both must match the host reference and each other bit
+// for bit (the split merge runs in a fixed order).
+static void run_decode_case(int nh, int nkv, int hd, int kv_type, int bs, int n, const int *len, int splits) {
+    int nn[8];
+    for (int i = 0; i < n; i++) nn[i] = 1;
+    struct pg_setup s;
+    setup_init_bs(&s, n, len, nn, nh, nkv, hd, kv_type, bs);
+    size_t es = kv_type == CU_KV_BF16 ? 2 : 1, qn = (size_t)s.T * nh * hd;
+    void *dk = dup_to_dev(s.kc, s.cache_elems * es), *dv = dup_to_dev(s.vc, s.cache_elems * es);
+    uint16_t *q = rand_bf16(qn, 1.0f);
+    void *dq = dup_to_dev(q, qn * 2);
+    bf16_t *dout = dmalloc(qn * 2);
+    struct dev_step ds;
+    dev_step_init(&ds, &s);
+    int32_t seqs[8];
+    for (int i = 0; i < n; i++) seqs[i] = n - 1 - i;  // not the identity: output rows follow seq_q0
+    void *dseqs = dup_to_dev(seqs, sizeof(int32_t) * n);
+    float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)n * nh * splits * (hd + 2)));
+    assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
+    double *ref = pg_malloc(sizeof(double) * qn);
+    for (int t = 0; t < s.T; t++)
+        for (int h = 0; h < nh; h++)
+            ref_attn(&s, s.tok_seq[t], s.tok_pos[t], h, q + ((size_t)t * nh + h) * hd, ref + ((size_t)t * nh + h) * hd);
+    uint16_t *out[2];
+    char name[128];
+    for (int run = 0; run < 2; run++) {
+        assert_int_equal(cudaMemset(dout, 0xff, qn * 2), cudaSuccess);
+        cu_attn_decode(dq, &ds.st, dseqs, n, nh, nkv, hd, bs, kv_type, dk, dv, splits, part, dout, 0);
+        out[run] = pg_malloc(qn * 2);
+        to_host(out[run], dout, qn * 2);
+        snprintf(name, sizeof name, "attn decode %dq/%dkv hd%d kv%d bs%d n%d (len0 %d) splits%d run%d", nh, nkv, hd,
+                 kv_type, bs, n, len[0], splits, run);
+        CHECK_ERR(name, rel_err_bf16(out[run], ref, qn), 8e-3);
+    }
+    uint32_t tickets[64];
+    to_host(tickets, part, sizeof tickets);
+    for (int i = 0; i < n * nkv && i < 64; i++) assert_int_equal(tickets[i], 0);  // re-armed
+    assert_memory_equal(out[0], out[1], qn * 2);
+    dev_step_free(&ds);
+    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs), cudaFree(part);
+    free(q), free(out[0]), free(out[1]), free(ref), free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
+}
+
 static void test_attn_decode(void **state) {
     (void)state;
     run_attn_case(40, 8, 128, CU_KV_BF16, false, 1);
@@ -253,6 +304,24 @@ static void test_attn_decode(void **state) {
     run_attn_case(14, 2, 64, CU_KV_BF16, false, 5);
     run_attn_case(40, 8, 128, CU_KV_E4M3, false, 8);
     run_attn_case(14, 2, 64, CU_KV_E5M2, false, 3);
+}
+
+// Contexts 1, 17, 512, 3000 (and 33, 129) in one call; G = 5 (14B), 7 (0.5B), 8 and 1;
+// head_dim 128 and 64; block sizes 16 and 32; one split and many; bf16 and fp8 caches.
+static void test_attn_decode_paged(void **state) {
+    (void)state;
+    const int lens[6] = {1, 17, 512, 3000, 33, 129}, lens2[4] = {3000, 1, 512, 17};
+    run_decode_case(40, 8, 128, CU_KV_BF16, 16, 6, lens, 1);
+    run_decode_case(40, 8, 128, CU_KV_BF16, 16, 6, lens, 32);
+    run_decode_case(40, 8, 128, CU_KV_BF16, 32, 6, lens, 7);
+    run_decode_case(14, 2, 64, CU_KV_BF16, 32, 4, lens2, 64);
+    run_decode_case(14, 2, 64, CU_KV_BF16, 16, 6, lens, 1);
+    run_decode_case(40, 8, 128, CU_KV_E4M3, 16, 4, lens2, 8);
+    run_decode_case(40, 8, 128, CU_KV_E5M2, 32, 4, lens2, 32);
+    run_decode_case(14, 2, 64, CU_KV_E5M2, 16, 6, lens, 3);
+    run_decode_case(14, 2, 64, CU_KV_E4M3, 32, 4, lens2, 1);
+    run_decode_case(16, 2, 128, CU_KV_BF16, 16, 4, lens2, 16);
+    run_decode_case(4, 4, 64, CU_KV_BF16, 32, 4, lens2, 5);
 }
 
 static void test_attn_prefill(void **state) {
@@ -339,6 +408,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed_rmsnorm), cmocka_unit_test(test_swiglu_bias_gather),
         cmocka_unit_test(test_rope_store),    cmocka_unit_test(test_attn_decode),
+        cmocka_unit_test(test_attn_decode_paged),
         cmocka_unit_test(test_attn_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -1,177 +1,386 @@
-// Paged GQA attention for decode (one new token per sequence), Flash-Decoding style:
-// grid (split, kv head, sequence); a block reads its share of the sequence's keys once and
-// serves all G = n_heads / n_kv query heads of that kv head; warps take groups of DEC_KEYS
-// consecutive keys round-robin (all of a group's K and V loads are issued before any is
-// used, so each warp keeps DEC_KEYS rows in flight instead of one) with an online softmax
-// each, then the block merges its warps and writes one partial (max, sum, weighted values)
-// per head; k_attn_reduce merges the splits. fp8 caches convert two elements per
-// instruction (cvt.f16x2.e4m3x2 / e5m2x2).
+// Paged GQA attention for decode (one new token per sequence), Flash-Decoding style, one
+// kernel: grid (split, kv head, sequence); a block reads its split's keys once and serves all
+// G = n_heads / n_kv query heads of that kv head.
+//  - Each warp takes 32-key tiles of the split round-robin and copies a tile's K and V rows
+//    into its own shared-memory buffers with cp.async (coalesced 16-byte copies, rows found
+//    through the block table; the next tile's K is in flight during this tile's P.V, its V
+//    during the next Q.K).
+//  - Q.K: lane j owns key j and forms its G dot products alone (16-byte shared loads of the
+//    row, q broadcast from shared memory): no shuffle per key. One warp max per head and tile
+//    gives the online-softmax rescale; sums of p stay lane-local until the end.
+//  - P.V: lanes own HD/32 dims and loop over the tile's keys, p broadcast from shared memory.
+//  - The block merges its warps; a single split writes the output, otherwise each block
+//    writes a partial (max, sum, weighted values) and the last block of its (sequence, kv
+//    head) (atomic ticket + fences) merges the splits in split order (deterministic, timing
+//    independent), writes the output and re-arms the ticket (graph replays).
+// Launched with programmatic dependent launch: the block-table lookups of the first tile
+// happen before pdl_wait(); q, the cache and the scratch are touched only after it.
+// Keys per split: a multiple of the tile, at least DEC_WARPS tiles, so short sequences use
+// fewer splits than the grid offers (the spare blocks exit after pdl_wait).
 #include <math.h>
 #include <cuda_bf16.h>
 
 #include "backend/cuda/kv_cache.cuh"
+#include "backend/cuda/pdl.cuh"
 
 typedef __nv_bfloat16 bf16;
 #define DEC_WARPS 4
-#define MAX_G 8
-#define DEC_KEYS 4
+#define DEC_TILE 32                            // keys per warp tile: one per lane
+#define DEC_MIN_CHUNK (DEC_WARPS * DEC_TILE)   // fewest keys per split
+#define DEC_MAX_SPLITS 64
+#define DEC_PSTRIDE 8                          // floats per key in the probability buffer (G <= 8)
 
-// Loads N (2 or 4) consecutive cache elements as floats.
-template <int N>
-__device__ __forceinline__ void kv_loadn(const void *cache, size_t idx, int kv_type, float *o) {
-    if (kv_type == CU_KV_BF16) {
-        const __nv_bfloat162 *p = (const __nv_bfloat162 *)((const bf16 *)cache + idx);
-        if (N == 4) {
-            uint2 u = *(const uint2 *)p;
-            const __nv_bfloat162 *h = (const __nv_bfloat162 *)&u;
-            float2 a = __bfloat1622float2(h[0]), b = __bfloat1622float2(h[1]);
-            o[0] = a.x; o[1] = a.y; o[2] = b.x; o[3] = b.y;
-        } else {
-            float2 a = __bfloat1622float2(*p);
-            o[0] = a.x; o[1] = a.y;
-        }
-    } else {
-        const uint8_t *p = (const uint8_t *)cache + idx;
-        uint32_t u = N == 4 ? *(const uint32_t *)p : *(const uint16_t *)p;
-        const __nv_fp8_interpretation_t fmt = kv_type == CU_KV_E4M3 ? __NV_E4M3 : __NV_E5M2;
+struct dec_args {
+    const bf16 *q;
+    struct cu_step s;
+    const int32_t *seqs;
+    int n_kv, bs, kv_type, n_splits;
+    const uint8_t *kc, *vc;
+    unsigned *tickets;
+    float *partial;
+    bf16 *out;
+};
+
+// N (even) elements packed in 32-bit words (bf16: 2 per word, fp8: 4 per word, low first) as floats.
+template <bool FP8, int N>
+__device__ __forceinline__ void cvt_elems(const uint32_t *w, __nv_fp8_interpretation_t fmt, float *o) {
 #pragma unroll
-        for (int i = 0; i < N / 2; i++) {  // low byte = lower index
-            __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)((u >> (16 * i)) & 0xffff), fmt);
+    for (int i = 0; i < N / 2; i++) {
+        if (FP8) {
+            const uint32_t x = (w[i / 2] >> (16 * (i % 2))) & 0xffffu;
+            __half2_raw hr = __nv_cvt_fp8x2_to_halfraw2((__nv_fp8x2_storage_t)x, fmt);
             float2 f = __half22float2(__half2(hr));
             o[2 * i] = f.x;
             o[2 * i + 1] = f.y;
+        } else {
+            o[2 * i] = __uint_as_float(w[i] << 16);
+            o[2 * i + 1] = __uint_as_float(w[i] & 0xffff0000u);
         }
     }
 }
 
-template <int HD>
-__global__ void __launch_bounds__(DEC_WARPS * 32)
-k_attn_decode(const bf16 *q, struct cu_step s, const int32_t *seqs, int n_heads, int n_kv, int bs,
-              int kv_type, const void *kc, const void *vc, int n_splits, float *partial) {
-    constexpr int DPL = HD / 32;
-    const int sp = blockIdx.x, kvh = blockIdx.y, i = blockIdx.z, G = n_heads / n_kv;
-    const int seq = seqs[i], L = s.seq_len[seq], t = s.seq_q0[seq];
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) folded in
-    const int chunk = (L + n_splits - 1) / n_splits;
-    const int j0 = sp * chunk, j1 = min(L, j0 + chunk);
-    const int32_t *bt = s.block_tables + (size_t)seq * s.bt_stride;
+// N consecutive cache elements at p (shared memory, aligned to their size) as floats.
+template <bool FP8, int N>
+__device__ __forceinline__ void lds_elems(const uint8_t *p, __nv_fp8_interpretation_t fmt, float *o) {
+    constexpr int B = N * (FP8 ? 1 : 2);
+    uint32_t w[2] = {0, 0};
+    if (B == 8) {
+        uint2 u = *(const uint2 *)p;
+        w[0] = u.x;
+        w[1] = u.y;
+    } else if (B == 4) {
+        w[0] = *(const uint32_t *)p;
+    } else {
+        w[0] = *(const uint16_t *)p;
+    }
+    cvt_elems<FP8, N>(w, fmt, o);
+}
 
-    float qr[MAX_G][DPL], acc[MAX_G][DPL], m[MAX_G], l[MAX_G];
+__device__ __forceinline__ void cp16(void *dst, const void *src, int bytes) {
+    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
+}
+__device__ __forceinline__ void cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
+template <int N>
+__device__ __forceinline__ void cp_wait(void) {
+    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
+}
+
+// Byte offset of key `key`'s row (dim 0) in one layer's K or V cache.
+template <int RB>
+__device__ __forceinline__ long long row_off(const int32_t *bt, int key, int kvh, int n_kv, int bs) {
+    return (long long)kv_index(bt[key / bs], kvh, key % bs, 0, n_kv, bs, 1) * RB;
+}
+
+// The warp copies a tile's rows (row r's byte offset is lane r's `off`; rows >= nv are zero
+// filled) into dst with row stride RS: coalesced, 16 bytes per lane per copy.
+template <int RB, int RS>
+__device__ __forceinline__ void copy_tile(uint8_t *dst, const uint8_t *src, long long off, int nv, int lane) {
+    constexpr int CPR = RB / 16;  // 16-byte chunks per row
 #pragma unroll
-    for (int g = 0; g < MAX_G; g++) {
-        m[g] = -INFINITY;
-        l[g] = 0;
-#pragma unroll
-        for (int d = 0; d < DPL; d++) {
-            acc[g][d] = 0;
-            qr[g][d] = g < G ? __bfloat162float(q[((size_t)t * n_heads + kvh * G + g) * HD + lane * DPL + d]) * scale : 0.f;
-        }
+    for (int i = 0; i < CPR; i++) {
+        const int c = i * 32 + lane, r = c / CPR, col = c % CPR;
+        const long long ro = __shfl_sync(0xffffffffu, off, r);
+        const bool ok = r < nv;
+        cp16(dst + r * RS + col * 16, src + (ok ? ro : 0) + col * 16, ok ? 16 : 0);
     }
-    for (int j = j0 + w * DEC_KEYS; j < j1; j += DEC_WARPS * DEC_KEYS) {
-        const int nk = min(DEC_KEYS, j1 - j);
-        float kr[DEC_KEYS][DPL], vr[DEC_KEYS][DPL];
+}
+
+// sc[g] = q_g . k for the key row at krow (shared memory); q (G x HD floats, scaled) in qs.
+template <int HD, int G, bool FP8>
+__device__ __forceinline__ void qk_row(const uint8_t *krow, const float *qs, __nv_fp8_interpretation_t fmt,
+                                       float *sc) {
+    constexpr int EPC = FP8 ? 16 : 8;  // elements per 16-byte chunk
+    float sa[G], sb[G];
 #pragma unroll
-        for (int u = 0; u < DEC_KEYS; u++) {
-            if (u < nk) {
-                size_t base = kv_index(bt[(j + u) / bs], kvh, (j + u) % bs, lane * DPL, n_kv, bs, HD);
-                kv_loadn<DPL>(kc, base, kv_type, kr[u]);
-                kv_loadn<DPL>(vc, base, kv_type, vr[u]);
-            } else {
+    for (int g = 0; g < G; g++) sa[g] = sb[g] = 0;
 #pragma unroll
-                for (int d = 0; d < DPL; d++) kr[u][d] = vr[u][d] = 0;
+    for (int c = 0; c < HD / EPC; c++) {
+        const uint4 u = *(const uint4 *)(krow + 16 * c);
+        const uint32_t w[4] = {u.x, u.y, u.z, u.w};
+        float k[EPC];
+        cvt_elems<FP8, EPC>(w, fmt, k);
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int e = 0; e < EPC / 4; e++) {
+                const float4 qq = *(const float4 *)(qs + g * HD + c * EPC + 4 * e);
+                sa[g] = fmaf(qq.x, k[4 * e], sa[g]);
+                sb[g] = fmaf(qq.y, k[4 * e + 1], sb[g]);
+                sa[g] = fmaf(qq.z, k[4 * e + 2], sa[g]);
+                sb[g] = fmaf(qq.w, k[4 * e + 3], sb[g]);
             }
-        }
-#pragma unroll
-        for (int g = 0; g < MAX_G; g++) {
-            if (g >= G) break;
-            float dot[DEC_KEYS];
-#pragma unroll
-            for (int u = 0; u < DEC_KEYS; u++) {
-                dot[u] = 0;
-#pragma unroll
-                for (int d = 0; d < DPL; d++) dot[u] += qr[g][d] * kr[u][d];
-            }
-#pragma unroll
-            for (int o = 16; o > 0; o >>= 1)
-#pragma unroll
-                for (int u = 0; u < DEC_KEYS; u++) dot[u] += __shfl_xor_sync(0xffffffffu, dot[u], o);
-#pragma unroll
-            for (int u = 0; u < DEC_KEYS; u++) {
-                if (u >= nk) break;
-                float mn = fmaxf(m[g], dot[u]), corr = exp2f(m[g] - mn), p = exp2f(dot[u] - mn);
-                m[g] = mn;
-                l[g] = l[g] * corr + p;
-#pragma unroll
-                for (int d = 0; d < DPL; d++) acc[g][d] = acc[g][d] * corr + p * vr[u][d];
-            }
-        }
     }
-    // Merge the warps through shared memory.
-    __shared__ float sm_m[DEC_WARPS][MAX_G], sm_l[DEC_WARPS][MAX_G];
-    __shared__ float sm_acc[DEC_WARPS][MAX_G][HD];
 #pragma unroll
-    for (int g = 0; g < MAX_G; g++) {
-        if (g >= G) break;
-        if (lane == 0) {
-            sm_m[w][g] = m[g];
-            sm_l[w][g] = l[g];
+    for (int g = 0; g < G; g++) sc[g] = sa[g] + sb[g];
+}
+
+template <int HD, int G, bool FP8>
+struct dec_shape {
+    static constexpr int ES = FP8 ? 1 : 2, RB = HD * ES, RSK = RB + 16;  // K rows padded: no bank conflicts
+    static constexpr int WARP_BYTES = DEC_TILE * (RSK + RB);
+    static constexpr size_t SMEM = (size_t)G * HD * 4 + DEC_WARPS * DEC_TILE * DEC_PSTRIDE * 4 + DEC_WARPS * WARP_BYTES;
+    // The tile buffers later hold the warps' states and the split weights.
+    static_assert((DEC_WARPS * G * HD + 3 * G * DEC_MAX_SPLITS) * 4 <= DEC_WARPS * WARP_BYTES, "merge space");
+};
+
+// Merges the block's partials of all splits (last block only) into the output.
+template <int HD, int G>
+__device__ void merge_splits(const dec_args &a, float *sm, int i, int kvh, int t, int ns) {
+    const int n_heads = G * a.n_kv;
+    float *ms = sm, *ls = ms + G * DEC_MAX_SPLITS, *fw = ls + G * DEC_MAX_SPLITS;
+    const float *pp0 = a.partial + ((size_t)i * n_heads + kvh * G) * a.n_splits * (HD + 2);
+    for (int e = threadIdx.x; e < G * ns; e += blockDim.x) {
+        const int g = e / ns, k = e % ns;
+        const float *pp = pp0 + ((size_t)g * a.n_splits + k) * (HD + 2);
+        ms[g * DEC_MAX_SPLITS + k] = __ldcg(pp);
+        ls[g * DEC_MAX_SPLITS + k] = __ldcg(pp + 1);
+    }
+    __syncthreads();
+    if (threadIdx.x < G) {
+        const int g = threadIdx.x;
+        float M = -INFINITY, Ls = 0;
+        for (int k = 0; k < ns; k++) M = fmaxf(M, ms[g * DEC_MAX_SPLITS + k]);
+        for (int k = 0; k < ns; k++) {
+            const float f = exp2f(ms[g * DEC_MAX_SPLITS + k] - M);
+            fw[g * DEC_MAX_SPLITS + k] = f;
+            Ls += ls[g * DEC_MAX_SPLITS + k] * f;
         }
-#pragma unroll
-        for (int d = 0; d < DPL; d++) sm_acc[w][g][lane * DPL + d] = acc[g][d];
+        const float inv = Ls > 0 ? 1.f / Ls : 0.f;
+        for (int k = 0; k < ns; k++) fw[g * DEC_MAX_SPLITS + k] *= inv;
     }
     __syncthreads();
     for (int e = threadIdx.x; e < G * HD; e += blockDim.x) {
-        int g = e / HD, d = e % HD;
-        float M = -INFINITY;
-        for (int ww = 0; ww < DEC_WARPS; ww++) M = fmaxf(M, sm_m[ww][g]);
-        float Ls = 0, A = 0;
-        if (M > -INFINITY)
-            for (int ww = 0; ww < DEC_WARPS; ww++) {
-                float f = exp2f(sm_m[ww][g] - M);
-                Ls += sm_l[ww][g] * f;
-                A += sm_acc[ww][g][d] * f;
-            }
-        float *pp = partial + (((size_t)i * n_heads + kvh * G + g) * n_splits + sp) * (HD + 2);
-        if (d == 0) {
-            pp[0] = M;
-            pp[1] = Ls;
-        }
-        pp[2 + d] = A;
+        const int g = e / HD, d = e % HD;
+        const float *pp = pp0 + (size_t)g * a.n_splits * (HD + 2) + 2 + d;
+        float o = 0;
+#pragma unroll 8
+        for (int k = 0; k < ns; k++) o = fmaf(fw[g * DEC_MAX_SPLITS + k], __ldcg(pp + (size_t)k * (HD + 2)), o);
+        a.out[((size_t)t * n_heads + kvh * G) * HD + e] = __float2bfloat16(o);
     }
 }
 
-// grid (sequence, head), block hd threads.
-__global__ void k_attn_reduce(const float *partial, struct cu_step s, const int32_t *seqs, int n_heads,
-                              int hd, int n_splits, bf16 *out) {
-    const int i = blockIdx.x, h = blockIdx.y, d = threadIdx.x;
-    const float *pp = partial + ((size_t)i * n_heads + h) * n_splits * (hd + 2);
-    float M = -INFINITY;
-    for (int sp = 0; sp < n_splits; sp++) M = fmaxf(M, pp[sp * (hd + 2)]);
-    float Ls = 0, A = 0;
-    for (int sp = 0; sp < n_splits; sp++) {
-        const float *p = pp + sp * (hd + 2);
-        if (p[0] == -INFINITY) continue;
-        float f = exp2f(p[0] - M);
-        Ls += p[1] * f;
-        A += p[2 + d] * f;
+// Merges the warps' states (m, l per head, acc per dim) and writes the output (one split) or
+// this split's partial; returns whether this block must merge the splits (it came last).
+template <int HD, int G>
+__device__ __forceinline__ bool finish_block(const dec_args &a, const float *m, const float *l, const float (*acc)[HD / 32],
+                             float *sm, int i, int kvh, int sp, int t, int ns) {
+    constexpr int DPL = HD / 32;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, n_heads = G * a.n_kv;
+    __shared__ float sm_m[DEC_WARPS][G], sm_l[DEC_WARPS][G];
+    __shared__ bool last;
+    __syncthreads();  // every warp is done with its tile buffers (sm aliases them)
+    if (lane == 0)
+#pragma unroll
+        for (int g = 0; g < G; g++) sm_m[w][g] = m[g], sm_l[w][g] = l[g];
+#pragma unroll
+    for (int g = 0; g < G; g++)
+#pragma unroll
+        for (int dd = 0; dd < DPL; dd++) sm[(w * G + g) * HD + lane * DPL + dd] = acc[g][dd];
+    __syncthreads();
+    for (int e = threadIdx.x; e < G * HD; e += blockDim.x) {
+        const int g = e / HD, d = e % HD;
+        float M = -INFINITY, Ls = 0, A = 0;
+#pragma unroll
+        for (int ww = 0; ww < DEC_WARPS; ww++) M = fmaxf(M, sm_m[ww][g]);
+#pragma unroll
+        for (int ww = 0; ww < DEC_WARPS; ww++) {  // warps without keys: m = -inf, l = acc = 0
+            const float f = exp2f(sm_m[ww][g] - M);
+            Ls += sm_l[ww][g] * f;
+            A += sm[(ww * G + g) * HD + d] * f;
+        }
+        if (ns == 1) {
+            a.out[((size_t)t * n_heads + kvh * G) * HD + e] = __float2bfloat16(Ls > 0 ? A / Ls : 0.f);
+        } else {
+            float *pp = a.partial + (((size_t)i * n_heads + kvh * G + g) * a.n_splits + sp) * (HD + 2);
+            if (d == 0) pp[0] = M, pp[1] = Ls;
+            pp[2 + d] = A;
+        }
     }
-    int t = s.seq_q0[seqs[i]];
-    out[((size_t)t * n_heads + h) * hd + d] = __float2bfloat16(Ls > 0 ? A / Ls : 0.f);
+    if (ns == 1) return false;
+    __threadfence();
+    __syncthreads();
+    if (threadIdx.x == 0) last = atomicAdd(&a.tickets[(size_t)i * a.n_kv + kvh], 1u) == (unsigned)ns - 1;
+    __syncthreads();
+    if (!last) return false;
+    __threadfence();
+    return true;
+}
+
+template <int HD, int G, bool FP8>
+__global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a) {
+    typedef dec_shape<HD, G, FP8> S;
+    constexpr int DPL = HD / 32, RB = S::RB, RSK = S::RSK;
+    extern __shared__ __align__(16) uint8_t smem[];
+    float *qs = (float *)smem;                                                  // [G][HD], scaled
+    float *ps = qs + G * HD;                                                    // [warp][key][DEC_PSTRIDE]
+    uint8_t *tiles = (uint8_t *)(ps + DEC_WARPS * DEC_TILE * DEC_PSTRIDE);      // per warp: K [32][RSK], V [32][RB]
+    pdl_launch_dependents();
+    const int sp = blockIdx.x, kvh = blockIdx.y, i = blockIdx.z, n_heads = G * a.n_kv;
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
+    const int seq = a.seqs[i], L = a.s.seq_len[seq], t = a.s.seq_q0[seq];
+    int chunk = (L + a.n_splits - 1) / a.n_splits;
+    chunk = max(DEC_MIN_CHUNK, (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE);
+    const int ns = (L + chunk - 1) / chunk;  // splits holding keys
+    const int j1 = min(L, (sp + 1) * chunk);
+    const int32_t *bt = a.s.block_tables + (size_t)seq * a.s.bt_stride;
+    uint8_t *ks = tiles + w * S::WARP_BYTES, *vs = ks + DEC_TILE * RSK;
+    float *pw = ps + w * DEC_TILE * DEC_PSTRIDE;
+    int tk = sp * chunk + w * DEC_TILE;  // this warp's first tile
+    long long off = tk + lane < j1 ? row_off<RB>(bt, tk + lane, kvh, a.n_kv, a.bs) : 0;
+    pdl_wait();
+    if (sp >= ns) {
+        if (L <= 0 && sp == 0)  // no keys (not a decode case): zeros, as the split merge would give
+            for (int e = threadIdx.x; e < G * HD; e += blockDim.x)
+                a.out[((size_t)t * n_heads + kvh * G) * HD + e] = __float2bfloat16(0.f);
+        return;
+    }
+    if (tk < j1) {
+        const int nv = min(DEC_TILE, j1 - tk);
+        copy_tile<RB, RSK>(ks, a.kc, off, nv, lane);
+        cp_commit();
+        copy_tile<RB, RB>(vs, a.vc, off, nv, lane);
+        cp_commit();
+    }
+    const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) folded in
+    const bf16 *qg = a.q + ((size_t)t * n_heads + kvh * G) * HD;
+    for (int e = threadIdx.x; e < G * HD; e += blockDim.x) qs[e] = __bfloat162float(qg[e]) * scale;
+    __syncthreads();
+
+    const __nv_fp8_interpretation_t fmt = a.kv_type == CU_KV_E5M2 ? __NV_E5M2 : __NV_E4M3;
+    float m[G], l[G], acc[G][DPL];
+#pragma unroll
+    for (int g = 0; g < G; g++) {
+        m[g] = -INFINITY, l[g] = 0;
+#pragma unroll
+        for (int dd = 0; dd < DPL; dd++) acc[g][dd] = 0;
+    }
+    for (; tk < j1; tk += DEC_WARPS * DEC_TILE) {
+        const int nv = min(DEC_TILE, j1 - tk), tn = tk + DEC_WARPS * DEC_TILE;
+        const bool more = tn < j1;
+        const long long noff = more && tn + lane < j1 ? row_off<RB>(bt, tn + lane, kvh, a.n_kv, a.bs) : 0;
+        cp_wait<1>();  // this tile's K (its V may still be in flight)
+        __syncwarp();
+        float sc[G], mx[G], corr[G];
+        qk_row<HD, G, FP8>(ks + lane * RSK, qs, fmt, sc);
+#pragma unroll
+        for (int g = 0; g < G; g++) mx[g] = sc[g] = lane < nv ? sc[g] : -INFINITY;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+            for (int g = 0; g < G; g++) mx[g] = fmaxf(mx[g], __shfl_xor_sync(0xffffffffu, mx[g], o));
+        float p[DEC_PSTRIDE];
+#pragma unroll
+        for (int g = 0; g < DEC_PSTRIDE; g++) p[g] = 0;
+#pragma unroll
+        for (int g = 0; g < G; g++) {
+            const float mn = fmaxf(m[g], mx[g]);  // finite: key tk is valid
+            corr[g] = exp2f(m[g] - mn);
+            m[g] = mn;
+            p[g] = exp2f(sc[g] - mn);
+            l[g] = l[g] * corr[g] + p[g];
+        }
+        *(float4 *)(pw + lane * DEC_PSTRIDE) = make_float4(p[0], p[1], p[2], p[3]);
+        if (G > 4) *(float4 *)(pw + lane * DEC_PSTRIDE + 4) = make_float4(p[4], p[5], p[6], p[7]);
+        __syncwarp();  // K buffer read by all lanes, p visible
+        if (more) {
+            copy_tile<RB, RSK>(ks, a.kc, noff, min(DEC_TILE, j1 - tn), lane);
+            cp_commit();
+            cp_wait<1>();  // this tile's V
+        } else {
+            cp_wait<0>();
+        }
+        __syncwarp();
+#pragma unroll
+        for (int g = 0; g < G; g++)
+#pragma unroll
+            for (int dd = 0; dd < DPL; dd++) acc[g][dd] *= corr[g];
+#pragma unroll 8
+        for (int j = 0; j < DEC_TILE; j++) {  // rows >= nv are zero filled and have p = 0
+            float v[DPL], pj[8];
+            lds_elems<FP8, DPL>(vs + j * RB + lane * DPL * S::ES, fmt, v);
+            const float4 pa = *(const float4 *)(pw + j * DEC_PSTRIDE);
+            const float4 pb = G > 4 ? *(const float4 *)(pw + j * DEC_PSTRIDE + 4) : pa;
+            pj[0] = pa.x, pj[1] = pa.y, pj[2] = pa.z, pj[3] = pa.w, pj[4] = pb.x, pj[5] = pb.y, pj[6] = pb.z, pj[7] = pb.w;
+#pragma unroll
+            for (int g = 0; g < G; g++)
+#pragma unroll
+                for (int dd = 0; dd < DPL; dd++) acc[g][dd] = fmaf(pj[g], v[dd], acc[g][dd]);
+        }
+        __syncwarp();  // V buffer and p read by all lanes
+        if (more) {
+            copy_tile<RB, RB>(vs, a.vc, noff, min(DEC_TILE, j1 - tn), lane);
+            cp_commit();
+        }
+    }
+#pragma unroll
+    for (int o = 16; o > 0; o >>= 1)
+#pragma unroll
+        for (int g = 0; g < G; g++) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+    float *sm = (float *)tiles;  // reused once every warp is done with its tiles
+    if (!finish_block<HD, G>(a, m, l, acc, sm, i, kvh, sp, t, ns)) return;
+    merge_splits<HD, G>(a, sm + DEC_WARPS * G * HD, i, kvh, t, ns);
+    if (threadIdx.x == 0) a.tickets[(size_t)i * a.n_kv + kvh] = 0;  // re-arm for the next launch / replay
+}
+
+template <int HD, int G, bool FP8>
+static void launch(const dec_args &a, dim3 grid, cudaStream_t st) {
+    void (*kern)(const dec_args) = k_attn_decode<HD, G, FP8>;
+    const size_t sm = dec_shape<HD, G, FP8>::SMEM;
+    CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    cu_note(pdl_launch(kern, grid, dim3(DEC_WARPS * 32), sm, st, a), __FILE__, __LINE__, "attn_decode");
+}
+
+template <int HD, bool FP8>
+static void launch_g(int G, const dec_args &a, dim3 grid, cudaStream_t st) {
+    switch (G) {
+    case 1: launch<HD, 1, FP8>(a, grid, st); break;
+    case 2: launch<HD, 2, FP8>(a, grid, st); break;
+    case 3: launch<HD, 3, FP8>(a, grid, st); break;
+    case 4: launch<HD, 4, FP8>(a, grid, st); break;
+    case 5: launch<HD, 5, FP8>(a, grid, st); break;
+    case 6: launch<HD, 6, FP8>(a, grid, st); break;
+    case 7: launch<HD, 7, FP8>(a, grid, st); break;
+    default: launch<HD, 8, FP8>(a, grid, st); break;
+    }
 }
 
 extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                                int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                                const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st) {
     if (n <= 0) return;
-    dim3 grid(n_splits, n_kv, n);
+    const int G = n_kv > 0 ? n_heads / n_kv : 0;
+    if (G < 1 || G > 8 || G * n_kv != n_heads || (hd != 64 && hd != 128) || n_splits < 1 ||
+        n_splits > DEC_MAX_SPLITS || (size_t)n * n_kv > CU_ATTN_TICKETS || block_size < 1) {
+        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "attn_decode: unsupported shape");
+        return;
+    }
+    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, (const uint8_t *)k_cache,
+                  (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out};
+    const dim3 grid(n_splits, n_kv, n);
+    const bool fp8 = kv_type != CU_KV_BF16;
     if (hd == 128)
-        k_attn_decode<128><<<grid, DEC_WARPS * 32, 0, st>>>((const bf16 *)q, *s, seqs, n_heads, n_kv, block_size,
-                                                            kv_type, k_cache, v_cache, n_splits, partial);
+        fp8 ? launch_g<128, true>(G, a, grid, st) : launch_g<128, false>(G, a, grid, st);
     else
-        k_attn_decode<64><<<grid, DEC_WARPS * 32, 0, st>>>((const bf16 *)q, *s, seqs, n_heads, n_kv, block_size,
-                                                           kv_type, k_cache, v_cache, n_splits, partial);
-    CU_LAUNCHED("attn_decode");
-    k_attn_reduce<<<dim3(n, n_heads), hd, 0, st>>>(partial, *s, seqs, n_heads, hd, n_splits, (bf16 *)out);
-    CU_LAUNCHED("attn_reduce");
+        fp8 ? launch_g<64, true>(G, a, grid, st) : launch_g<64, false>(G, a, grid, st);
 }

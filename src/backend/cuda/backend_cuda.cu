@@ -597,7 +597,8 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->xperm = any_perm ? (bf16_t *)dalloc(T * max_in * 2) : NULL;
     c->deq = deq ? (bf16_t *)dalloc(deq * 2) : NULL;
     c->gemv_partial = part ? (float *)dalloc(part * 4) : NULL;
-    c->attn_partial = (float *)dalloc(apart * 4);
+    c->attn_partial = (float *)dalloc((apart + CU_ATTN_TICKETS) * 4);
+    if (c->attn_partial) CU_CHECK(cudaMemset(c->attn_partial, 0, CU_ATTN_TICKETS * 4));  // decode tickets
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
     c->samp_scratch = (float *)dalloc(S * m->vocab * 4);
@@ -698,6 +699,12 @@ static int check_model(const struct model_config *m, const struct backend_config
     }
     if (m->n_kv_heads <= 0 || m->n_heads % m->n_kv_heads || m->n_heads / m->n_kv_heads > 8) {
         pg_seterr(err, "cuda: %d heads over %d kv heads not supported (group of at most 8)", m->n_heads, m->n_kv_heads);
+        return -1;
+    }
+    const long seqs = cfg->max_num_seqs > 0 ? cfg->max_num_seqs : 256;  // cuda_init's default
+    if (seqs * m->n_kv_heads > CU_ATTN_TICKETS) {
+        pg_seterr(err, "cuda: max_num_seqs %ld too large for %d kv heads (at most %d)", seqs, m->n_kv_heads,
+                  CU_ATTN_TICKETS / m->n_kv_heads);
         return -1;
     }
     return 0;

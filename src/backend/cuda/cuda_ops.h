@@ -76,7 +76,12 @@ void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const st
 
 // ---- attention (attn_decode.cu, attn_prefill.cu) ----
 // out: (T, n_heads*hd) bf16. Decode handles sequences with n_new == 1 listed in `seqs`
-// (n of them) with split-K over `n_splits` blocks; partial: n * n_heads * n_splits * (hd+2) f32.
+// (n of them) with split-K over up to `n_splits` (1..64) blocks per (sequence, kv head);
+// hd 64 or 128, n_heads / n_kv in 1..8. partial: CU_ATTN_TICKETS + n * n_heads * n_splits *
+// (hd+2) floats; its first CU_ATTN_TICKETS words are tickets that must be zero before the
+// first call (memset the allocation once; the kernel leaves them zero, so graphs replay).
+// Requires n * n_kv <= CU_ATTN_TICKETS.
+#define CU_ATTN_TICKETS 16384
 void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                     const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st);
