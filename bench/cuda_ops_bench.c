@@ -208,6 +208,12 @@ static double time_layer(struct bench *b, int M) {
     return t[b->reps / 2] * 1e3;
 }
 
+// int4 GEMV settings compared (cu_gptq_tune); the first is the default.
+static const struct {
+    int bytes, u;
+} TUNES[] = {{32 << 10, 4}, {16 << 10, 4}, {64 << 10, 4}, {32 << 10, 8}, {64 << 10, 8}};
+#define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
+
 static void setup(struct bench *b) {
     ck(cudaStreamCreate(&b->st), "stream");
     if (cublasCreate(&b->blas) != CUBLAS_STATUS_SUCCESS) exit(1);
@@ -222,8 +228,12 @@ static void setup(struct bench *b) {
         int in = lin_in[l], out = lin_out[l];
         b->q[l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
                                    dfill((size_t)in / GS * out * 4, 0x21)};  // scale fp16 0x2121, zero 0x2121
-        size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
-        if (p > part) part = p;
+        for (int v = 0; v < N_TUNES; v++) {
+            cu_gptq_tune(TUNES[v].bytes, TUNES[v].u);
+            size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
+            if (p > part) part = p;
+        }
+        cu_gptq_tune(0, 4);
         b->wd[l] = dfill((size_t)in * out * 2, 0x3c);
     }
     b->partial = dfill(part * 4, 0);
@@ -275,6 +285,13 @@ int main(int argc, char **argv) {
     const int Ms[5] = {1, 2, 4, 8, 16};  // the dense custom GEMV stops at 8 rows
     for (int l = 0; l < 4; l++)
         for (int mi = 0; mi < 5; mi++) {
+            for (int v = 1; v < N_TUNES; v++) {  // other block sizes / batch depths of the int4 GEMV
+                char impl[64];
+                snprintf(impl, sizeof impl, "int4 GEMV, %d KiB/block, %d tiles/batch", TUNES[v].bytes >> 10, TUNES[v].u);
+                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u);
+                row(&b, lin_name[l], impl, (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
+            }
+            cu_gptq_tune(0, 4);
             row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
@@ -298,7 +315,7 @@ int main(int argc, char **argv) {
         row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
     }
     printf("\n## One int4 decode layer as a CUDA graph (context 512)\n\n");
-    printf("| M | graph us | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|\n");
+    printf("| M | graph us (PDL) | graph us (PDL off) | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|---|\n");
     for (int mi = 0; mi < 5; mi++) {
         const int M = Ms[mi];
         double floor_b = 0;
@@ -309,7 +326,10 @@ int main(int argc, char **argv) {
                             {OP_ATTN, 0, M, 512},  {OP_INT4, 1, M, 0}, {OP_RMSNORM, 0, M, 0},
                             {OP_INT4, 2, M, 0},    {OP_INT4_SWIGLU, 3, M, 0}};
         for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
-        printf("| %d | %.1f | %.1f | %.1f |\n", M, time_layer(&b, M), sum, floor_b / (b.copy_gbs * 1e3));
+        cu_pdl_force(false);
+        double off = time_layer(&b, M);
+        cu_pdl_force(true);
+        printf("| %d | %.1f | %.1f | %.1f | %.1f |\n", M, time_layer(&b, M), off, sum, floor_b / (b.copy_gbs * 1e3));
     }
     if (cu_take_error(err)) {
         fprintf(stderr, "%s\n", err);

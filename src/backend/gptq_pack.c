@@ -15,18 +15,22 @@ static void tile_pos(int in, int n, int k, size_t *word, int *shift) {
     *shift = 4 * i;
 }
 
+// In destination order: each tile word gathers its 8 nibbles (inputs k0 + {0, 1, 8, 9} of
+// rows g and g + 8) from the checkpoint words of inputs k0..k0+9 (two words per row).
 void gptq_tile_pack(const uint32_t *src, int in, int out, uint32_t *dst) {
-    for (size_t w = 0; w < (size_t)(in / 8) * out; w++) dst[w] = 0;
-    for (int r = 0; r < in / 8; r++)
-        for (int n = 0; n < out; n++) {
-            uint32_t v = src[(size_t)r * out + n];
-            for (int jj = 0; jj < 8; jj++) {
-                size_t word;
-                int shift;
-                tile_pos(in, n, 8 * r + jj, &word, &shift);
-                dst[word] |= ((v >> (4 * jj)) & 0xFu) << shift;
-            }
-        }
+    uint32_t *d = dst;
+    for (int nt = 0; nt < out / 16; nt++)
+        for (int kt = 0; kt < in / 64; kt++)
+            for (int lane = 0; lane < 32; lane++)
+                for (int j = 0; j < 4; j++, d++) {
+                    const int g = lane / 4, t = lane % 4, k0 = kt * 64 + j * 16 + 2 * t;
+                    uint32_t v = 0;
+                    for (int i = 0; i < 8; i++) {
+                        int n = nt * 16 + g + (i & 1) * 8, k = k0 + ((i >> 1) & 1) * 8 + (i >> 2);
+                        v |= ((src[(size_t)(k / 8) * out + n] >> (4 * (k % 8))) & 0xFu) << (4 * i);
+                    }
+                    *d = v;
+                }
 }
 
 int gptq_tile_nibble(const uint32_t *tiles, int in, int n, int k) {

@@ -106,6 +106,9 @@ struct cu_gptq {
 // Shapes the int4 kernels take: in % 64 == 0, out % 16 == 0, group_size % 64 == 0.
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
+// Benchmark hook: weight bytes per block (0: default 32 KiB) and tiles per lane per batch
+// (4 or 8) of the int4 GEMV. Call before sizing the scratch; not thread-safe.
+void cu_gptq_tune(int block_bytes, int tiles_per_batch);
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
 // with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
 // cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels

@@ -5,13 +5,13 @@
 // (a multiple of the group size) whose activations the block stages once in shared memory
 // as bf16 (forming silu(gate) * up and the desc_act gather on the way). A warp streams its
 // strip's tiles, which are contiguous in memory, with one 16-byte load per lane per tile and
-// TC_U tiles per batch, the next batch in flight while the current one is multiplied; the
+// 4 (or 8) tiles per batch, the next batch in flight while the current one is multiplied; the
 // first batch is issued before pdl_wait(), so with programmatic dependent launch the weight
 // loads overlap the previous kernel. Each 16-input step of a tile is one
 // mma.m16n8k16 (rows = output columns, columns = activation rows; one n8 fragment per 8
-// rows): a word's nibbles are AND/OR'd into the mantissa of bf16 128.0 (two per lop3) and
-// bf16(128 + zero) subtracted, which leaves the exact small integers q - z; the f32 group
-// scale multiplies the f32 sum of each group. K splits are summed by the last block of each
+// rows): a word's nibbles are AND/OR'd into the mantissa of bf16 128.0 (two per lop3), so
+// the mma sums (128 + q) x exactly in f32, and per group sum x (q - z) = C - (128 + z) sum x
+// with sum x from the staging (per 64-input tile), times the f32 group scale. K splits are summed by the last block of each
 // column tile (atomic ticket + fences) in fixed split order (deterministic), which adds the
 // bias, writes bf16 and re-arms its ticket for the next launch / graph replay.
 //
@@ -25,15 +25,22 @@
 typedef __nv_bfloat16 bf16;
 #define TC_WARPS 4
 #define TC_COLS (TC_WARPS * 16)       // output columns per block
-#define TC_U 4                        // tiles per lane per batch (16-byte loads in flight)
 #define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
 #define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
+
+// Tuning (cuda_ops_bench): weight bytes per block and tiles per batch (4 or 8). Set before
+// the scratch is sized (cu_gemv_partial_floats depends on it).
+static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4;
+extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch) {
+    g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
+    g_u = tiles_per_batch == 8 ? 8 : 4;
+}
 
 // Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
 // activation tile M x (kr + 8) bf16 within TC_SMEM_MAX. A group may straddle two splits: the
 // scale is linear, so each split scales its share of the group.
 static int tc_kr(const struct cu_gptq *l, int M) {
-    int kr = TC_BLOCK_BYTES / (TC_COLS / 2);
+    int kr = g_block_bytes / (TC_COLS / 2);
     int cap = TC_SMEM_MAX / (2 * M) - 8;
     if (kr > cap) kr = cap;
     kr = kr / 64 * 64;
@@ -113,11 +120,6 @@ __device__ __forceinline__ uint32_t nib_bf16x2(uint32_t q) {
     return r;
 }
 
-__device__ __forceinline__ uint32_t bf16x2_sub(uint32_t a, uint32_t b) {
-    __nv_bfloat162 r = __hsub2(*(const __nv_bfloat162 *)&a, *(const __nv_bfloat162 *)&b);
-    return *(uint32_t *)&r;
-}
-
 // Streaming 16-byte weight load: read once per step, keep it out of L1 and first to leave L2.
 __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     uint4 r;
@@ -139,15 +141,46 @@ struct tc_args {
     unsigned *ticket;    // one per column tile
 };
 
+// Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
+// stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
+// 8j + 4 + t, j = 0..3) are the 8 consecutive words 8t..8t+7: two 16-byte loads per tile.
+// xsum[m][tile] = the tile's 64 inputs summed (bf16 values, fixed order).
 template <int M>
+__device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16 *xs, float *xsum) {
+    const int units = M * (klen / 8), xstride_w = (p.kr + 8) / 2, tiles = p.kr / 64;
+    for (int base = 0; base < units; base += blockDim.x) {
+        const int u = base + threadIdx.x;
+        const int m = u / (klen / 8), c8 = u % (klen / 8), tile = c8 / 8, r = c8 % 8;
+        float sum = 0.f;
+        if (u < units) {
+            const uint4 v = gx_load8(p.x, p.in, m, k0 + c8 * 8);
+            uint32_t *dst = (uint32_t *)xs + m * xstride_w + tile * 32 + r;
+            dst[0] = v.x;
+            dst[8] = v.y;
+            dst[16] = v.z;
+            dst[24] = v.w;
+            const bf16 *h = (const bf16 *)&v;
+#pragma unroll
+            for (int j = 0; j < 8; j++) sum += __bfloat162float(h[j]);
+        }
+        // a tile's 8 units are 8 consecutive lanes (units is a multiple of 8)
+        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+        if (u < units && r == 0) xsum[m * tiles + tile] = sum;
+    }
+}
+
+template <int M, int U>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
-    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8]
+    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, then xsum [M][kr / 64] f32
     __shared__ bool last;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
     const int k0 = blockIdx.y * p.kr, klen = min(p.kr, p.in - k0), ntiles = klen / 64, tpg = p.gs / 64;
-    const int xstride = p.kr + 8;  // bf16; (kr + 8) / 2 words = 4 mod 32: conflict-free B loads
+    const int xstride_w = (p.kr + 8) / 2;  // words per row; = 4 mod 32: conflict-free B loads
+    float *xsum = (float *)(xs + M * (p.kr + 8));
     const bool active = strip < p.out / 16;
     pdl_launch_dependents();
 
@@ -158,16 +191,16 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     // first, and closes it (applies the scale) when it is the group's last or the block's last.
     auto opens = [&](int tile) { return tile == 0 || (kt0 + tile) % tpg == 0; };
     auto closes = [&](int tile) { return tile == ntiles - 1 || (kt0 + tile + 1) % tpg == 0; };
-    uint4 nxt[TC_U];
-    uint2 nsz[TC_U];  // scale/zero words of columns g and g + 8 where a tile opens a group
+    uint4 nxt[U];
+    uint2 nsz[U];  // scale/zero words of columns g and g + 8 where a tile opens a group
 #pragma unroll
-    for (int u = 0; u < TC_U; u++) {
+    for (int u = 0; u < U; u++) {
         nxt[u] = make_uint4(0, 0, 0, 0);
         nsz[u] = make_uint2(0, 0);
     }
     auto fetch = [&](int b) {
 #pragma unroll
-        for (int u = 0; u < TC_U; u++) {
+        for (int u = 0; u < U; u++) {
             const int tile = b + u;
             if (active && tile < ntiles) {
                 nxt[u] = ld_stream(wp + (size_t)tile * 32);
@@ -180,67 +213,72 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     };
     fetch(0);
     pdl_wait();
-
-    // Stage the activation rows of this K range (8 inputs per unit).
-    for (int u = threadIdx.x; u < M * (klen / 8); u += blockDim.x) {
-        const int m = u / (klen / 8), c8 = u % (klen / 8);
-        *(uint4 *)(xs + m * xstride + c8 * 8) = gx_load8(p.x, p.in, m, k0 + c8 * 8);
-    }
+    stage_x<M>(p, k0, klen, xs, xsum);
     __syncthreads();
 
-    float acc[NB][4], cg[NB][4];
+    // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
+    float acc[NB][4], cg[NB][4], xg[NB][2];
 #pragma unroll
-    for (int f = 0; f < NB; f++)
+    for (int f = 0; f < NB; f++) {
 #pragma unroll
         for (int i = 0; i < 4; i++) acc[f][i] = cg[f][i] = 0.f;
+        xg[f][0] = xg[f][1] = 0.f;
+    }
     if (active) {
-        const uint32_t *xw = (const uint32_t *)xs;  // bf16 pairs
-        uint32_t zlo = 0, zhi = 0;
-        float slo = 0.f, shi = 0.f;
-        for (int b = 0; b < ntiles; b += TC_U) {
-            uint4 cur[TC_U];
-            uint2 csz[TC_U];
+        const uint32_t *xw = (const uint32_t *)xs;
+        float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
+        for (int b = 0; b < ntiles; b += U) {
+            uint4 cur[U];
+            uint2 csz[U];
 #pragma unroll
-            for (int u = 0; u < TC_U; u++) {
+            for (int u = 0; u < U; u++) {
                 cur[u] = nxt[u];
                 csz[u] = nsz[u];
             }
-            fetch(b + TC_U);
+            fetch(b + U);
 #pragma unroll
-            for (int u = 0; u < TC_U; u++) {
+            for (int u = 0; u < U; u++) {
                 const int tile = b + u;
                 if (tile >= ntiles) break;
                 if (opens(tile)) {
                     slo = __half2float(__ushort_as_half((unsigned short)(csz[u].x & 0xffff)));
                     shi = __half2float(__ushort_as_half((unsigned short)(csz[u].y & 0xffff)));
-                    zlo = 0x43004300u | (csz[u].x >> 16) | (csz[u].x >> 16 << 16);
-                    zhi = 0x43004300u | (csz[u].y >> 16) | (csz[u].y >> 16 << 16);
+                    zlo = 128.f + (float)(csz[u].x >> 16);
+                    zhi = 128.f + (float)(csz[u].y >> 16);
+                }
+                uint4 bx[NB][2];
+#pragma unroll
+                for (int f = 0; f < NB; f++) {
+                    const int m = f * 8 + g;
+                    const uint4 *src = (const uint4 *)(xw + (m < M ? m : 0) * xstride_w + tile * 32 + t * 8);
+                    bx[f][0] = m < M ? src[0] : make_uint4(0, 0, 0, 0);
+                    bx[f][1] = m < M ? src[1] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const int mm = f * 8 + 2 * t + i;
+                        if (mm < M) xg[f][i] += xsum[mm * (p.kr / 64) + tile];
+                    }
                 }
                 const uint32_t q4[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
 #pragma unroll
                 for (int j = 0; j < 4; j++) {
-                    uint32_t a[4];
-                    a[0] = bf16x2_sub(nib_bf16x2(q4[j]), zlo);
-                    a[1] = bf16x2_sub(nib_bf16x2(q4[j] >> 4), zhi);
-                    a[2] = bf16x2_sub(nib_bf16x2(q4[j] >> 8), zlo);
-                    a[3] = bf16x2_sub(nib_bf16x2(q4[j] >> 12), zhi);
-                    const int kw = (tile * 64 + j * 16) / 2 + t;  // word of inputs 2t, 2t+1
+                    const uint32_t a[4] = {nib_bf16x2(q4[j]), nib_bf16x2(q4[j] >> 4), nib_bf16x2(q4[j] >> 8),
+                                           nib_bf16x2(q4[j] >> 12)};
 #pragma unroll
                     for (int f = 0; f < NB; f++) {
-                        const int m = f * 8 + g;
-                        const uint32_t *row = xw + (size_t)(m < M ? m : 0) * (xstride / 2);
-                        const uint32_t b0 = m < M ? row[kw] : 0u, b1 = m < M ? row[kw + 4] : 0u;
-                        mma_bf16(cg[f], a, b0, b1);
+                        const uint32_t *bw = (const uint32_t *)bx[f];
+                        mma_bf16(cg[f], a, bw[2 * j], bw[2 * j + 1]);
                     }
                 }
                 if (closes(tile)) {
 #pragma unroll
                     for (int f = 0; f < NB; f++) {
-                        acc[f][0] += slo * cg[f][0];
-                        acc[f][1] += slo * cg[f][1];
-                        acc[f][2] += shi * cg[f][2];
-                        acc[f][3] += shi * cg[f][3];
+                        acc[f][0] += slo * (cg[f][0] - zlo * xg[f][0]);
+                        acc[f][1] += slo * (cg[f][1] - zlo * xg[f][1]);
+                        acc[f][2] += shi * (cg[f][2] - zhi * xg[f][0]);
+                        acc[f][3] += shi * (cg[f][3] - zhi * xg[f][1]);
                         cg[f][0] = cg[f][1] = cg[f][2] = cg[f][3] = 0.f;
+                        xg[f][0] = xg[f][1] = 0.f;
                     }
                 }
             }
@@ -286,9 +324,12 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
-    const size_t smem = (size_t)M * (a.kr + 8) * 2;
+    const size_t smem = (size_t)M * (a.kr + 8) * 2 + (size_t)M * (a.kr / 64) * 4;
     dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), smem, st, a));
+    if (g_u == 8)
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
+    else
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
