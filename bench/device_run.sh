@@ -57,6 +57,7 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         echo "### $bin" | tee -a $OUT/summary.txt
         timeout 150 $D/bin/$bin ${OPS_REPS:-30} > $OUT/$bin.md 2> $OUT/$bin.err; echo "### $bin rc=$?" | tee -a $OUT/summary.txt
       done ;;
+  lat-nopdl) run lat-nopdl 150 env PAGODA_PDL=0 $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/lat-nopdl.jsonl ;;
   attnpf) run attnpf 150 env CMOCKA_MESSAGE_OUTPUT=stdout $D/bin/bench_attn_prefill ;;
   overlap) run overlap 400 bash bench/overlap.sh $P $OUT ;;
   hf) run hf 200 env PYTHONUNBUFFERED=1 $PY $D/hf_baseline.py --json $OUT/results.jsonl ;;
