@@ -30,7 +30,7 @@ gate() { # test binary, env switch that turns its kernel off
   echo "### $1 rc=$rc $((SECONDS - t0))s $(grep -E '^\[  (PASSED|FAILED)' $OUT/$1.log | tr '\n' ' ')" | tee -a $OUT/summary.txt
   if [ $rc != 0 ] && [ -n "$2" ]; then export "$2"; echo "### $1 failed: $2 for the sweep" | tee -a $OUT/summary.txt; fi
 }
-gate test_cuda_attn_prefill PAGODA_OLD_PREFILL_ATTN=1
+gate test_cuda_attn_prefill ""
 gate test_cuda_gptq_mma PAGODA_INT4_MMA=0
 gate test_cuda_feed ""
 t0=$SECONDS

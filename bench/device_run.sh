@@ -3,7 +3,7 @@
 # Phases: info tests ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
-# old vs new kernel (tests/cuda/bench_attn_prefill).
+# ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
 # ab: the same latency runs with bin/pagoda-base (an older build bundled beside the new one,
 # see device_bundle.sh) and bin/pagoda, one after the other in this session.
 # Logs go to $OUT (one file per phase) and a summary to stdout.

@@ -3,7 +3,6 @@
 // multiple of the tile or the block size), 1 / 63 / 64 / 65 / 200 new tokens, head_dim 64 and
 // 128, GQA groups 1, 5, 7 and 8, bf16 / e4m3 / e5m2 caches, block sizes 8, 16 and 32, cache
 // slots outside the sequences poisoned with NaN; and bit-identical repeated runs.
-// (PAGODA_OLD_PREFILL_ATTN=1 runs the same cases on the previous kernel.)
 #include "attn_prefill_util.h"
 
 // out: (T, nh, hd) reference for every new token of every sequence.
