@@ -259,6 +259,20 @@ int main(int argc, char **argv) {
     struct bench b;
     memset(&b, 0, sizeof b);
     b.reps = argc > 1 ? atoi(argv[1]) : 50;
+    if (argc > 1 && !strcmp(argv[1], "profile")) {  // a few launches of each GEMV, for ncu
+        setup(&b);
+        for (int r = 0; r < 3; r++)
+            for (int v = 0; v < N_TUNES; v++) {
+                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u);
+                run_op(&b, &(struct op){OP_INT4, 2, 1, 0});
+                run_op(&b, &(struct op){OP_INT4, 1, 1, 0});
+            }
+        for (int r = 0; r < 3; r++) run_op(&b, &(struct op){OP_DENSE, 2, 1, 0});
+        set_ctx(&b, 1, 512);
+        for (int r = 0; r < 3; r++) run_op(&b, &(struct op){OP_ATTN, 0, 1, 512});
+        ck(cudaStreamSynchronize(b.st), "sync");
+        return 0;
+    }
     if (b.reps < 3 || b.reps > 1024) b.reps = 50;
     double copy_bps, flops;
     char err[PG_ERR_LEN];

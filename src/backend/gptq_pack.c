@@ -15,22 +15,25 @@ static void tile_pos(int in, int n, int k, size_t *word, int *shift) {
     *shift = 4 * i;
 }
 
-// In destination order: each tile word gathers its 8 nibbles (inputs k0 + {0, 1, 8, 9} of
-// rows g and g + 8) from the checkpoint words of inputs k0..k0+9 (two words per row).
+// Spreads byte b's two nibbles to bits 0-3 and 16-19.
+static uint32_t spread(uint32_t b) { return (b & 0xFu) | ((b >> 4) << 16); }
+
+// In destination order. The word of lane (g, t), step j of tile (nt, kt) takes byte t (inputs
+// 2t, 2t+1) of four checkpoint words: rows k/8 = 8kt + 2j (inputs +0..7) and 8kt + 2j + 1
+// (+8..15), columns 16nt + g and 16nt + g + 8, landing at nibble pairs (0,4) (1,5) (2,6) (3,7).
 void gptq_tile_pack(const uint32_t *src, int in, int out, uint32_t *dst) {
     uint32_t *d = dst;
     for (int nt = 0; nt < out / 16; nt++)
         for (int kt = 0; kt < in / 64; kt++)
-            for (int lane = 0; lane < 32; lane++)
+            for (int lane = 0; lane < 32; lane++) {
+                const int g = lane / 4, t = lane % 4, n = nt * 16 + g;
                 for (int j = 0; j < 4; j++, d++) {
-                    const int g = lane / 4, t = lane % 4, k0 = kt * 64 + j * 16 + 2 * t;
-                    uint32_t v = 0;
-                    for (int i = 0; i < 8; i++) {
-                        int n = nt * 16 + g + (i & 1) * 8, k = k0 + ((i >> 1) & 1) * 8 + (i >> 2);
-                        v |= ((src[(size_t)(k / 8) * out + n] >> (4 * (k % 8))) & 0xFu) << (4 * i);
-                    }
-                    *d = v;
+                    const uint32_t *r0 = src + (size_t)(kt * 8 + 2 * j) * out + n, *r1 = r0 + out;
+                    const int sh = 8 * t;
+                    *d = spread((r0[0] >> sh) & 0xFFu) | spread((r0[8] >> sh) & 0xFFu) << 4 |
+                         spread((r1[0] >> sh) & 0xFFu) << 8 | spread((r1[8] >> sh) & 0xFFu) << 12;
                 }
+            }
 }
 
 int gptq_tile_nibble(const uint32_t *tiles, int in, int n, int k) {

@@ -129,6 +129,17 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return r;
 }
 
+__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src));
+}
+__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
+__device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
+
+// Floats of the per-tile activation sums, rounded up to 16 bytes (the scale words follow).
+__host__ __device__ __forceinline__ int tc_xsum_floats(int M, int kr) { return (M * (kr / 64) + 3) / 4 * 4; }
+// Most groups a K range of kr inputs touches (it may start and end inside one).
+__host__ __device__ __forceinline__ int tc_ngb(int kr, int gs) { return (kr + gs - 1) / gs + 1; }
+
 struct tc_args {
     const uint4 *qw;     // tile layout, 16 bytes per lane per tile
     const uint32_t *sz;  // [out/16][n_groups][16]
@@ -174,7 +185,7 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
 template <int M, int U>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
-    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, then xsum [M][kr / 64] f32
+    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, xsum [M][kr / 64] f32, scale/zero words
     __shared__ bool last;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
@@ -186,34 +197,31 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
     const uint4 *wp = p.qw + ((size_t)strip * (p.in / 64) + k0 / 64) * 32 + lane;
     const int kt0 = k0 / 64;  // global index of the block's first tile
-    const uint32_t *szp = p.sz + (size_t)strip * p.ng * 16 + g;
-    // A tile opens a group (loads its scale/zero) when it is the group's first or the block's
-    // first, and closes it (applies the scale) when it is the group's last or the block's last.
-    auto opens = [&](int tile) { return tile == 0 || (kt0 + tile) % tpg == 0; };
-    auto closes = [&](int tile) { return tile == ntiles - 1 || (kt0 + tile + 1) % tpg == 0; };
-    uint4 nxt[U];
-    uint2 nsz[U];  // scale/zero words of columns g and g + 8 where a tile opens a group
-#pragma unroll
-    for (int u = 0; u < U; u++) {
-        nxt[u] = make_uint4(0, 0, 0, 0);
-        nsz[u] = make_uint2(0, 0);
+    // The scale/zero words of the groups this block's range touches (at most ngb), copied
+    // into shared memory with cp.async before the wait (they are constant).
+    const int gfirst = kt0 / tpg, ngb = (kt0 + ntiles - 1) / tpg - gfirst + 1;
+    uint32_t *szs = (uint32_t *)(xsum + tc_xsum_floats(M, p.kr)) + w * tc_ngb(p.kr, p.gs) * 16;
+    if (active) {
+        const uint32_t *src = p.sz + ((size_t)strip * p.ng + gfirst) * 16;
+        for (int i = lane * 4; i < ngb * 16; i += 128) cp_async16(szs + i, src + i);
     }
+    cp_async_commit();
+    // Groups are followed with counters (no division per tile): a tile opens a group (its
+    // scale/zero are read) when it is the group's first or the block's first, and closes it
+    // (the scale is applied) when it is the group's last or the block's last.
+    int cpos = kt0 % tpg;  // position in its group of the next tile to use
+    uint4 nxt[U];
+#pragma unroll
+    for (int u = 0; u < U; u++) nxt[u] = make_uint4(0, 0, 0, 0);
     auto fetch = [&](int b) {
 #pragma unroll
-        for (int u = 0; u < U; u++) {
-            const int tile = b + u;
-            if (active && tile < ntiles) {
-                nxt[u] = ld_stream(wp + (size_t)tile * 32);
-                if (opens(tile)) {
-                    const uint32_t *s = szp + (size_t)((kt0 + tile) / tpg) * 16;
-                    nsz[u] = make_uint2(__ldg(s), __ldg(s + 8));
-                }
-            }
-        }
+        for (int u = 0; u < U; u++)
+            if (active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
     fetch(0);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
+    cp_async_wait_all();
     __syncthreads();
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
@@ -227,24 +235,26 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     if (active) {
         const uint32_t *xw = (const uint32_t *)xs;
         float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
+        const uint32_t *gsz = szs + g;  // this lane's column g of the current group
         for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
-            uint2 csz[U];
 #pragma unroll
-            for (int u = 0; u < U; u++) {
-                cur[u] = nxt[u];
-                csz[u] = nsz[u];
-            }
+            for (int u = 0; u < U; u++) cur[u] = nxt[u];
             fetch(b + U);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int tile = b + u;
                 if (tile >= ntiles) break;
-                if (opens(tile)) {
-                    slo = __half2float(__ushort_as_half((unsigned short)(csz[u].x & 0xffff)));
-                    shi = __half2float(__ushort_as_half((unsigned short)(csz[u].y & 0xffff)));
-                    zlo = 128.f + (float)(csz[u].x >> 16);
-                    zhi = 128.f + (float)(csz[u].y >> 16);
+                const bool opens = tile == 0 || cpos == 0;
+                if (++cpos == tpg) cpos = 0;
+                const bool closes = tile == ntiles - 1 || cpos == 0;
+                if (opens) {
+                    const uint32_t lo = gsz[0], hi = gsz[8];
+                    slo = __half2float(__ushort_as_half((unsigned short)(lo & 0xffff)));
+                    shi = __half2float(__ushort_as_half((unsigned short)(hi & 0xffff)));
+                    zlo = 128.f + (float)(lo >> 16);
+                    zhi = 128.f + (float)(hi >> 16);
+                    gsz += 16;
                 }
                 uint4 bx[NB][2];
 #pragma unroll
@@ -270,7 +280,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
                         mma_bf16(cg[f], a, bw[2 * j], bw[2 * j + 1]);
                     }
                 }
-                if (closes(tile)) {
+                if (closes) {
 #pragma unroll
                     for (int f = 0; f < NB; f++) {
                         acc[f][0] += slo * (cg[f][0] - zlo * xg[f][0]);
@@ -324,7 +334,8 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
-    const size_t smem = (size_t)M * (a.kr + 8) * 2 + (size_t)M * (a.kr / 64) * 4;
+    const size_t smem =
+        (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
     dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
     if (g_u == 8)
         CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
@@ -384,30 +395,40 @@ extern "C" void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, co
     cu_gptq_gemv_ex(l, &a, M, bias, y, ldy, partial, st);
 }
 
-// Thread per tile word (8 nibbles): writes its 8 weights of W^T (in, out).
-__global__ void k_gptq_dequant(const uint32_t *qw, const uint32_t *sz, int in, int out, int gs, int ng, bf16 *wt) {
-    const size_t words = (size_t)(in / 8) * out;
-    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < words; e += (size_t)gridDim.x * blockDim.x) {
-        const int j = (int)(e % 4), lane = (int)(e / 4 % 32);
-        const size_t tix = e / 128;
+// Warp per tile: the lanes decode their 32 weights into a 64 x 16 shared tile, then write
+// its 64 rows of W^T (in, out) as 32-byte pieces.
+__global__ void k_gptq_dequant(const uint4 *qw, const uint32_t *sz, int in, int out, int gs, int ng, bf16 *wt) {
+    __shared__ __align__(16) bf16 tile_s[4][64][16];
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane / 4, t = lane % 4;
+    const size_t n_tiles = (size_t)(out / 16) * (in / 64);
+    for (size_t tix = (size_t)blockIdx.x * 4 + w; tix < n_tiles; tix += (size_t)gridDim.x * 4) {
         const int kt = (int)(tix % (in / 64)), strip = (int)(tix / (in / 64));
-        const int g = lane / 4, t = lane % 4, k0 = kt * 64 + j * 16 + 2 * t;
-        const uint32_t q = qw[e];
+        const uint4 q4 = qw[tix * 32 + lane];
+        const uint32_t qv[4] = {q4.x, q4.y, q4.z, q4.w};
 #pragma unroll
-        for (int i = 0; i < 8; i++) {
-            const int r = g + ((i & 1) ? 8 : 0), k = k0 + ((i & 2) ? 8 : 0) + ((i & 4) ? 1 : 0);
-            const uint32_t s = sz[((size_t)strip * ng + k / gs) * 16 + r];
-            const float scale = __half2float(__ushort_as_half((unsigned short)(s & 0xffff)));
-            const float v = ((float)((q >> (4 * i)) & 0xF) - (float)(s >> 16)) * scale;
-            wt[(size_t)k * out + strip * 16 + r] = __float2bfloat16(v);
+        for (int j = 0; j < 4; j++)
+#pragma unroll
+            for (int i = 0; i < 8; i++) {
+                const int r = g + ((i & 1) ? 8 : 0), k = j * 16 + 2 * t + ((i & 2) ? 8 : 0) + ((i & 4) ? 1 : 0);
+                const uint32_t s = sz[((size_t)strip * ng + (kt * 64 + k) / gs) * 16 + r];
+                const float scale = __half2float(__ushort_as_half((unsigned short)(s & 0xffff)));
+                tile_s[w][k][r] = __float2bfloat16(((float)((qv[j] >> (4 * i)) & 0xF) - (float)(s >> 16)) * scale);
+            }
+        __syncwarp();
+#pragma unroll
+        for (int h = 0; h < 2; h++) {
+            const int k = lane + 32 * h;
+            uint4 *dst = (uint4 *)(wt + (size_t)(kt * 64 + k) * out + strip * 16);
+            dst[0] = *(const uint4 *)&tile_s[w][k][0];
+            dst[1] = *(const uint4 *)&tile_s[w][k][8];
         }
+        __syncwarp();
     }
 }
 
 extern "C" void cu_gptq_dequant(const struct cu_gptq *l, bf16_t *wt, cudaStream_t st) {
-    size_t n = (size_t)(l->in / 8) * l->out;
-    size_t blocks = (n + 255) / 256;
-    k_gptq_dequant<<<blocks > 65535 ? 65535 : (unsigned)blocks, 256, 0, st>>>(
-        (const uint32_t *)l->qweight, l->sz, l->in, l->out, l->group_size, l->n_groups, (bf16 *)wt);
+    size_t blocks = ((size_t)(l->out / 16) * (l->in / 64) + 3) / 4;
+    k_gptq_dequant<<<blocks > 65535 ? 65535 : (unsigned)blocks, 128, 0, st>>>(
+        (const uint4 *)l->qweight, l->sz, l->in, l->out, l->group_size, l->n_groups, (bf16 *)wt);
     CU_LAUNCHED("gptq_dequant");
 }
