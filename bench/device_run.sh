@@ -57,6 +57,12 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         echo "### $bin" | tee -a $OUT/summary.txt
         timeout 150 $D/bin/$bin ${OPS_REPS:-30} > $OUT/$bin.md 2> $OUT/$bin.err; echo "### $bin rc=$?" | tee -a $OUT/summary.txt
       done ;;
+  tests2) for r in 1 2; do run tests2 200 env CMOCKA_MESSAGE_OUTPUT=stdout $D/bin/test_cuda_model; done ;;
+  initcheck) run initcheck 200 env CMOCKA_MESSAGE_OUTPUT=stdout CMOCKA_FILTER='test_vs_cpu*' compute-sanitizer --tool initcheck $D/bin/test_cuda_model ;;
+  thr-ab) for bin in pagoda-base pagoda; do
+        [ -x $D/bin/$bin ] || continue
+        run thr-ab-$bin 200 $D/bin/$bin bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,8,16,64 --input-len 512 --output-len 128 --json $OUT/thr-ab-$bin.jsonl
+      done ;;
   lat-nopdl) run lat-nopdl 150 env PAGODA_PDL=0 $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/lat-nopdl.jsonl ;;
   attnpf) run attnpf 150 env CMOCKA_MESSAGE_OUTPUT=stdout $D/bin/bench_attn_prefill ;;
   overlap) run overlap 400 bash bench/overlap.sh $P $OUT ;;

@@ -151,6 +151,8 @@ static void test_gptq(void **state) {
     run_gptq_case(512, 384, 128);    // one K split: no ticket
     run_gptq_case(3456, 256, 128);   // several K splits, the last one short
     run_gptq_case(4864, 128, 128);   // Qwen2.5-0.5B down input width
+    run_gptq_case(256, 1024, 128);   // make-model "tiny": gate|up, down
+    run_gptq_case(512, 256, 128);
 }
 
 // ---- sampling ----

@@ -572,5 +572,6 @@ int main(void) {
         cmocka_unit_test(test_qwen05_gptq),     cmocka_unit_test(test_seeded_sampling), cmocka_unit_test(test_kv_refusal),
         cmocka_unit_test(test_fp8_kv),          cmocka_unit_test(test_vs_cpu_backend), cmocka_unit_test(test_pdl_same_results),
     };
+    if (getenv("CMOCKA_FILTER")) cmocka_set_test_filter(getenv("CMOCKA_FILTER"));  // e.g. "test_vs_cpu*"
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

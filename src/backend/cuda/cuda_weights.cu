@@ -374,10 +374,13 @@ void cuw_dense_cache(struct cuda_ctx *c) {
         for (int p = 0; p < d->qkv.n; p++) rc |= cache_one(c, &d->qkv.part[p]);
         for (int p = 0; p < d->gu.n; p++) rc |= cache_one(c, &d->gu.part[p]);
         if (rc) {
-            cu_take_error(NULL);
+            char e[PG_ERR_LEN];
+            cu_take_error(e);
+            pg_log(PG_LOG_WARN, "cuda: dequantized int4 copies stopped at layer %d: %s", i, e);
             return;
         }
     }
     CU_CHECK(cudaStreamSynchronize(c->st));
-    cu_take_error(NULL);
+    char e[PG_ERR_LEN] = "";
+    if (cu_take_error(e)) pg_log(PG_LOG_WARN, "cuda: dequantized int4 copies: %s", e);
 }
