@@ -38,13 +38,18 @@ static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t 
 // 10-20% faster than cuBLAS at 1-2 rows, even at 4, slower at 8), cuBLAS beyond.
 #define DENSE_GEMV_MAX_ROWS 2
 
+// Int4 rows for the GEMV when a dequantized copy exists: on the H200 (cuda_ops_bench,
+// bench/results/2026-11-28-int4-gemv-h200.md) the GEMV beats cuBLAS on the copy at 8 rows in
+// every 14B linear and loses at 16 in every one; without a copy it serves up to 16 rows.
+#define GEMV_MAX_ROWS_CACHED 8
+
 // y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer; the input is
-// silu(gate) * up. Int4 weights: the tensor-core GEMV (gptq.cu) for up to CU_GEMV_MAX_ROWS
-// rows, which forms SwiGLU, the desc_act gather and the bias itself; beyond, cuBLAS on the
-// dequantized copy or on a per-step dequantization. Dense: cu_bf16_gemv for few rows, else cuBLAS.
+// silu(gate) * up. Int4 weights: the tensor-core GEMV (gptq.cu) for few rows, which forms
+// SwiGLU, the desc_act gather and the bias itself; beyond, cuBLAS on the dequantized copy or
+// on a per-step dequantization. Dense: cu_bf16_gemv for few rows, else cuBLAS.
 static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bf16_t *y, int ldy,
                     bool x_is_gu) {
-    if (d->quant && T <= CU_GEMV_MAX_ROWS) {
+    if (d->quant && T <= (d->wt ? GEMV_MAX_ROWS_CACHED : CU_GEMV_MAX_ROWS)) {
         struct cu_gemv_in in = {x, x_is_gu ? 2 * d->in : d->in, d->perm, x_is_gu};
         cu_gptq_gemv_ex(&d->q, &in, T, d->bias, y, ldy, c->gemv_partial, c->st);
         return;
@@ -598,7 +603,8 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->deq = deq ? (bf16_t *)dalloc(deq * 2) : NULL;
     c->gemv_partial = part ? (float *)dalloc(part * 4) : NULL;
     c->attn_partial = (float *)dalloc((apart + CU_ATTN_TICKETS) * 4);
-    if (c->attn_partial) CU_CHECK(cudaMemset(c->attn_partial, 0, CU_ATTN_TICKETS * 4));  // decode tickets
+    // decode tickets; on c->st (a non-blocking stream does not wait for the legacy stream)
+    if (c->attn_partial) CU_CHECK(cudaMemsetAsync(c->attn_partial, 0, CU_ATTN_TICKETS * 4, c->st));
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
     c->samp_scratch = (float *)dalloc(S * m->vocab * 4);
