@@ -39,8 +39,9 @@ static void gemm(struct cuda_ctx *c, const bf16_t *W, bool w_is_t, const bf16_t 
 #define DENSE_GEMV_MAX_ROWS 2
 
 // Int4 rows for the GEMV when a dequantized copy exists: on the H200 (cuda_ops_bench,
-// bench/results/2026-11-28-int4-gemv-h200.md) the GEMV beats cuBLAS on the copy at 8 rows in
-// every 14B linear and loses at 16 in every one; without a copy it serves up to 16 rows.
+// bench/results/2026-11-28-int4-gemv-h200.md) the GEMV beats cuBLAS on the copy at 8 rows
+// over a 14B layer (107 vs 153 us; o alone is a tie) and loses at 16 in every linear; without
+// a copy it serves up to 16 rows.
 #define GEMV_MAX_ROWS_CACHED 8
 
 // y = linear(x). x_is_gu: x is the (T, 2 * d->in) gate|up buffer; the input is
@@ -134,7 +135,9 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
 static void lm_head_rows(struct cuda_ctx *c, int n_rows) {
     const int H = c->mc.hidden;
     cu_gather_rows(c->xn, H, c->d_i32 + c->off_rows, n_rows, H, c->hs, c->st);
-    if (n_rows <= DENSE_GEMV_MAX_ROWS && H % 8 == 0)
+    // one row: the GEMV (336 vs 356 us for the 14B lm_head on the H200); two rows: cuBLAS
+    // (374 vs 356 us), bench/results/2026-11-28-int4-gemv-h200.md
+    if (n_rows == 1 && H % 8 == 0)
         cu_bf16_gemv(c->lm_head, H, c->mc.vocab, c->hs, n_rows, NULL, c->logits, c->mc.vocab, true, c->st);
     else
         gemm(c, c->lm_head, false, c->hs, n_rows, H, c->mc.vocab, c->logits, c->mc.vocab, true);
