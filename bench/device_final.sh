@@ -11,7 +11,7 @@ if [ "${1:-}" = "--prepare" ]; then
   bash bench/device_sweep.sh --prepare >/dev/null   # builds build-cuda, fills .devwork/sweep
   make -j2 CUDA=1 test-cuda-bins >/dev/null
   mkdir -p .devwork/sweep/tests
-  for t in test_cuda_attn_prefill test_cuda_gptq_mma test_cuda_feed test_cuda_model; do cp build-cuda/tests-cuda/$t .devwork/sweep/tests/; done
+  for t in test_cuda_attn_prefill test_cuda_gptq_sampling test_cuda_feed test_cuda_model; do cp build-cuda/tests-cuda/$t .devwork/sweep/tests/; done
   strip .devwork/sweep/tests/*
   cp -L "$(ldconfig -p | awk '/libcmocka.so.0 /{print $NF; exit}')" .devwork/sweep/lib/
   # the embedding model does not fit the device tool's 64 MiB with the rest: left out here
@@ -31,7 +31,7 @@ gate() { # test binary, env switch that turns its kernel off
   if [ $rc != 0 ] && [ -n "$2" ]; then export "$2"; echo "### $1 failed: $2 for the sweep" | tee -a $OUT/summary.txt; fi
 }
 gate test_cuda_attn_prefill ""
-gate test_cuda_gptq_mma PAGODA_INT4_MMA=0
+gate test_cuda_gptq_sampling ""
 gate test_cuda_feed ""
 t0=$SECONDS
 timeout 150 bash bench/overlap.sh $D/bin/pagoda $OUT > /dev/null 2>&1
