@@ -17,6 +17,7 @@
 #include <cuda_fp8.h>
 
 #include "backend/cuda/kv_cache.cuh"
+#include "backend/cuda/mma.cuh"
 
 typedef __nv_bfloat16 bf16;
 #define PT 64          // queries per tile == keys per tile
@@ -40,13 +41,6 @@ __device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
                  : "r"(smem_u32(p)));
-}
-// d += a (16x16, row) * b (16x8, col), bf16 in, f32 accumulate.
-__device__ __forceinline__ void mma_bf16(float *d, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, "
-                 "{%8, %9}, {%0, %1, %2, %3};\n"
-                 : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
 }
 // 2^x on the SFU (ex2.approx.ftz: -inf -> +0, which the masked scores rely on).
 __device__ __forceinline__ float fast_exp2(float x) {

@@ -20,6 +20,7 @@
 #include <cuda_fp16.h>
 
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
 
 typedef __nv_bfloat16 bf16;
@@ -106,12 +107,6 @@ __device__ __forceinline__ uint4 gx_load8(const gx &a, int in, int m, int k) {
     return *(const uint4 *)v;
 }
 
-__device__ __forceinline__ void mma_bf16(float *c, const uint32_t *a, uint32_t b0, uint32_t b1) {
-    asm volatile("mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0,%1,%2,%3}, {%4,%5,%6,%7}, {%8,%9}, "
-                 "{%0,%1,%2,%3};\n"
-                 : "+f"(c[0]), "+f"(c[1]), "+f"(c[2]), "+f"(c[3])
-                 : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b0), "r"(b1));
-}
 
 // bf16x2 (128 + nibble at bits 0-3, 128 + nibble at bits 16-19) of q: (q & 0x000F000F) | 0x43004300.
 __device__ __forceinline__ uint32_t nib_bf16x2(uint32_t q) {
@@ -297,25 +292,19 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
     const int n_lo = strip * 16 + g;
-    if (ks == 1) {
-        if (active)
-#pragma unroll
-            for (int f = 0; f < NB; f++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int m = f * 8 + 2 * t + (i & 1), n = n_lo + (i >= 2 ? 8 : 0);
-                    if (m < M) p.y[(size_t)m * p.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
-                }
-        return;
-    }
     if (active)
 #pragma unroll
         for (int f = 0; f < NB; f++)
 #pragma unroll
             for (int i = 0; i < 4; i++) {
                 const int m = f * 8 + 2 * t + (i & 1), n = n_lo + (i >= 2 ? 8 : 0);
-                if (m < M) p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
+                if (m >= M) continue;
+                if (ks == 1)
+                    p.y[(size_t)m * p.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
+                else
+                    p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
             }
+    if (ks == 1) return;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
