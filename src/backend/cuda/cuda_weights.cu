@@ -17,18 +17,27 @@ static void *dev_alloc(struct cuda_ctx *c, size_t bytes) {
     return p;
 }
 
+// Host -> device on the backend's stream, waited for. A plain cudaMemcpy from pageable memory
+// may return before its DMA lands, and kernels on the non-blocking stream c->st (the dtype
+// conversions, the dequantized copies) would not wait for it: measured as init-time races on
+// the H200 (garbage dense copies in 2 of 7 runs of test_cuda_model).
+static int h2d(struct cuda_ctx *c, void *dst, const void *src, size_t bytes) {
+    return CU_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, c->st)) ||
+           CU_CHECK(cudaStreamSynchronize(c->st));
+}
+
 // dst (n elements bf16) <- t (BF16/F16/F32)
 static int upload_dense(struct cuda_ctx *c, bf16_t *dst, const struct tensor *t, size_t n) {
-    if (t->dtype == PG_BF16) return CU_CHECK(cudaMemcpy(dst, t->data, n * 2, cudaMemcpyHostToDevice));
+    if (t->dtype == PG_BF16) return h2d(c, dst, t->data, n * 2);
     if (t->dtype == PG_F16) {
-        if (CU_CHECK(cudaMemcpy(dst, t->data, n * 2, cudaMemcpyHostToDevice))) return -1;
+        if (h2d(c, dst, t->data, n * 2)) return -1;
         cu_f16_to_bf16(dst, n, dst, c->st);
         return CU_CHECK(cudaStreamSynchronize(c->st));
     }
     if (t->dtype == PG_F32) {
         float *tmp = NULL;
         if (CU_CHECK(cudaMalloc(&tmp, n * 4))) return -1;
-        int rc = CU_CHECK(cudaMemcpy(tmp, t->data, n * 4, cudaMemcpyHostToDevice));
+        int rc = h2d(c, tmp, t->data, n * 4);
         if (!rc) cu_f32_to_bf16(tmp, n, dst, c->st);
         rc |= CU_CHECK(cudaStreamSynchronize(c->st));
         cudaFree(tmp);
@@ -155,11 +164,11 @@ static int upload_gptq(struct cuda_ctx *c, const struct linear *const *parts, in
     int32_t *dq = (int32_t *)dev_alloc(c, (size_t)(in / 8) * out * 4);
     uint32_t *dsz = (uint32_t *)dev_alloc(c, (size_t)ng * out * 4);
     int rc = !dq || !dsz;
-    if (!rc) rc = CU_CHECK(cudaMemcpy(dq, qw, (size_t)(in / 8) * out * 4, cudaMemcpyHostToDevice)) ||
-                  CU_CHECK(cudaMemcpy(dsz, sz, (size_t)ng * out * 4, cudaMemcpyHostToDevice));
+    if (!rc) rc = h2d(c, dq, qw, (size_t)(in / 8) * out * 4) ||
+                  h2d(c, dsz, sz, (size_t)ng * out * 4);
     if (!rc && perm) {
         d->perm = (int32_t *)dev_alloc(c, (size_t)in * 4);
-        rc = !d->perm || CU_CHECK(cudaMemcpy(d->perm, perm, (size_t)in * 4, cudaMemcpyHostToDevice));
+        rc = !d->perm || h2d(c, d->perm, perm, (size_t)in * 4);
     }
     d->q.qweight = dq;
     d->q.sz = dsz;
@@ -209,7 +218,7 @@ static float *bias_concat(struct cuda_ctx *c, const struct linear *const *parts,
         col += parts[p]->out;
     }
     float *d = (float *)dev_alloc(c, (size_t)out * 4);
-    if (d && CU_CHECK(cudaMemcpy(d, h, (size_t)out * 4, cudaMemcpyHostToDevice))) d = NULL;
+    if (d && h2d(c, d, h, (size_t)out * 4)) d = NULL;
     free(h);
     return d;
 }
