@@ -52,6 +52,7 @@ static void test_tile_layout(void **state) {
     check_shape(128, 48);
     check_shape(896, 1152 / 8);
     check_shape(320, 32);
+    check_shape(1024, 4096 + 16);  // large enough for the threaded split (uneven strip ranges)
 }
 
 static void test_tile_sz(void **state) {
