@@ -326,6 +326,13 @@ int main(int argc, char **argv) {
         row(&b, "add_rmsnorm 5120", "", (struct op){OP_RMSNORM, 0, Ms[mi], 0}, NULL);
         row(&b, "qkv_rope_store", "", (struct op){OP_ROPE, 0, Ms[mi], 512}, NULL);
         row(&b, "attn_decode ctx 512", "", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
+        for (int mk = 32; mk <= 64; mk *= 2) {  // fewer keys per split: more blocks, shorter chains
+            char impl[48];
+            snprintf(impl, sizeof impl, ">= %d keys per split", mk);
+            cu_attn_decode_tune(mk);
+            row(&b, "attn_decode ctx 512", impl, (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
+        }
+        cu_attn_decode_tune(0);
         row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
     }
     printf("\n## One int4 decode layer as a CUDA graph (context 512)\n\n");

@@ -322,6 +322,13 @@ static void test_attn_decode_paged(void **state) {
     run_decode_case(14, 2, 64, CU_KV_E4M3, 32, 4, lens2, 1);
     run_decode_case(16, 2, 128, CU_KV_BF16, 16, 4, lens2, 16);
     run_decode_case(4, 4, 64, CU_KV_BF16, 32, 4, lens2, 5);
+    // the bench hook's shorter splits: one tile per block (warps 1-3 idle), up to 64 splits
+    cu_attn_decode_tune(32);
+    run_decode_case(40, 8, 128, CU_KV_BF16, 16, 6, lens, 64);
+    run_decode_case(14, 2, 64, CU_KV_E4M3, 32, 4, lens2, 16);
+    cu_attn_decode_tune(64);
+    run_decode_case(40, 8, 128, CU_KV_BF16, 32, 6, lens, 33);
+    cu_attn_decode_tune(0);
 }
 
 static void test_attn_prefill(void **state) {

@@ -34,7 +34,7 @@ struct dec_args {
     const bf16 *q;
     struct cu_step s;
     const int32_t *seqs;
-    int n_kv, bs, kv_type, n_splits;
+    int n_kv, bs, kv_type, n_splits, min_chunk;
     const uint8_t *kc, *vc;
     unsigned *tickets;
     float *partial;
@@ -240,7 +240,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int seq = a.seqs[i], L = a.s.seq_len[seq], t = a.s.seq_q0[seq];
     int chunk = (L + a.n_splits - 1) / a.n_splits;
-    chunk = max(DEC_MIN_CHUNK, (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE);
+    chunk = max(a.min_chunk, (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE);
     const int ns = (L + chunk - 1) / chunk;  // splits holding keys
     const int j1 = min(L, (sp + 1) * chunk);
     const int32_t *bt = a.s.block_tables + (size_t)seq * a.s.bt_stride;
@@ -365,6 +365,12 @@ static void launch_g(int G, const dec_args &a, dim3 grid, cudaStream_t st) {
     }
 }
 
+// Benchmark hook (cuda_ops_bench): fewest keys per split, a multiple of DEC_TILE.
+static int g_min_chunk = DEC_MIN_CHUNK;
+extern "C" void cu_attn_decode_tune(int min_keys_per_split) {
+    g_min_chunk = min_keys_per_split <= 0 ? DEC_MIN_CHUNK : (min_keys_per_split + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
+}
+
 extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                                int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                                const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st) {
@@ -375,7 +381,7 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "attn_decode: unsupported shape");
         return;
     }
-    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, (const uint8_t *)k_cache,
+    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
                   (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out};
     const dim3 grid(n_splits, n_kv, n);
     const bool fp8 = kv_type != CU_KV_BF16;

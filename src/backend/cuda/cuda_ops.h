@@ -82,6 +82,8 @@ void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const st
 // first call (memset the allocation once; the kernel leaves them zero, so graphs replay).
 // Requires n * n_kv <= CU_ATTN_TICKETS.
 #define CU_ATTN_TICKETS 16384
+// Benchmark hook: the fewest keys per split (rounded up to 32; 0 = default 128). Not thread-safe.
+void cu_attn_decode_tune(int min_keys_per_split);
 void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                     const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st);
