@@ -20,6 +20,7 @@
 #include <math.h>
 #include <cuda_bf16.h>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/pdl.cuh"
 
@@ -76,16 +77,6 @@ __device__ __forceinline__ void lds_elems(const uint8_t *p, __nv_fp8_interpretat
     cvt_elems<FP8, N>(w, fmt, o);
 }
 
-__device__ __forceinline__ void cp16(void *dst, const void *src, int bytes) {
-    const unsigned d = (unsigned)__cvta_generic_to_shared(dst);
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(d), "l"(src), "r"(bytes) : "memory");
-}
-__device__ __forceinline__ void cp_commit(void) { asm volatile("cp.async.commit_group;\n" ::: "memory"); }
-template <int N>
-__device__ __forceinline__ void cp_wait(void) {
-    asm volatile("cp.async.wait_group %0;\n" ::"n"(N) : "memory");
-}
-
 // Byte offset of key `key`'s row (dim 0) in one layer's K or V cache.
 template <int RB>
 __device__ __forceinline__ long long row_off(const int32_t *bt, int key, int kvh, int n_kv, int bs) {
@@ -102,7 +93,7 @@ __device__ __forceinline__ void copy_tile(uint8_t *dst, const uint8_t *src, long
         const int c = i * 32 + lane, r = c / CPR, col = c % CPR;
         const long long ro = __shfl_sync(0xffffffffu, off, r);
         const bool ok = r < nv;
-        cp16(dst + r * RS + col * 16, src + (ok ? ro : 0) + col * 16, ok ? 16 : 0);
+        cp_async16(dst + r * RS + col * 16, src + (ok ? ro : 0) + col * 16, ok ? 16 : 0);
     }
 }
 
@@ -258,9 +249,9 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     if (tk < j1) {
         const int nv = min(DEC_TILE, j1 - tk);
         copy_tile<RB, RSK>(ks, a.kc, off, nv, lane);
-        cp_commit();
+        cp_async_commit();
         copy_tile<RB, RB>(vs, a.vc, off, nv, lane);
-        cp_commit();
+        cp_async_commit();
     }
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) folded in
     const bf16 *qg = a.q + ((size_t)t * n_heads + kvh * G) * HD;
@@ -279,7 +270,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
         const int nv = min(DEC_TILE, j1 - tk), tn = tk + DEC_WARPS * DEC_TILE;
         const bool more = tn < j1;
         const long long noff = more && tn + lane < j1 ? row_off<RB>(bt, tn + lane, kvh, a.n_kv, a.bs) : 0;
-        cp_wait<1>();  // this tile's K (its V may still be in flight)
+        cp_async_wait<1>();  // this tile's K (its V may still be in flight)
         __syncwarp();
         float sc[G], mx[G], corr[G];
         qk_row<HD, G, FP8>(ks + lane * RSK, qs, fmt, sc);
@@ -305,10 +296,10 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
         __syncwarp();  // K buffer read by all lanes, p visible
         if (more) {
             copy_tile<RB, RSK>(ks, a.kc, noff, min(DEC_TILE, j1 - tn), lane);
-            cp_commit();
-            cp_wait<1>();  // this tile's V
+            cp_async_commit();
+            cp_async_wait<1>();  // this tile's V
         } else {
-            cp_wait<0>();
+            cp_async_wait<0>();
         }
         __syncwarp();
 #pragma unroll
@@ -330,7 +321,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
         __syncwarp();  // V buffer and p read by all lanes
         if (more) {
             copy_tile<RB, RB>(vs, a.vc, noff, min(DEC_TILE, j1 - tn), lane);
-            cp_commit();
+            cp_async_commit();
         }
     }
 #pragma unroll

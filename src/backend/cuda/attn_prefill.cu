@@ -16,6 +16,7 @@
 #include <cuda_fp16.h>
 #include <cuda_fp8.h>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/mma.cuh"
 
@@ -24,14 +25,6 @@ typedef __nv_bfloat16 bf16;
 #define PF_WARPS 4
 
 // ---- PTX wrappers (sm_80+) ----
-__device__ __forceinline__ uint32_t smem_u32(const void *p) { return (uint32_t)__cvta_generic_to_shared(p); }
-
-__device__ __forceinline__ void cp_async16(void *dst, const void *src, int src_bytes) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16, %2;\n" ::"r"(smem_u32(dst)), "l"(src), "r"(src_bytes));
-}
-__device__ __forceinline__ void cp_async_commit() { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all() { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
 __device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
     asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
                  : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
@@ -229,7 +222,7 @@ k_attn_prefill(const bf16 *q, struct cu_step s, const int32_t *tiles, int n_tile
         fa_load_bf16<HD>(c, 0, (const bf16 *)kc, (const bf16 *)vc, Ks, Vs);
     }
     cp_async_commit();
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
 
     uint32_t qf[HD / 16][4];
@@ -249,7 +242,7 @@ k_attn_prefill(const bf16 *q, struct cu_step s, const int32_t *tiles, int n_tile
         bf16 *Kb = Ks + buf * PT * LD, *Vb = Vs + buf * PT * LD;
         bf16 *Kn = Ks + (buf ^ 1) * PT * LD, *Vn = Vs + (buf ^ 1) * PT * LD;
         if (kt > 0) {  // tile kt landed (bf16: own cp.async; fp8: stored last iteration), all done with kt-1
-            if (!FP8) cp_async_wait_all();
+            if (!FP8) cp_async_wait<0>();
             __syncthreads();
         }
         const bool more = kt + 1 < n_kt;

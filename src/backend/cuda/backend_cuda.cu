@@ -128,15 +128,12 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
     cu_add_rmsnorm(c->resid, c->delta, H, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
 }
 
-// logits (n_rows, vocab) f32 for the rows listed in the rows section. Up to
-// DENSE_GEMV_MAX_ROWS rows the bf16 GEMV (H200, Qwen2.5-14B's 152064 x 5120 lm_head: 343 us
-// against cuBLAS's 372 at one row, 370 / 373 at two; bench/results/2026-11-28-decode-ops-h200.md),
-// cuBLAS beyond.
+// logits (n_rows, vocab) f32 for the rows listed in the rows section: the bf16 GEMV for one
+// row, cuBLAS beyond (H200, Qwen2.5-14B's 152064 x 5120 lm_head: 336 vs 356 us at one row,
+// 374 vs 356 at two; bench/results/2026-11-28-int4-gemv-h200.md).
 static void lm_head_rows(struct cuda_ctx *c, int n_rows) {
     const int H = c->mc.hidden;
     cu_gather_rows(c->xn, H, c->d_i32 + c->off_rows, n_rows, H, c->hs, c->st);
-    // one row: the GEMV (336 vs 356 us for the 14B lm_head on the H200); two rows: cuBLAS
-    // (374 vs 356 us), bench/results/2026-11-28-int4-gemv-h200.md
     if (n_rows == 1 && H % 8 == 0)
         cu_bf16_gemv(c->lm_head, H, c->mc.vocab, c->hs, n_rows, NULL, c->logits, c->mc.vocab, true, c->st);
     else

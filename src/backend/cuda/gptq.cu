@@ -1,24 +1,26 @@
 // GPTQ int4 weight-only GEMM over the tile layout of backend/gptq_pack.h.
 //
 // Few rows (decode, 1..16): k_gptq_tc, a bandwidth-bound GEMM on tensor cores. Block = 4
-// warps, each warp owning one 16-column strip, all four sharing a K range of `kr` inputs
-// (a multiple of the group size) whose activations the block stages once in shared memory
-// as bf16 (forming silu(gate) * up and the desc_act gather on the way). A warp streams its
-// strip's tiles, which are contiguous in memory, with one 16-byte load per lane per tile and
-// 4 (or 8) tiles per batch, the next batch in flight while the current one is multiplied; the
-// first batch is issued before pdl_wait(), so with programmatic dependent launch the weight
-// loads overlap the previous kernel. Each 16-input step of a tile is one
-// mma.m16n8k16 (rows = output columns, columns = activation rows; one n8 fragment per 8
-// rows): a word's nibbles are AND/OR'd into the mantissa of bf16 128.0 (two per lop3), so
-// the mma sums (128 + q) x exactly in f32, and per group sum x (q - z) = C - (128 + z) sum x
-// with sum x from the staging (per 64-input tile), times the f32 group scale. K splits are summed by the last block of each
-// column tile (atomic ticket + fences) in fixed split order (deterministic), which adds the
-// bias, writes bf16 and re-arms its ticket for the next launch / graph replay.
+// warps, each warp owning one 16-column strip, all four sharing a K range of `kr` inputs (a
+// multiple of 64; a quantization group may straddle two ranges) whose activations the block
+// stages once in shared memory as bf16 (forming silu(gate) * up and the desc_act gather on
+// the way). A warp streams its strip's tiles, which are contiguous in memory, with one
+// 16-byte load per lane per tile and 4 (or 8) tiles per batch, the next batch in flight while
+// the current one is multiplied; the first batch is issued before pdl_wait(), so with
+// programmatic dependent launch the weight loads overlap the previous kernel. Each 16-input
+// step of a tile is one mma.m16n8k16 (rows = output columns, columns = activation rows; one
+// n8 fragment per 8 rows): a word's nibbles are AND/OR'd into the mantissa of bf16 128.0 (two
+// per lop3), so the mma sums (128 + q) x exactly in f32, and per group
+// sum x (q - z) = C - (128 + z) sum x, with sum x from the staging (per 64-input tile), times
+// the f32 group scale. K splits are summed by the last block of each column tile (atomic
+// ticket + fences) in fixed split order (deterministic), which adds the bias, writes bf16 and
+// re-arms its ticket for the next launch / graph replay.
 //
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_ops.h"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
@@ -124,12 +126,6 @@ __device__ __forceinline__ uint4 ld_stream(const uint4 *p) {
     return r;
 }
 
-__device__ __forceinline__ void cp_async16(void *dst, const void *src) {
-    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"((unsigned)__cvta_generic_to_shared(dst)), "l"(src));
-}
-__device__ __forceinline__ void cp_async_commit(void) { asm volatile("cp.async.commit_group;\n" ::); }
-__device__ __forceinline__ void cp_async_wait_all(void) { asm volatile("cp.async.wait_group 0;\n" ::: "memory"); }
-
 // Floats of the per-tile activation sums, rounded up to 16 bytes (the scale words follow).
 __host__ __device__ __forceinline__ int tc_xsum_floats(int M, int kr) { return (M * (kr / 64) + 3) / 4 * 4; }
 // Most groups a K range of kr inputs touches (it may start and end inside one).
@@ -216,7 +212,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     fetch(0);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
-    cp_async_wait_all();
+    cp_async_wait<0>();
     __syncthreads();
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
