@@ -17,6 +17,9 @@ struct api_error {
 };
 void api_error_set(struct api_error *e, int status, const char *param, const char *fmt, ...)
     __attribute__((format(printf, 4, 5)));
+// 400 for the first key of the object `body` that is not in the NULL-terminated `allowed`:
+// "unknown field 'k'", followed by " (why)" when why is given. Returns 0 or -1.
+int api_check_fields(json_t *body, const char *const *allowed, const char *why, struct api_error *e);
 // The error JSON body (caller decrefs). type/code follow OpenAI's by status.
 json_t *api_error_json(const struct api_error *e);
 

@@ -582,20 +582,6 @@ void gen_free(struct req *q) {
 
 // ---- /tokenize, /detokenize, /v1/embeddings (pool jobs) ----------------------------------------
 
-static int check_fields(json_t *body, const char *const *allowed, struct api_error *e) {
-    const char *k;
-    json_t *v;
-    json_object_foreach(body, k, v) {
-        int i;
-        for (i = 0; allowed[i] && strcmp(allowed[i], k); i++) {}
-        if (!allowed[i]) {
-            api_error_set(e, 400, k, "unknown field '%s'", k);
-            return -1;
-        }
-    }
-    return 0;
-}
-
 static int do_tokenize(struct req *q, json_t *body, struct api_error *e) {
     const struct server_model *m = q->model;
     struct api_limits *lim = &q->srv->cfg.limits;
@@ -609,7 +595,7 @@ static int do_tokenize(struct req *q, json_t *body, struct api_error *e) {
         if (rc || chat_prompt(q, &ids, &n, e)) return -1;
     } else {
         static const char *const allowed[] = {"model", "prompt", "add_special_tokens", NULL};
-        if (check_fields(body, allowed, e)) return -1;
+        if (api_check_fields(body, allowed, NULL, e)) return -1;
         json_t *p = json_object_get(body, "prompt"), *model = json_object_get(body, "model");
         if (!json_is_string(p)) {
             api_error_set(e, 400, "prompt", "'prompt' (a string) or 'messages' is required");
@@ -636,7 +622,7 @@ static int do_tokenize(struct req *q, json_t *body, struct api_error *e) {
 
 static int do_detokenize(struct req *q, json_t *body, struct api_error *e) {
     static const char *const allowed[] = {"model", "tokens", NULL};
-    if (check_fields(body, allowed, e)) return -1;
+    if (api_check_fields(body, allowed, NULL, e)) return -1;
     json_t *t = json_object_get(body, "tokens");
     if (!json_is_array(t)) {
         api_error_set(e, 400, "tokens", "'tokens' (an array of token ids) is required");
@@ -682,7 +668,7 @@ static int do_embeddings(struct req *q, json_t *body, struct api_error *e) {
     static const char *const allowed[] = {"model", "input", "encoding_format", "dimensions",
                                           "user", NULL};
     const struct server_model *m = q->model;
-    if (check_fields(body, allowed, e)) return -1;
+    if (api_check_fields(body, allowed, NULL, e)) return -1;
     json_t *in = json_object_get(body, "input"), *model = json_object_get(body, "model");
     json_t *fmt = json_object_get(body, "encoding_format"), *dims = json_object_get(body, "dimensions");
     if (json_is_string(model) && strcmp(json_string_value(model), q->srv->cfg.limits.model_name)) {

@@ -16,6 +16,20 @@ void api_error_set(struct api_error *e, int status, const char *param, const cha
     va_end(ap);
 }
 
+int api_check_fields(json_t *body, const char *const *allowed, const char *why, struct api_error *e) {
+    const char *k;
+    json_t *v;
+    json_object_foreach(body, k, v) {
+        int i;
+        for (i = 0; allowed[i] && strcmp(allowed[i], k); i++) {}
+        if (!allowed[i]) {
+            api_error_set(e, 400, k, "unknown field '%s'%s%s%s", k, why ? " (" : "", why ? why : "", why ? ")" : "");
+            return -1;
+        }
+    }
+    return 0;
+}
+
 json_t *api_error_json(const struct api_error *e) {
     const char *type = "invalid_request_error", *code = NULL;
     switch (e->status) {
@@ -795,17 +809,8 @@ int api_structured_parse(struct api_request *r, json_t *body, const struct api_l
         return -1;
     }
     r->body = json_incref(body);
-    const char *k;
-    json_t *v;
-    json_object_foreach(body, k, v) {
-        int i;
-        for (i = 0; allowed[i] && strcmp(allowed[i], k); i++) {}
-        if (!allowed[i]) {
-            api_error_set(e, 400, k, "unknown field '%s' (a warm-up takes only the structured-"
-                          "output fields of a generation request)", k);
-            return -1;
-        }
-    }
+    if (api_check_fields(body, allowed, "a warm-up takes only the structured-output fields of a generation request", e))
+        return -1;
     if (get_string(body, "model", &r->model, e)) return -1;
     if (r->model && lim->model_name && strcmp(r->model, lim->model_name)) {
         api_error_set(e, 404, "model", "The model '%.200s' does not exist (this server serves "

@@ -486,6 +486,23 @@ static void test_error_json_cut_utf8(void **state) {
     json_decref(j);
 }
 
+// api_check_fields: the first unknown key is the param, the optional reason follows the message.
+static void test_check_fields(void **state) {
+    (void)state;
+    static const char *const allowed[] = {"model", "text", NULL};
+    json_t *ok = json_pack("{s:s, s:s}", "model", "m", "text", "t"), *bad = json_pack("{s:s, s:i}", "text", "t", "extra", 1);
+    struct api_error e = {0};
+    assert_int_equal(api_check_fields(ok, allowed, NULL, &e), 0);
+    assert_int_equal(api_check_fields(bad, allowed, NULL, &e), -1);
+    assert_int_equal(e.status, 400);
+    assert_string_equal(e.param, "extra");
+    assert_string_equal(e.message, "unknown field 'extra'");
+    assert_int_equal(api_check_fields(bad, allowed, "only text here", &e), -1);
+    assert_string_equal(e.message, "unknown field 'extra' (only text here)");
+    json_decref(ok);
+    json_decref(bad);
+}
+
 // ---- hermes tool calls ------------------------------------------------------------------------------
 
 static const char *HERMES =
@@ -670,6 +687,7 @@ int main(void) {
         cmocka_unit_test(test_hermes_unclosed_and_forced),
         cmocka_unit_test(test_metrics_render),
         cmocka_unit_test(test_response_pieces),
+        cmocka_unit_test(test_check_fields),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -160,6 +160,8 @@ def test_warmup_endpoint_generates_nothing(srv, client):
                          ({}, None)):
         status, _, b = srv.request("POST", "/v1/structured_outputs/warmup", body_)
         assert status == 400 and json.loads(b)["error"]["param"] == param
+        if param == "messages":
+            assert "a warm-up takes only the structured-output fields" in json.loads(b)["error"]["message"]
     status, _, _ = srv.request("POST", "/v1/structured_outputs/warmup", {"model": "other",
                                                                          "guided_regex": "a"})
     assert status == 404
