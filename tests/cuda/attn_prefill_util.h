@@ -101,16 +101,7 @@ static inline void pf_setup_init(struct pf_setup *s, const struct pf_case *c, bo
     s->dq = dup_to_dev(s->q, qn * 2);
     s->dout = dmalloc(qn * 2);
     s->dtiles = dup_to_dev(s->tiles, sizeof(int32_t) * 2 * s->n_tiles);
-    int32_t lenv[PF_MAX_SEQS], q0v[PF_MAX_SEQS], nnv[PF_MAX_SEQS];
-    for (int i = 0; i < c->n; i++) lenv[i] = c->len[i], q0v[i] = s->q0[i], nnv[i] = c->nnew[i];
-    s->dbuf[0] = dup_to_dev(s->tok_seq, 4 * s->T);
-    s->dbuf[1] = dup_to_dev(s->tok_pos, 4 * s->T);
-    s->dbuf[2] = dup_to_dev(lenv, 4 * c->n);
-    s->dbuf[3] = dup_to_dev(q0v, 4 * c->n);
-    s->dbuf[4] = dup_to_dev(nnv, 4 * c->n);
-    s->dbuf[5] = dup_to_dev(s->bt, 4 * (size_t)c->n * s->bt_stride);
-    s->st = (struct cu_step){s->T, c->n, s->dbuf[0], s->dbuf[1], s->dbuf[2], s->dbuf[3], s->dbuf[4], s->dbuf[5],
-                             s->bt_stride};
+    s->st = step_to_dev(s->T, c->n, s->tok_seq, s->tok_pos, c->len, s->q0, c->nnew, s->bt, s->bt_stride, s->dbuf);
 }
 
 static inline void pf_run(struct pf_setup *s, cudaStream_t st) {

@@ -36,6 +36,20 @@ static inline void *dup_to_dev(const void *h, size_t n) {
     assert_int_equal(cudaMemcpy(d, h, n, cudaMemcpyHostToDevice), cudaSuccess);
     return d;
 }
+
+// The step description of T tokens over n sequences on the device (the attention kernels'
+// struct cu_step); buf receives its six device arrays (cudaFree each when done).
+static inline struct cu_step step_to_dev(int T, int n, const int32_t *tok_seq, const int32_t *tok_pos, const int *len,
+                                         const int *q0, const int *nnew, const int32_t *bt, int bt_stride,
+                                         void *buf[6]) {
+    buf[0] = dup_to_dev(tok_seq, sizeof(int32_t) * T);
+    buf[1] = dup_to_dev(tok_pos, sizeof(int32_t) * T);
+    buf[2] = dup_to_dev(len, sizeof(int) * n);
+    buf[3] = dup_to_dev(q0, sizeof(int) * n);
+    buf[4] = dup_to_dev(nnew, sizeof(int) * n);
+    buf[5] = dup_to_dev(bt, sizeof(int32_t) * (size_t)n * bt_stride);
+    return (struct cu_step){T, n, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], bt_stride};
+}
 static inline void to_host(void *h, const void *d, size_t n) {
     assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
     assert_int_equal(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), cudaSuccess);

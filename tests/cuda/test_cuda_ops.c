@@ -173,15 +173,7 @@ struct dev_step {
 };
 
 static void dev_step_init(struct dev_step *d, const struct pg_setup *s) {
-    int32_t lenv[8], q0v[8], nnv[8];
-    for (int i = 0; i < s->n; i++) lenv[i] = s->len[i], q0v[i] = s->q0[i], nnv[i] = s->nnew[i];
-    d->buf[0] = dup_to_dev(s->tok_seq, 4 * s->T);
-    d->buf[1] = dup_to_dev(s->tok_pos, 4 * s->T);
-    d->buf[2] = dup_to_dev(lenv, 4 * s->n);
-    d->buf[3] = dup_to_dev(q0v, 4 * s->n);
-    d->buf[4] = dup_to_dev(nnv, 4 * s->n);
-    d->buf[5] = dup_to_dev(s->bt, 4 * (size_t)s->n * s->bt_stride);
-    d->st = (struct cu_step){s->T, s->n, d->buf[0], d->buf[1], d->buf[2], d->buf[3], d->buf[4], d->buf[5], s->bt_stride};
+    d->st = step_to_dev(s->T, s->n, s->tok_seq, s->tok_pos, s->len, s->q0, s->nnew, s->bt, s->bt_stride, d->buf);
 }
 static void dev_step_free(struct dev_step *d) {
     for (int i = 0; i < 6; i++) cudaFree(d->buf[i]);
