@@ -18,6 +18,8 @@
 #include "backend/cuda/cuda_ops.h"
 #include "util/common.h"
 
+// layers per captured graph (distinct weights, as in a model: nothing stays in L2)
+#define NLAYER 6
 enum { H = 5120, NH = 40, NKV = 8, HD = 128, I = 13824, V = 152064, GS = 128, BS = 16, MAXM = 16, MAXCTX = 4096 };
 #define QKV (NH * HD + 2 * NKV * HD)
 
@@ -44,6 +46,7 @@ struct bench {
     int reps;
     double copy_gbs;
     struct cu_gptq q[4];   // qkv, o, gu, down
+    struct cu_gptq lq[NLAYER][4];  // the layer graph's own weights, one set per layer
     bf16_t *wd[4], *lm;    // dense (out, in)
     bf16_t *x, *y, *gu, *xn, *qb, *attn, *normw;
     float *resid, *partial, *apart, *logits, *qkv_bias;
@@ -168,27 +171,36 @@ static void row(struct bench *b, const char *name, const char *impl, struct op o
     printf("| %s | %s | %d | %.1f | %.0f | %.0f%% |\n", name, impl, o.M, us, gbs, 100 * gbs / b->copy_gbs);
 }
 
-// One decode layer (batch M, context 512) as the backend runs it.
-static void layer(struct bench *b, int M) {
+// NLAYER decode layers (batch M, context 512) as the backend runs them; op `skip` (0..7 in
+// the order below, -1 none) is left out of every layer, to price it inside the graph.
+static void layers(struct bench *b, int M, int skip) {
     struct cu_gemv_in xn = {b->xn, H, NULL, false}, at = {b->attn, NH * HD, NULL, false};
     struct cu_gemv_in gu = {b->gu, 2 * I, NULL, true};
-    cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-    cu_gptq_gemv_ex(&b->q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
-    cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
-    cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M), b->apart,
-                   b->attn, b->st);
-    cu_gptq_gemv_ex(&b->q[1], &at, M, NULL, b->y, H, b->partial, b->st);
-    cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-    cu_gptq_gemv_ex(&b->q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, b->st);
-    cu_gptq_gemv_ex(&b->q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
+    for (int l = 0; l < NLAYER; l++) {
+        const struct cu_gptq *q = b->lq[l];
+        if (skip != 0) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+        if (skip != 1) cu_gptq_gemv_ex(&q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
+        if (skip != 2)
+            cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
+        if (skip != 3)
+            cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
+                           b->apart, b->attn, b->st);
+        if (skip != 4) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
+        if (skip != 5) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+        if (skip != 6) cu_gptq_gemv_ex(&q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, b->st);
+        if (skip != 7) cu_gptq_gemv_ex(&q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
+    }
 }
+static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
+                                  "o GEMV", "add_rmsnorm", "gate|up GEMV", "down GEMV (swiglu)"};
 
-static double time_layer(struct bench *b, int M) {
+// Microseconds per layer of the NLAYER-layer graph (median of reps replays, L2 flushed before each).
+static double time_layer(struct bench *b, int M, int skip) {
     cudaGraph_t g;
     cudaGraphExec_t ge;
     set_ctx(b, M, 512);
     ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
-    layer(b, M);
+    layers(b, M, skip);
     ck(cudaStreamEndCapture(b->st, &g), "end capture");
     ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
     float t[1024], ms;
@@ -205,13 +217,18 @@ static double time_layer(struct bench *b, int M) {
     cudaGraphExecDestroy(ge);
     cudaGraphDestroy(g);
     qsort(t, b->reps, sizeof(float), cmpf);
-    return t[b->reps / 2] * 1e3;
+    return t[b->reps / 2] * 1e3 / NLAYER;
 }
 
 // int4 GEMV settings compared (cu_gptq_tune); the first is the default.
 static const struct {
-    int bytes, u;
-} TUNES[] = {{32 << 10, 4}, {16 << 10, 4}, {64 << 10, 4}, {32 << 10, 8}, {64 << 10, 8}};
+    int bytes, u, flags;
+    const char *name;
+} TUNES[] = {{0, 4, -1, ""},
+             {0, 4, CU_GPTQ_L2_PREFETCH, "L2 prefetch of the run"},
+             {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
+             {0, 4, CU_GPTQ_L2_PREFETCH | CU_GPTQ_NO_REDUCE, "L2 prefetch, splits not summed"},
+             {64 << 10, 4, CU_GPTQ_L2_PREFETCH, "L2 prefetch, 64 KiB/block"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {
@@ -229,12 +246,15 @@ static void setup(struct bench *b) {
         b->q[l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
                                    dfill((size_t)in / GS * out * 4, 0x21)};  // scale fp16 0x2121, zero 0x2121
         for (int v = 0; v < N_TUNES; v++) {
-            cu_gptq_tune(TUNES[v].bytes, TUNES[v].u);
+            cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
             size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
             if (p > part) part = p;
         }
-        cu_gptq_tune(0, 4);
+        cu_gptq_tune(0, 4, -1);
         b->wd[l] = dfill((size_t)in * out * 2, 0x3c);
+        for (int k = 0; k < NLAYER; k++)
+            b->lq[k][l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
+                                           dfill((size_t)in / GS * out * 4, 0x21)};
     }
     b->partial = dfill(part * 4, 0);
     b->lm = dfill((size_t)H * V * 2, 0x3c);
@@ -263,7 +283,7 @@ int main(int argc, char **argv) {
         setup(&b);
         for (int r = 0; r < 3; r++)
             for (int v = 0; v < N_TUNES; v++) {
-                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u);
+                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
                 run_op(&b, &(struct op){OP_INT4, 2, 1, 0});
                 run_op(&b, &(struct op){OP_INT4, 1, 1, 0});
             }
@@ -301,11 +321,11 @@ int main(int argc, char **argv) {
         for (int mi = 0; mi < 5; mi++) {
             for (int v = 1; v < N_TUNES; v++) {  // other block sizes / batch depths of the int4 GEMV
                 char impl[64];
-                snprintf(impl, sizeof impl, "int4 GEMV, %d KiB/block, %d tiles/batch", TUNES[v].bytes >> 10, TUNES[v].u);
-                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u);
+                snprintf(impl, sizeof impl, "int4 GEMV, %s", TUNES[v].name);
+                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
                 row(&b, lin_name[l], impl, (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             }
-            cu_gptq_tune(0, 4);
+            cu_gptq_tune(0, 4, -1);
             row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
@@ -335,8 +355,8 @@ int main(int argc, char **argv) {
         cu_attn_decode_tune(0);
         row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
     }
-    printf("\n## One int4 decode layer as a CUDA graph (context 512)\n\n");
-    printf("| M | graph us (PDL) | graph us (PDL off) | sum of ops us | floor us (bytes / copy rate) |\n|---|---|---|---|---|\n");
+    printf("\n## Int4 decode layers as one CUDA graph (%d layers, distinct weights, context 512), us per layer\n\n", NLAYER);
+    printf("| M | graph (PDL) | graph (PDL off) | sum of ops | floor (bytes / copy rate) |\n|---|---|---|---|---|\n");
     for (int mi = 0; mi < 5; mi++) {
         const int M = Ms[mi];
         double floor_b = 0;
@@ -348,9 +368,29 @@ int main(int argc, char **argv) {
                             {OP_INT4, 2, M, 0},    {OP_INT4_SWIGLU, 3, M, 0}};
         for (int k = 0; k < 8; k++) sum += time_op(&b, &ops[k]);
         cu_pdl_force(false);
-        double off = time_layer(&b, M);
+        double off = time_layer(&b, M, -1);
         cu_pdl_force(true);
-        printf("| %d | %.1f | %.1f | %.1f | %.1f |\n", M, time_layer(&b, M), off, sum, floor_b / (b.copy_gbs * 1e3));
+        printf("| %d | %.1f | %.1f | %.1f | %.1f |\n", M, time_layer(&b, M, -1), off, sum, floor_b / (b.copy_gbs * 1e3));
+    }
+    printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 8 |\n|---|---|---|\n");
+    for (int v = 0; v < N_TUNES; v++) {
+        cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
+        printf("| int4 GEMV %s | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(&b, 1, -1),
+               time_layer(&b, 8, -1));
+    }
+    cu_gptq_tune(0, 4, -1);
+    for (int mk = 32; mk <= 64; mk *= 2) {
+        cu_attn_decode_tune(mk);
+        printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));
+    }
+    cu_attn_decode_tune(0);
+    printf("\n### Each op's price inside the graph: the layer without it, us per layer (M = 1)\n\n");
+    printf("| op left out | graph | saved |\n|---|---|---|\n");
+    const double full = time_layer(&b, 1, -1);
+    printf("| (none) | %.1f | |\n", full);
+    for (int k = 0; k < 8; k++) {
+        const double t = time_layer(&b, 1, k);
+        printf("| %s | %.1f | %.1f |\n", layer_op[k], t, full - t);
     }
     if (cu_take_error(err)) {
         fprintf(stderr, "%s\n", err);

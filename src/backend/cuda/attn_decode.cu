@@ -18,6 +18,7 @@
 // Keys per split: a multiple of the tile, at least DEC_WARPS tiles, so short sequences use
 // fewer splits than the grid offers (the spare blocks exit after pdl_wait).
 #include <math.h>
+#include <stdlib.h>
 #include <cuda_bf16.h>
 
 #include "backend/cuda/async_copy.cuh"
@@ -372,7 +373,13 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "attn_decode: unsupported shape");
         return;
     }
-    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
+    static int env_chunk = -2;  // PAGODA_ATTN_MIN_KEYS (A/B runs of whole models): replaces the tuning
+    if (env_chunk == -2) {
+        const char *e = getenv("PAGODA_ATTN_MIN_KEYS");
+        env_chunk = e && *e ? (atoi(e) + DEC_TILE - 1) / DEC_TILE * DEC_TILE : -1;
+    }
+    const int min_chunk = env_chunk > 0 ? env_chunk : g_min_chunk;
+    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, min_chunk, (const uint8_t *)k_cache,
                   (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out};
     const dim3 grid(n_splits, n_kv, n);
     const bool fp8 = kv_type != CU_KV_BF16;

@@ -19,6 +19,7 @@
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
+#include <stdlib.h>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -31,12 +32,13 @@ typedef __nv_bfloat16 bf16;
 #define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
 #define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
 
-// Tuning (cuda_ops_bench): weight bytes per block and tiles per batch (4 or 8). Set before
-// the scratch is sized (cu_gemv_partial_floats depends on it).
-static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4;
-extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch) {
+// Tuning (cuda_ops_bench): weight bytes per block, tiles per batch (4 or 8) and CU_GPTQ_*
+// flags. Set before the scratch is sized (cu_gemv_partial_floats depends on it).
+static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4, g_flags = CU_GPTQ_DEFAULT_FLAGS;
+extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
     g_u = tiles_per_batch == 8 ? 8 : 4;
+    g_flags = flags < 0 ? CU_GPTQ_DEFAULT_FLAGS : flags;
 }
 
 // Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
@@ -141,7 +143,19 @@ struct tc_args {
     int ldy;
     float *partial;      // [splits][M][out]
     unsigned *ticket;    // one per column tile
+    int flags;           // CU_GPTQ_*
 };
+
+// Asks L2 for `bytes` (a multiple of 16) at p, 16-byte aligned: one bulk prefetch on sm_90,
+// a prefetch per 128-byte line by the warp's lanes before that.
+__device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes, int lane) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (lane == 0 && bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
+#else
+    for (unsigned o = lane * 128u; o < bytes; o += 32 * 128u)
+        asm volatile("prefetch.global.L2 [%0];\n" ::"l"((const char *)p + o));
+#endif
+}
 
 // Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
 // stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
@@ -210,6 +224,10 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
             if (active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
     fetch(0);
+    // The rest of the warp's run (contiguous) is requested into L2 now, so the whole matrix
+    // is in flight while the previous kernel finishes (the batch loads then hit L2).
+    if (active && (p.flags & CU_GPTQ_L2_PREFETCH) && ntiles > U)
+        prefetch_l2(wp - lane + (size_t)U * 32, (unsigned)(ntiles - U) * 512u, lane);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
@@ -300,7 +318,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
                 else
                     p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
             }
-    if (ks == 1) return;
+    if (ks == 1 || (p.flags & CU_GPTQ_NO_REDUCE)) return;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
@@ -353,6 +371,13 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.ldy = ldy;
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
+    a.flags = g_flags;
+    static int env_flags = -2;  // PAGODA_GPTQ_FLAGS (A/B runs of whole models): replaces the flags
+    if (env_flags == -2) {
+        const char *e = getenv("PAGODA_GPTQ_FLAGS");
+        env_flags = e && *e ? atoi(e) : -1;
+    }
+    if (env_flags >= 0) a.flags = env_flags & CU_GPTQ_L2_PREFETCH;
     const int ks = tc_splits(l, M);
     switch (M) {
     case 1: launch_tc<1>(a, ks, st); break;
