@@ -225,10 +225,10 @@ static const struct {
     int bytes, u, flags;
     const char *name;
 } TUNES[] = {{0, 4, -1, ""},
-             {0, 4, CU_GPTQ_L2_PREFETCH, "L2 prefetch of the run"},
+             {0, 4, CU_GPTQ_NO_CLUSTER, "K splits summed by ticket (no cluster)"},
              {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
-             {0, 4, CU_GPTQ_L2_PREFETCH | CU_GPTQ_NO_REDUCE, "L2 prefetch, splits not summed"},
-             {64 << 10, 4, CU_GPTQ_L2_PREFETCH, "L2 prefetch, 64 KiB/block"}};
+             {0, 4, CU_GPTQ_NO_CLUSTER | CU_GPTQ_NO_REDUCE, "no cluster, splits not summed"},
+             {0, 8, -1, "8 tiles/batch"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {
@@ -346,7 +346,7 @@ int main(int argc, char **argv) {
         row(&b, "add_rmsnorm 5120", "", (struct op){OP_RMSNORM, 0, Ms[mi], 0}, NULL);
         row(&b, "qkv_rope_store", "", (struct op){OP_ROPE, 0, Ms[mi], 512}, NULL);
         row(&b, "attn_decode ctx 512", "", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
-        for (int mk = 32; mk <= 64; mk *= 2) {  // fewer keys per split: more blocks, shorter chains
+        for (int mk = 32; mk <= 128; mk *= 4) {  // beside the default 64: more or fewer blocks
             char impl[48];
             snprintf(impl, sizeof impl, ">= %d keys per split", mk);
             cu_attn_decode_tune(mk);
@@ -379,7 +379,7 @@ int main(int argc, char **argv) {
                time_layer(&b, 8, -1));
     }
     cu_gptq_tune(0, 4, -1);
-    for (int mk = 32; mk <= 64; mk *= 2) {
+    for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
         printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));
     }

@@ -318,7 +318,7 @@ static void test_attn_decode_paged(void **state) {
     cu_attn_decode_tune(32);
     run_decode_case(40, 8, 128, CU_KV_BF16, 16, 6, lens, 64);
     run_decode_case(14, 2, 64, CU_KV_E4M3, 32, 4, lens2, 16);
-    cu_attn_decode_tune(64);
+    cu_attn_decode_tune(128);  // four tiles per block, all warps busy
     run_decode_case(40, 8, 128, CU_KV_BF16, 32, 6, lens, 33);
     cu_attn_decode_tune(0);
 }

@@ -15,8 +15,10 @@
 //    independent), writes the output and re-arms the ticket (graph replays).
 // Launched with programmatic dependent launch: the block-table lookups of the first tile
 // happen before pdl_wait(); q, the cache and the scratch are touched only after it.
-// Keys per split: a multiple of the tile, at least DEC_WARPS tiles, so short sequences use
-// fewer splits than the grid offers (the spare blocks exit after pdl_wait).
+// Keys per split: a multiple of the tile, at least DEC_MIN_CHUNK, so short sequences use
+// fewer splits than the grid offers (the spare blocks exit after pdl_wait). 64 (two of the
+// four warps busy) beat 128 and 32 at context 512 inside the 14B layer graph on the H200
+// (bench/results/2026-11-28-decode-latency-h200.md).
 #include <math.h>
 #include <stdlib.h>
 #include <cuda_bf16.h>
@@ -28,7 +30,7 @@
 typedef __nv_bfloat16 bf16;
 #define DEC_WARPS 4
 #define DEC_TILE 32                            // keys per warp tile: one per lane
-#define DEC_MIN_CHUNK (DEC_WARPS * DEC_TILE)   // fewest keys per split
+#define DEC_MIN_CHUNK (2 * DEC_TILE)           // fewest keys per split
 #define DEC_MAX_SPLITS 64
 #define DEC_PSTRIDE 8                          // floats per key in the probability buffer (G <= 8)
 

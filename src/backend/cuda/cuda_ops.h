@@ -82,7 +82,7 @@ void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const st
 // first call (memset the allocation once; the kernel leaves them zero, so graphs replay).
 // Requires n * n_kv <= CU_ATTN_TICKETS.
 #define CU_ATTN_TICKETS 16384
-// Benchmark hook: the fewest keys per split (rounded up to 32; 0 = default 128). Not thread-safe.
+// Benchmark hook: the fewest keys per split (rounded up to 32; 0 = default 64). Not thread-safe.
 void cu_attn_decode_tune(int min_keys_per_split);
 void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
@@ -109,11 +109,12 @@ struct cu_gptq {
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
 // Benchmark hook: weight bytes per block (0: default 32 KiB), tiles per lane per batch
-// (4 or 8) and flags (-1: the default) of the int4 GEMV. CU_GPTQ_L2_PREFETCH: each warp asks
-// L2 for its whole weight run before waiting on the previous kernel. CU_GPTQ_NO_REDUCE
-// (timing only, wrong results): the K splits are left unsummed. Call before sizing the
-// scratch; not thread-safe.
-#define CU_GPTQ_L2_PREFETCH 1
+// (4 or 8) and flags (-1: the default) of the int4 GEMV. CU_GPTQ_NO_CLUSTER: K splits summed
+// through global memory (atomic ticket, last block sums), as on sm_80, instead of through
+// distributed shared memory within a thread block cluster. CU_GPTQ_NO_REDUCE (timing only,
+// wrong results): the K splits are left unsummed. Call before sizing the scratch; not
+// thread-safe.
+#define CU_GPTQ_NO_CLUSTER 1
 #define CU_GPTQ_NO_REDUCE 2
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);

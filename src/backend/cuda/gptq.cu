@@ -58,6 +58,17 @@ static int tc_splits(const struct cu_gptq *l, int M) {
     return (l->in + kr - 1) / kr;
 }
 
+// Most blocks per cluster that every sm_90 part schedules ("portable" size).
+#define TC_CLUSTER_MAX 8
+// K range per block when the splits are summed within a cluster: tc_kr's, widened so that
+// there are at most TC_CLUSTER_MAX splits; 0 when the activation tile would not fit.
+static int tc_kr_cluster(const struct cu_gptq *l, int M) {
+    int kr = tc_kr(l, M);
+    const int need = (l->in / 64 + TC_CLUSTER_MAX - 1) / TC_CLUSTER_MAX * 64;
+    if (kr >= need) return kr;
+    return (size_t)M * (need + 8) * 2 <= TC_SMEM_MAX ? need : 0;
+}
+
 extern "C" bool cu_gptq_tc_supported(int in, int out, int group_size) {
     return in > 0 && out > 0 && in % 64 == 0 && out % 16 == 0 && group_size > 0 && group_size % 64 == 0 &&
            (out + TC_COLS - 1) / TC_COLS <= CU_GEMV_COUNTERS;
@@ -144,18 +155,27 @@ struct tc_args {
     float *partial;      // [splits][M][out]
     unsigned *ticket;    // one per column tile
     int flags;           // CU_GPTQ_*
+    int cluster;         // the grid's K splits form one cluster: sum them through DSMEM
 };
 
-// Asks L2 for `bytes` (a multiple of 16) at p, 16-byte aligned: one bulk prefetch on sm_90,
-// a prefetch per 128-byte line by the warp's lanes before that.
-__device__ __forceinline__ void prefetch_l2(const void *p, unsigned bytes, int lane) {
 #if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (lane == 0 && bytes) asm volatile("cp.async.bulk.prefetch.L2.global [%0], %1;\n" ::"l"(p), "r"(bytes) : "memory");
-#else
-    for (unsigned o = lane * 128u; o < bytes; o += 32 * 128u)
-        asm volatile("prefetch.global.L2 [%0];\n" ::"l"((const char *)p + o));
-#endif
+// Every thread of every block of the cluster: arrive (releasing this block's shared-memory
+// writes) and wait for all (acquiring theirs).
+__device__ __forceinline__ void cluster_sync_all(void) {
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
 }
+// The float at the same shared-memory offset as p in block `rank` of this cluster.
+__device__ __forceinline__ float ld_cluster(const float *p, unsigned rank) {
+    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
+    uint32_t r;
+    float v;
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
+    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(r) : "memory");
+    return v;
+}
+#endif
+
 
 // Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
 // stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
@@ -224,10 +244,6 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
             if (active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
     fetch(0);
-    // The rest of the warp's run (contiguous) is requested into L2 now, so the whole matrix
-    // is in flight while the previous kernel finishes (the batch loads then hit L2).
-    if (active && (p.flags & CU_GPTQ_L2_PREFETCH) && ntiles > U)
-        prefetch_l2(wp - lane + (size_t)U * 32, (unsigned)(ntiles - U) * 512u, lane);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
@@ -306,6 +322,33 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
     const int n_lo = strip * 16 + g;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    if (p.cluster) {
+        // The K splits of this column tile are the blocks of one cluster (rank = split):
+        // each leaves its sums in shared memory; rank 0 adds them in rank order (as the
+        // ticket path does: deterministic, the same bits), then all leave together.
+        __shared__ float red[M][TC_COLS];
+        if (active)
+#pragma unroll
+            for (int f = 0; f < NB; f++)
+#pragma unroll
+                for (int i = 0; i < 4; i++) {
+                    const int m = f * 8 + 2 * t + (i & 1);
+                    if (m < M) red[m][w * 16 + g + (i >= 2 ? 8 : 0)] = acc[f][i];
+                }
+        cluster_sync_all();
+        if (blockIdx.y == 0 && !(p.flags & CU_GPTQ_NO_REDUCE))
+            for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
+                const int m = e / TC_COLS, c = e % TC_COLS, n = blockIdx.x * TC_COLS + c;
+                if (n >= p.out) continue;
+                float s = p.bias ? p.bias[n] : 0.f;
+                for (int k = 0; k < ks; k++) s += ld_cluster(&red[m][c], (unsigned)k);
+                p.y[(size_t)m * p.ldy + n] = __float2bfloat16(s);
+            }
+        cluster_sync_all();  // rank 0 is done reading the others' shared memory
+        return;
+    }
+#endif
     if (active)
 #pragma unroll
         for (int f = 0; f < NB; f++)
@@ -340,10 +383,11 @@ static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
     const size_t smem =
         (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
     dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
+    const int cl = a.cluster ? ks : 1;
     if (g_u == 8)
-        CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
+        CU_CHECK(pdl_launch_cluster(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, cl, a));
     else
-        CU_CHECK(pdl_launch(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, a));
+        CU_CHECK(pdl_launch_cluster(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, cl, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
@@ -377,8 +421,11 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
         const char *e = getenv("PAGODA_GPTQ_FLAGS");
         env_flags = e && *e ? atoi(e) : -1;
     }
-    if (env_flags >= 0) a.flags = env_flags & CU_GPTQ_L2_PREFETCH;
-    const int ks = tc_splits(l, M);
+    if (env_flags >= 0) a.flags = env_flags & CU_GPTQ_NO_CLUSTER;
+    const int krc = (a.flags & CU_GPTQ_NO_CLUSTER) || !cu_sm90() ? 0 : tc_kr_cluster(l, M);
+    a.cluster = krc > 0 && (l->in + krc - 1) / krc > 1;
+    if (a.cluster) a.kr = krc;
+    const int ks = (l->in + a.kr - 1) / a.kr;
     switch (M) {
     case 1: launch_tc<1>(a, ks, st); break;
     case 2: launch_tc<2>(a, ks, st); break;
