@@ -54,7 +54,7 @@ struct bench {
     int32_t *i32;  // step arrays
     struct cu_step s;
     const int32_t *seqs;
-    int parts;  // layer graph: GEMVs whose splits the next kernel sums (1 qkv, 2 o, 4 down; as the backend)
+    bool parts;  // layer graph: GEMV splits summed by the next kernel (cu_gptq_gemv_parts)
 };
 static const char *lin_name[4] = {"qkv 5120->7168", "o 5120->5120", "gate|up 5120->27648", "down 13824->5120"};
 static const int lin_in[4] = {H, NH * HD, H, I}, lin_out[4] = {QKV, H, 2 * I, H};
@@ -187,10 +187,9 @@ static void layers(struct bench *b, int M, int skip) {
             else
                 cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
         }
-        const bool pq = b->parts & 1, po = b->parts & 2, pd = b->parts & 4;
-        if (skip != 1 && pq) cu_gptq_gemv_parts(&q[0], &xn, M, b->partial, &pt, b->st);
-        if (skip != 1 && !pq) cu_gptq_gemv_ex(&q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
-        if (skip != 2 && pq && skip != 1)
+        if (skip != 1 && b->parts) cu_gptq_gemv_parts(&q[0], &xn, M, b->partial, &pt, b->st);
+        if (skip != 1 && !b->parts) cu_gptq_gemv_ex(&q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
+        if (skip != 2 && b->parts && skip != 1)
             cu_qkv_rope_store_parts(&pt, b->qkv_bias, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb,
                                     b->st);
         else if (skip != 2)
@@ -198,9 +197,9 @@ static void layers(struct bench *b, int M, int skip) {
         if (skip != 3)
             cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
                            b->apart, b->attn, b->st);
-        dparts = po && skip != 4;
-        if (skip != 4 && po) cu_gptq_gemv_parts(&q[1], &at, M, b->partial, &pt, b->st);
-        if (skip != 4 && !po) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
+        dparts = b->parts && skip != 4;
+        if (skip != 4 && b->parts) cu_gptq_gemv_parts(&q[1], &at, M, b->partial, &pt, b->st);
+        if (skip != 4 && !b->parts) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
         if (skip != 5) {
             if (dparts)
                 cu_add_rmsnorm_parts(b->resid, &pt, b->normw, 1e-6f, M, H, b->xn, b->st);
@@ -208,9 +207,9 @@ static void layers(struct bench *b, int M, int skip) {
                 cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
         }
         if (skip != 6) cu_gptq_gemv_ex(&q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, b->st);
-        dparts = pd && skip != 7;
-        if (skip != 7 && pd) cu_gptq_gemv_parts(&q[3], &gu, M, b->partial, &pt, b->st);
-        if (skip != 7 && !pd) cu_gptq_gemv_ex(&q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
+        dparts = b->parts && skip != 7;
+        if (skip != 7 && b->parts) cu_gptq_gemv_parts(&q[3], &gu, M, b->partial, &pt, b->st);
+        if (skip != 7 && !b->parts) cu_gptq_gemv_ex(&q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
     }
 }
 static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
@@ -297,7 +296,7 @@ int main(int argc, char **argv) {
     struct bench b;
     memset(&b, 0, sizeof b);
     b.reps = argc > 1 ? atoi(argv[1]) : 50;
-    b.parts = 7;
+    b.parts = true;
     if (argc > 1 && !strcmp(argv[1], "profile")) {  // a few launches of each GEMV, for ncu
         setup(&b);
         for (int r = 0; r < 3; r++)
@@ -398,13 +397,10 @@ int main(int argc, char **argv) {
                time_layer(&b, 8, -1));
     }
     cu_gptq_tune(0, 4, -1);
-    static const char *pname[8] = {"none", "qkv", "o", "qkv, o", "down", "qkv, down", "o, down", "qkv, o, down"};
-    for (int pm = 0; pm < 7; pm++) {  // 7 (all) is the default row above
-        b.parts = pm;
-        printf("| GEMV splits summed by the next kernel for: %s | %.1f | %.1f |\n", pname[pm], time_layer(&b, 1, -1),
-               time_layer(&b, 8, -1));
-    }
-    b.parts = 7;
+    b.parts = false;
+    printf("| int4 GEMV splits summed by ticket in the GEMV (no parts) | %.1f | %.1f |\n", time_layer(&b, 1, -1),
+           time_layer(&b, 8, -1));
+    b.parts = true;
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
         printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));

@@ -84,7 +84,6 @@ static void test_embed_rmsnorm(void **state) {
     run_norm_case_p(3, 5120, 5120, true, 5);  // from GEMV partials (struct cu_parts)
     run_norm_case_p(1, 5120, 5120, true, 1);
     run_norm_case_p(2, 998, 1000, true, 3);   // generic kernel
-    run_norm_case_p(2, 896, 900, true, 14);   // one float4 per thread, 14 splits (4 load batches)
 }
 
 static void test_swiglu_bias_gather(void **state) {

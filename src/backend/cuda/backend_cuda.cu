@@ -77,25 +77,17 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
     if (d->bias) cu_add_bias(y, ldy, d->bias, T, d->out, c->st);
 }
 
-// Which linears leave their K splits to the next kernel: PARTS_QKV (summed by
-// qkv_rope_store), PARTS_O, PARTS_DOWN (by add_rmsnorm). PAGODA_GEMV_PARTS (a mask of
-// these, 0 = none) overrides the default for A/B runs.
-#define PARTS_QKV 1
-#define PARTS_O 2
-#define PARTS_DOWN 4
-#define PARTS_DEFAULT (PARTS_QKV | PARTS_O | PARTS_DOWN)
-
 // The int4 GEMV in parts mode (its output left as K-split partials for the next kernel to
-// sum, see struct cu_parts) when `which` is enabled, run_lin would take the GEMV for this
-// linear and it has no bias; false (nothing launched) otherwise.
-static bool lin_parts(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bool x_is_gu, int which,
+// sum, see struct cu_parts) when run_lin would take the GEMV for this linear and it has no
+// bias; false (nothing launched) otherwise. PAGODA_GEMV_PARTS=0 turns it off (A/B runs).
+static bool lin_parts(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bool x_is_gu,
                       struct cu_parts *out) {
-    static int mask = -1;
-    if (mask < 0) {
+    static int off = -1;
+    if (off < 0) {
         const char *e = getenv("PAGODA_GEMV_PARTS");
-        mask = e && *e ? atoi(e) & PARTS_DEFAULT : PARTS_DEFAULT;
+        off = e && !strcmp(e, "0");
     }
-    if (!(mask & which) || !d->quant || d->bias || !c->gemv_partial || T > (d->wt ? GEMV_MAX_ROWS_CACHED : CU_GEMV_MAX_ROWS))
+    if (off || !d->quant || d->bias || !c->gemv_partial || T > (d->wt ? GEMV_MAX_ROWS_CACHED : CU_GEMV_MAX_ROWS))
         return false;
     struct cu_gemv_in in = {x, x_is_gu ? 2 * d->in : d->in, d->perm, x_is_gu};
     cu_gptq_gemv_parts(&d->q, &in, T, c->gemv_partial, out, c->st);
@@ -145,7 +137,7 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
             cu_add_rmsnorm_parts(c->resid, &part, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
         else
             cu_add_rmsnorm(c->resid, l ? c->delta : NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
-        if (L->qkv.n == 1 && lin_parts(c, &L->qkv.part[0], c->xn, T, false, PARTS_QKV, &part)) {
+        if (L->qkv.n == 1 && lin_parts(c, &L->qkv.part[0], c->xn, T, false, &part)) {
             cu_qkv_rope_store_parts(&part, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc, vc, c->q,
                                     c->st);
         } else {
@@ -157,14 +149,14 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
                        c->attn_partial, c->attn, c->st);
         cu_attn_prefill(c->q, &s, c->d_i32 + c->off_tiles, n_tiles, nh, nkv, hd, bs, c->kv_type, kc, vc, c->attn,
                         c->st);
-        if (lin_parts(c, &L->o, c->attn, T, false, PARTS_O, &part)) {
+        if (lin_parts(c, &L->o, c->attn, T, false, &part)) {
             cu_add_rmsnorm_parts(c->resid, &part, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
         } else {
             run_lin(c, &L->o, c->attn, T, c->delta, H, false);
             cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
         }
         run_group(c, &L->gu, c->xn, T, c->gu);
-        delta_parts = lin_parts(c, &L->down, c->gu, T, true, PARTS_DOWN, &part);
+        delta_parts = lin_parts(c, &L->down, c->gu, T, true, &part);
         if (!delta_parts) run_lin(c, &L->down, c->gu, T, c->delta, H, true);
     }
     if (delta_parts)

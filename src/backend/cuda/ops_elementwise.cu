@@ -65,10 +65,7 @@ __global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, cu_
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
         float v = r[i];
         if (d || dp.p) {
-            float e = 0.f;
-            if (d) e = __bfloat162float(d[i]);
-            else parts_get<1>(dp, blockIdx.x, i, &e);
-            v += e;
+            v += d ? __bfloat162float(d[i]) : parts_get1(dp, blockIdx.x, i);
             r[i] = v;
         }
         ss += v * v;
@@ -80,14 +77,12 @@ __global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, cu_
 
 #define RMS_THREADS 256
 #define RMS_MAX_VPT 8  // float4s per thread held in registers: H up to 8192
-#define RMS_PARTS_THREADS 1024  // delta from partials: more loads in flight per row
 
-// H % 4 == 0, 16-byte aligned rows: one block of NT threads per row, each thread holding
+// H % 4 == 0, 16-byte aligned rows: one block of RMS_THREADS per row, each thread holding
 // VPT float4s of the row in registers, so the row is read once. The norm weight is loaded
-// before pdl_wait (it is constant), the residual and delta after; a delta given as partials
-// is summed PARTS_BATCH splits at a time over all of the thread's float4s.
-template <int VPT, int NT>
-__global__ void __launch_bounds__(NT)
+// before pdl_wait (it is constant), the residual and delta after.
+template <int VPT>
+__global__ void __launch_bounds__(RMS_THREADS)
 k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, const bf16 *w, float eps, int H,
                 bf16 *out) {
     __shared__ float red[32];
@@ -97,7 +92,7 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
     float4 v[VPT];
 #pragma unroll
     for (int k = 0; k < VPT; k++) {
-        int i = threadIdx.x + k * NT;
+        int i = threadIdx.x + k * RMS_THREADS;
         if (i < H4) wv[k] = ((const uint2 *)w)[i];
     }
     pdl_wait();
@@ -105,32 +100,20 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
     const uint2 *d = delta ? (const uint2 *)(delta + (size_t)blockIdx.x * ld_delta) : NULL;
 #pragma unroll
     for (int k = 0; k < VPT; k++) {
-        int i = threadIdx.x + k * NT;
+        int i = threadIdx.x + k * RMS_THREADS;
         if (i < H4) {
             v[k] = r[i];
             if (d) dv[k] = d[i];
-        }
-    }
-    if (dp.p) {
-        float e[VPT][4];
-#pragma unroll
-        for (int k = 0; k < VPT; k++) e[k][0] = e[k][1] = e[k][2] = e[k][3] = 0.f;
-        for (int k0 = 0; k0 < dp.n; k0 += PARTS_BATCH)
-#pragma unroll
-            for (int k = 0; k < VPT; k++) {
-                const int i = threadIdx.x + k * NT;
-                if (i < H4) parts_add<4>(dp, (size_t)blockIdx.x * dp.ld + 4 * i, k0, e[k]);
+            if (dp.p) {
+                const float4 e = parts_get4(dp, blockIdx.x, 4 * i);
+                v[k].x += e.x, v[k].y += e.y, v[k].z += e.z, v[k].w += e.w;
             }
-#pragma unroll
-        for (int k = 0; k < VPT; k++) {
-            v[k].x += parts_round(e[k][0]), v[k].y += parts_round(e[k][1]);
-            v[k].z += parts_round(e[k][2]), v[k].w += parts_round(e[k][3]);
         }
     }
     float ss = 0;
 #pragma unroll
     for (int k = 0; k < VPT; k++) {
-        int i = threadIdx.x + k * NT;
+        int i = threadIdx.x + k * RMS_THREADS;
         if (i >= H4) continue;
         if (d) {
             float4 e = bf4_to_f4(dv[k]);
@@ -143,7 +126,7 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
     uint2 *o = (uint2 *)(out + (size_t)blockIdx.x * H);
 #pragma unroll
     for (int k = 0; k < VPT; k++) {
-        int i = threadIdx.x + k * NT;
+        int i = threadIdx.x + k * RMS_THREADS;
         if (i >= H4) continue;
         float4 g = bf4_to_f4(wv[k]);
         o[i] = f4_to_bf4(v[k].x * inv * g.x, v[k].y * inv * g.y, v[k].z * inv * g.z, v[k].w * inv * g.w);
@@ -153,29 +136,25 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
 static void add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const struct cu_parts *dp,
                         const bf16_t *w, float eps, int T, int H, bf16_t *out, cudaStream_t st) {
     if (T <= 0) return;
+    const int vpt = (H / 4 + RMS_THREADS - 1) / RMS_THREADS;
     const cu_parts pp = dp ? *dp : cu_parts{NULL, 0, 0, 0};
-    const int nt = pp.p ? RMS_PARTS_THREADS : RMS_THREADS, vpt = (H / 4 + nt - 1) / nt;
     const bool vec = H % 4 == 0 && vpt <= RMS_MAX_VPT && aligned(resid, 16) && aligned(w, 8) && aligned(out, 8) &&
                      (!delta || (ld_delta % 4 == 0 && aligned(delta, 8))) &&
                      (!pp.p || (pp.ld % 4 == 0 && pp.kstride % 4 == 0 && aligned(pp.p, 16)));
     const bf16 *d = (const bf16 *)delta, *g = (const bf16 *)w;
     bf16 *o = (bf16 *)out;
     cudaError_t e;
-#define RMS_V(V, N) pdl_launch(k_add_rmsnorm_v<V, N>, T, N, 0, st, resid, d, ld_delta, pp, g, eps, H, o)
-    switch (!vec ? 0 : pp.p ? -vpt : vpt) {
-    case 1: e = RMS_V(1, RMS_THREADS); break;
-    case 2: e = RMS_V(2, RMS_THREADS); break;
-    case 3: e = RMS_V(3, RMS_THREADS); break;
-    case 4: e = RMS_V(4, RMS_THREADS); break;
-    case 5: e = RMS_V(5, RMS_THREADS); break;
-    case 6: e = RMS_V(6, RMS_THREADS); break;
-    case 7: e = RMS_V(7, RMS_THREADS); break;
-    case 8: e = RMS_V(8, RMS_THREADS); break;
-    case -1: e = RMS_V(1, RMS_PARTS_THREADS); break;
-    case -2: e = RMS_V(2, RMS_PARTS_THREADS); break;
+    switch (vec ? vpt : 0) {
+    case 1: e = pdl_launch(k_add_rmsnorm_v<1>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 2: e = pdl_launch(k_add_rmsnorm_v<2>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 3: e = pdl_launch(k_add_rmsnorm_v<3>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 4: e = pdl_launch(k_add_rmsnorm_v<4>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 5: e = pdl_launch(k_add_rmsnorm_v<5>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 6: e = pdl_launch(k_add_rmsnorm_v<6>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 7: e = pdl_launch(k_add_rmsnorm_v<7>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 8: e = pdl_launch(k_add_rmsnorm_v<8>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
     default: e = pdl_launch(k_add_rmsnorm, T, 512, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
     }
-#undef RMS_V
     cu_note(e, __FILE__, __LINE__, "add_rmsnorm");
 }
 

@@ -57,19 +57,8 @@ k_qkv_rope_store(const bf16 *qkv, int ldqkv, cu_parts qp, const float *bias, str
     for (int j = 0; j < ROPE_MAX_HALF / 64; j++) {
         const int i = 2 * lane + 64 * j;
         if (i >= half) break;
-        float2 a, b;
-        if (row) {
-            a = bf2f(row + i), b = bf2f(row + half + i);
-        } else {  // both halves' splits in flight together
-            float sa[2] = {0.f, 0.f}, sb[2] = {0.f, 0.f};
-            const size_t oa = (size_t)t * qp.ld + c0 + i, ob = oa + half;
-            for (int k0 = 0; k0 < qp.n; k0 += PARTS_BATCH) {
-                parts_add<2>(qp, oa, k0, sa);
-                parts_add<2>(qp, ob, k0, sb);
-            }
-            a = make_float2(parts_round(sa[0]), parts_round(sa[1]));
-            b = make_float2(parts_round(sb[0]), parts_round(sb[1]));
-        }
+        float2 a = row ? bf2f(row + i) : parts_get2(qp, t, c0 + i);
+        float2 b = row ? bf2f(row + half + i) : parts_get2(qp, t, c0 + half + i);
         a.x += b0[j].x, a.y += b0[j].y, b.x += b1[j].x, b.y += b1[j].y;
         if (!rot) {  // v: both halves straight into the cache
             const int kvh = h - n_heads - n_kv;

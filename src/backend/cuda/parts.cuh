@@ -1,50 +1,39 @@
 // Reading a linear's output left as K-split partials (struct cu_parts, cuda_ops.h): the
 // splits are added in order from 0 and rounded to bf16 once, as the GEMV itself would have
 // (0 + part 0 + part 1 + ...), then widened back to float for the consumer's arithmetic.
-// The loads go out PARTS_BATCH splits at a time (the adds keep their order), so a sum costs
-// about n / PARTS_BATCH L2 round trips, not n.
 #pragma once
 #include <cuda_bf16.h>
 
 #include "backend/cuda/cuda_ops.h"
 
-#define PARTS_BATCH 4
-
 __device__ __forceinline__ float parts_round(float s) { return __bfloat162float(__float2bfloat16(s)); }
 
-// s += splits k0 .. k0 + PARTS_BATCH - 1 (those < n) of the N consecutive floats at
-// ps.p + off (N = 1, 2 or 4; off aligned to N floats).
-template <int N>
-__device__ __forceinline__ void parts_add(const cu_parts &ps, size_t off, int k0, float *s) {
-    float v[PARTS_BATCH][N];
-#pragma unroll
-    for (int j = 0; j < PARTS_BATCH; j++) {
-        const float *p = ps.p + off + (size_t)(k0 + j) * ps.kstride;
-        const bool ok = k0 + j < ps.n;
-        if (N == 4) {
-            const float4 x = ok ? __ldcg((const float4 *)p) : make_float4(0.f, 0.f, 0.f, 0.f);
-            v[j][0] = x.x, v[j][N > 1 ? 1 : 0] = x.y, v[j][N > 2 ? 2 : 0] = x.z, v[j][N > 3 ? 3 : 0] = x.w;
-        } else if (N == 2) {
-            const float2 x = ok ? __ldcg((const float2 *)p) : make_float2(0.f, 0.f);
-            v[j][0] = x.x, v[j][N > 1 ? 1 : 0] = x.y;
-        } else {
-            v[j][0] = ok ? __ldcg(p) : 0.f;
-        }
+// Elements (t, c) and (t, c + 1); c even, ld even.
+__device__ __forceinline__ float2 parts_get2(const cu_parts &ps, int t, int c) {
+    const float *p = ps.p + (size_t)t * ps.ld + c;
+    float2 s = make_float2(0.f, 0.f);
+    for (int k = 0; k < ps.n; k++) {
+        const float2 v = __ldcg((const float2 *)(p + k * ps.kstride));
+        s.x += v.x, s.y += v.y;
     }
-#pragma unroll
-    for (int j = 0; j < PARTS_BATCH; j++)
-        if (k0 + j < ps.n)
-#pragma unroll
-            for (int e = 0; e < N; e++) s[e] += v[j][e];
+    return make_float2(parts_round(s.x), parts_round(s.y));
 }
 
-// Elements (t, c .. c + N - 1), summed and rounded.
-template <int N>
-__device__ __forceinline__ void parts_get(const cu_parts &ps, int t, int c, float *out) {
-    const size_t off = (size_t)t * ps.ld + c;
-#pragma unroll
-    for (int e = 0; e < N; e++) out[e] = 0.f;
-    for (int k0 = 0; k0 < ps.n; k0 += PARTS_BATCH) parts_add<N>(ps, off, k0, out);
-#pragma unroll
-    for (int e = 0; e < N; e++) out[e] = parts_round(out[e]);
+// Elements (t, c .. c + 3); c % 4 == 0, ld % 4 == 0.
+__device__ __forceinline__ float4 parts_get4(const cu_parts &ps, int t, int c) {
+    const float *p = ps.p + (size_t)t * ps.ld + c;
+    float4 s = make_float4(0.f, 0.f, 0.f, 0.f);
+    for (int k = 0; k < ps.n; k++) {
+        const float4 v = __ldcg((const float4 *)(p + k * ps.kstride));
+        s.x += v.x, s.y += v.y, s.z += v.z, s.w += v.w;
+    }
+    return make_float4(parts_round(s.x), parts_round(s.y), parts_round(s.z), parts_round(s.w));
+}
+
+// Element (t, c).
+__device__ __forceinline__ float parts_get1(const cu_parts &ps, int t, int c) {
+    const float *p = ps.p + (size_t)t * ps.ld + c;
+    float s = 0.f;
+    for (int k = 0; k < ps.n; k++) s += __ldcg(p + k * ps.kstride);
+    return parts_round(s);
 }
