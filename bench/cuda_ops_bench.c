@@ -54,7 +54,6 @@ struct bench {
     int32_t *i32;  // step arrays
     struct cu_step s;
     const int32_t *seqs;
-    bool parts;  // layer graph: GEMV splits summed by the next kernel (cu_gptq_gemv_parts)
 };
 static const char *lin_name[4] = {"qkv 5120->7168", "o 5120->5120", "gate|up 5120->27648", "down 13824->5120"};
 static const int lin_in[4] = {H, NH * HD, H, I}, lin_out[4] = {QKV, H, 2 * I, H};
@@ -177,39 +176,19 @@ static void row(struct bench *b, const char *name, const char *impl, struct op o
 static void layers(struct bench *b, int M, int skip) {
     struct cu_gemv_in xn = {b->xn, H, NULL, false}, at = {b->attn, NH * HD, NULL, false};
     struct cu_gemv_in gu = {b->gu, 2 * I, NULL, true};
-    struct cu_parts pt;
-    bool dparts = false;  // the delta is down's partials (b->parts: as the backend runs it)
     for (int l = 0; l < NLAYER; l++) {
         const struct cu_gptq *q = b->lq[l];
-        if (skip != 0) {
-            if (dparts)
-                cu_add_rmsnorm_parts(b->resid, &pt, b->normw, 1e-6f, M, H, b->xn, b->st);
-            else
-                cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-        }
-        if (skip != 1 && b->parts) cu_gptq_gemv_parts(&q[0], &xn, M, b->partial, &pt, b->st);
-        if (skip != 1 && !b->parts) cu_gptq_gemv_ex(&q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
-        if (skip != 2 && b->parts && skip != 1)
-            cu_qkv_rope_store_parts(&pt, b->qkv_bias, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb,
-                                    b->st);
-        else if (skip != 2)
+        if (skip != 0) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+        if (skip != 1) cu_gptq_gemv_ex(&q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
+        if (skip != 2)
             cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
         if (skip != 3)
             cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
                            b->apart, b->attn, b->st);
-        dparts = b->parts && skip != 4;
-        if (skip != 4 && b->parts) cu_gptq_gemv_parts(&q[1], &at, M, b->partial, &pt, b->st);
-        if (skip != 4 && !b->parts) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
-        if (skip != 5) {
-            if (dparts)
-                cu_add_rmsnorm_parts(b->resid, &pt, b->normw, 1e-6f, M, H, b->xn, b->st);
-            else
-                cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-        }
+        if (skip != 4) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
+        if (skip != 5) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
         if (skip != 6) cu_gptq_gemv_ex(&q[2], &xn, M, NULL, b->gu, 2 * I, b->partial, b->st);
-        dparts = b->parts && skip != 7;
-        if (skip != 7 && b->parts) cu_gptq_gemv_parts(&q[3], &gu, M, b->partial, &pt, b->st);
-        if (skip != 7 && !b->parts) cu_gptq_gemv_ex(&q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
+        if (skip != 7) cu_gptq_gemv_ex(&q[3], &gu, M, NULL, b->y, H, b->partial, b->st);
     }
 }
 static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
@@ -245,7 +224,11 @@ static double time_layer(struct bench *b, int M, int skip) {
 static const struct {
     int bytes, u, flags;
     const char *name;
-} TUNES[] = {{0, 4, -1, ""}, {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
+} TUNES[] = {{0, 4, -1, ""},
+             {0, 4, CU_GPTQ_NO_CLUSTER, "K splits summed by ticket (no cluster)"},
+             {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
+             {0, 4, CU_GPTQ_NO_CLUSTER | CU_GPTQ_NO_REDUCE, "no cluster, splits not summed"},
+             {0, 8, -1, "8 tiles/batch"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {
@@ -296,7 +279,6 @@ int main(int argc, char **argv) {
     struct bench b;
     memset(&b, 0, sizeof b);
     b.reps = argc > 1 ? atoi(argv[1]) : 50;
-    b.parts = true;
     if (argc > 1 && !strcmp(argv[1], "profile")) {  // a few launches of each GEMV, for ncu
         setup(&b);
         for (int r = 0; r < 3; r++)
@@ -397,10 +379,6 @@ int main(int argc, char **argv) {
                time_layer(&b, 8, -1));
     }
     cu_gptq_tune(0, 4, -1);
-    b.parts = false;
-    printf("| int4 GEMV splits summed by ticket in the GEMV (no parts) | %.1f | %.1f |\n", time_layer(&b, 1, -1),
-           time_layer(&b, 8, -1));
-    b.parts = true;
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
         printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));

@@ -2,31 +2,13 @@
 // random inputs, outputs poisoned (0xff bytes) before each run, tolerance stated per op.
 #include "cuda_test_util.h"
 
-// n random f32 partials per element of a (n_elem) bf16 array, rewriting the array to
-// bf16(0 + part 0 + ... + part n-1) (the struct cu_parts contract); parts[k * n_elem + e].
-static float *host_parts(uint16_t *a, size_t n_elem, int n) {
-    float *p = pg_malloc(sizeof(float) * n * n_elem);
-    for (size_t e = 0; e < n_elem; e++) {
-        float s = 0.f;
-        for (int k = 0; k < n; k++) {
-            p[k * n_elem + e] = frand() * 2.0f;
-            s += p[k * n_elem + e];
-        }
-        a[e] = pg_f32_to_bf16(s);
-    }
-    return p;
-}
-
 // ---- norm / embed / swiglu / bias / gather ----
 // embed, then resid += delta (delta rows of stride ld, or no delta), out = rmsnorm(resid).
 // Shapes pick cu_add_rmsnorm's register-resident vector kernel (H % 4 == 0, H <= 8192; 1..8
 // float4s per thread) and its generic fallback (H % 4 != 0, H > 8192).
-// With n_parts > 0 the delta is the bf16 rounding of n_parts random f32 partials (summed in
-// order), and cu_add_rmsnorm_parts on those partials must give the same bits.
-static void run_norm_case_p(int T, int H, int ld, bool with_delta, int n_parts) {
+static void run_norm_case(int T, int H, int ld, bool with_delta) {
     const int V = 1000;
     uint16_t *tab = rand_bf16((size_t)V * H, 0.5f), *w = rand_bf16(H, 1.0f), *delta = rand_bf16((size_t)T * ld, 2.0f);
-    float *parts = n_parts ? host_parts(delta, (size_t)T * ld, n_parts) : NULL;
     int32_t *tok = pg_malloc(sizeof(int32_t) * T);
     for (int t = 0; t < T; t++) tok[t] = urand() % V;
     void *dtab = dup_to_dev(tab, (size_t)V * H * 2), *dtok = dup_to_dev(tok, sizeof(int32_t) * T), *dw = dup_to_dev(w, H * 2);
@@ -54,24 +36,9 @@ static void run_norm_case_p(int T, int H, int ld, bool with_delta, int n_parts) 
     CHECK_ERR(name, rel_err_f(res, rr, (size_t)T * H), 1e-6);
     snprintf(name, sizeof name, "rmsnorm (bf16 out) T%d H%d", T, H);
     CHECK_ERR(name, rel_err_bf16(out, ro, (size_t)T * H), 8e-3);
-    if (n_parts) {
-        float *dp = dup_to_dev(parts, sizeof(float) * n_parts * T * ld), *res2 = pg_malloc((size_t)T * H * 4);
-        uint16_t *out2 = pg_malloc((size_t)T * H * 2);
-        const struct cu_parts cp = {dp, n_parts, ld, (size_t)T * ld};
-        cu_embed(dtab, dtok, T, H, dres, 0);
-        cu_add_rmsnorm_parts(dres, &cp, dw, 1e-6f, T, H, dout, 0);
-        to_host(res2, dres, (size_t)T * H * 4);
-        to_host(out2, dout, (size_t)T * H * 2);
-        assert_memory_equal(res, res2, (size_t)T * H * 4);
-        assert_memory_equal(out, out2, (size_t)T * H * 2);
-        printf("  add_rmsnorm from %d partials T%d H%d: same bits\n", n_parts, T, H);
-        cudaFree(dp);
-        free(res2), free(out2), free(parts);
-    }
     cudaFree(dtab), cudaFree(dtok), cudaFree(dw), cudaFree(dd), cudaFree(dres), cudaFree(dout);
     free(tab), free(w), free(delta), free(tok), free(res), free(out), free(rr), free(ro);
 }
-static void run_norm_case(int T, int H, int ld, bool with_delta) { run_norm_case_p(T, H, ld, with_delta, 0); }
 
 static void test_embed_rmsnorm(void **state) {
     (void)state;
@@ -81,9 +48,6 @@ static void test_embed_rmsnorm(void **state) {
     run_norm_case(2, 8192, 8192, true);   // 8, the most held in registers
     run_norm_case(2, 998, 998, true);     // H % 4 != 0: generic kernel
     run_norm_case(1, 8196, 8196, true);   // past the register limit: generic kernel
-    run_norm_case_p(3, 5120, 5120, true, 5);  // from GEMV partials (struct cu_parts)
-    run_norm_case_p(1, 5120, 5120, true, 1);
-    run_norm_case_p(2, 998, 1000, true, 3);   // generic kernel
 }
 
 static void test_swiglu_bias_gather(void **state) {
@@ -368,15 +332,12 @@ static void test_attn_prefill(void **state) {
 }
 
 // ---- rope + kv store ----
-// With n_parts > 0, q/k/v are the bf16 rounding of n_parts f32 partials and
-// cu_qkv_rope_store_parts on those must write the same bits.
-static void run_rope_case_p(int nh, int nkv, int hd, int kv_type, bool with_bias, int n_parts) {
+static void run_rope_case(int nh, int nkv, int hd, int kv_type, bool with_bias) {
     int len[3] = {5, 40, 1000}, nn[3] = {5, 3, 1};
     struct pg_setup s;
     setup_init(&s, 3, len, nn, nh, nkv, hd, kv_type);
     const int W = (nh + 2 * nkv) * hd, T = s.T;
     uint16_t *qkv = rand_bf16((size_t)T * W, 2.0f);
-    float *parts = n_parts ? host_parts(qkv, (size_t)T * W, n_parts) : NULL;
     float *bias = pg_malloc(sizeof(float) * W);
     for (int i = 0; i < W; i++) bias[i] = with_bias ? frand() : 0.0f;
     size_t es = kv_type == CU_KV_BF16 ? 2 : 1;
@@ -426,33 +387,10 @@ static void run_rope_case_p(int nh, int nkv, int hd, int kv_type, bool with_bias
     CHECK_ERR(name, rel_err_f(gk, rk, nkvv), tol);
     snprintf(name, sizeof name, "v -> cache (kv type %d)", kv_type);
     CHECK_ERR(name, rel_err_f(gv, rv, nkvv), tol);
-    if (n_parts) {
-        void *dp = dup_to_dev(parts, sizeof(float) * n_parts * T * W);
-        const struct cu_parts cp = {dp, n_parts, W, (size_t)T * W};
-        uint8_t *k2 = pg_malloc(s.cache_elems * es), *v2 = pg_malloc(s.cache_elems * es), *k1 = pg_malloc(s.cache_elems * es);
-        uint8_t *v1 = pg_malloc(s.cache_elems * es);
-        uint16_t *q2 = pg_malloc((size_t)T * nh * hd * 2);
-        to_host(k1, dk, s.cache_elems * es);
-        to_host(v1, dv, s.cache_elems * es);
-        cu_qkv_rope_store_parts(&cp, with_bias ? db : NULL, &ds.st, nh, nkv, hd, 1e6f, 16, kv_type, dk, dv, dq, 0);
-        to_host(q2, dq, (size_t)T * nh * hd * 2);
-        to_host(k2, dk, s.cache_elems * es);
-        to_host(v2, dv, s.cache_elems * es);
-        assert_memory_equal(q, q2, (size_t)T * nh * hd * 2);
-        assert_memory_equal(k1, k2, s.cache_elems * es);
-        assert_memory_equal(v1, v2, s.cache_elems * es);
-        printf("  rope/store from %d partials nh%d nkv%d hd%d: same bits\n", n_parts, nh, nkv, hd);
-        cudaFree(dp);
-        free(k1), free(v1), free(k2), free(v2), free(q2), free(parts);
-    }
     dev_step_free(&ds);
     cudaFree(dqkv), cudaFree(db), cudaFree(dk), cudaFree(dv), cudaFree(dq);
     free(qkv), free(bias), free(q), free(rq), free(rk), free(rv), free(gk), free(gv);
     free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
-}
-
-static void run_rope_case(int nh, int nkv, int hd, int kv_type, bool with_bias) {
-    run_rope_case_p(nh, nkv, hd, kv_type, with_bias, 0);
 }
 
 static void test_rope_store(void **state) {
@@ -463,8 +401,6 @@ static void test_rope_store(void **state) {
     run_rope_case(4, 2, 64, CU_KV_E5M2, true);
     run_rope_case(5, 1, 96, CU_KV_BF16, false);   // half 48: lanes 24..31 idle; no bias
     run_rope_case(8, 2, 256, CU_KV_BF16, true);   // half 128: two pairs of pairs per lane
-    run_rope_case_p(40, 8, 128, CU_KV_BF16, true, 5);  // from GEMV partials (struct cu_parts)
-    run_rope_case_p(4, 2, 64, CU_KV_E4M3, false, 2);
 }
 
 int main(void) {

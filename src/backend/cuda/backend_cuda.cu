@@ -77,23 +77,6 @@ static void run_lin(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, i
     if (d->bias) cu_add_bias(y, ldy, d->bias, T, d->out, c->st);
 }
 
-// The int4 GEMV in parts mode (its output left as K-split partials for the next kernel to
-// sum, see struct cu_parts) when run_lin would take the GEMV for this linear and it has no
-// bias; false (nothing launched) otherwise. PAGODA_GEMV_PARTS=0 turns it off (A/B runs).
-static bool lin_parts(struct cuda_ctx *c, const struct dlin *d, const bf16_t *x, int T, bool x_is_gu,
-                      struct cu_parts *out) {
-    static int off = -1;
-    if (off < 0) {
-        const char *e = getenv("PAGODA_GEMV_PARTS");
-        off = e && !strcmp(e, "0");
-    }
-    if (off || !d->quant || d->bias || !c->gemv_partial || T > (d->wt ? GEMV_MAX_ROWS_CACHED : CU_GEMV_MAX_ROWS))
-        return false;
-    struct cu_gemv_in in = {x, x_is_gu ? 2 * d->in : d->in, d->perm, x_is_gu};
-    cu_gptq_gemv_parts(&d->q, &in, T, c->gemv_partial, out, c->st);
-    return true;
-}
-
 static void run_group(struct cuda_ctx *c, const struct dgroup *g, const bf16_t *x, int T, bf16_t *y) {
     for (int p = 0; p < g->n; p++) run_lin(c, &g->part[p], x, T, y + g->col[p], g->out, false);
 }
@@ -126,43 +109,23 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
     const int splits = n_dec ? decode_splits(c, n_dec) : 1;
     if (c->gemv_partial) cu_gemv_scratch_reset(c->gemv_partial, c->st);  // GEMV tickets (self-resetting)
     cu_embed(c->embed, c->d_i32 + c->off_tok, T, H, c->resid, c->st);
-    // A linear's output feeds the next kernel either as bf16 rows or, from the int4 GEMV, as
-    // K-split partials that kernel sums (lin_parts). down's output is the next layer's delta.
-    struct cu_parts part;
-    bool delta_parts = false;
     for (int l = 0; l < m->n_layers; l++) {
         const struct dlayer *L = &c->layers[l];
         char *kc = (char *)c->kv + (size_t)(2 * l) * c->kv_layer_bytes, *vc = kc + c->kv_layer_bytes;
-        if (delta_parts)
-            cu_add_rmsnorm_parts(c->resid, &part, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
-        else
-            cu_add_rmsnorm(c->resid, l ? c->delta : NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
-        if (L->qkv.n == 1 && lin_parts(c, &L->qkv.part[0], c->xn, T, false, &part)) {
-            cu_qkv_rope_store_parts(&part, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc, vc, c->q,
-                                    c->st);
-        } else {
-            run_group(c, &L->qkv, c->xn, T, c->qkv);
-            cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc,
-                              vc, c->q, c->st);
-        }
+        cu_add_rmsnorm(c->resid, l ? c->delta : NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
+        run_group(c, &L->qkv, c->xn, T, c->qkv);
+        cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc, vc,
+                          c->q, c->st);
         cu_attn_decode(c->q, &s, c->d_i32 + c->off_dec, n_dec, nh, nkv, hd, bs, c->kv_type, kc, vc, splits,
                        c->attn_partial, c->attn, c->st);
         cu_attn_prefill(c->q, &s, c->d_i32 + c->off_tiles, n_tiles, nh, nkv, hd, bs, c->kv_type, kc, vc, c->attn,
                         c->st);
-        if (lin_parts(c, &L->o, c->attn, T, false, &part)) {
-            cu_add_rmsnorm_parts(c->resid, &part, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
-        } else {
-            run_lin(c, &L->o, c->attn, T, c->delta, H, false);
-            cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
-        }
+        run_lin(c, &L->o, c->attn, T, c->delta, H, false);
+        cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
         run_group(c, &L->gu, c->xn, T, c->gu);
-        delta_parts = lin_parts(c, &L->down, c->gu, T, true, &part);
-        if (!delta_parts) run_lin(c, &L->down, c->gu, T, c->delta, H, true);
+        run_lin(c, &L->down, c->gu, T, c->delta, H, true);
     }
-    if (delta_parts)
-        cu_add_rmsnorm_parts(c->resid, &part, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
-    else
-        cu_add_rmsnorm(c->resid, c->delta, H, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
+    cu_add_rmsnorm(c->resid, c->delta, H, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
 }
 
 // logits (n_rows, vocab) f32 for the rows listed in the rows section: the bf16 GEMV for one

@@ -27,17 +27,6 @@ int cu_take_error(char *err);
 void cu_pdl_force(bool on);
 bool cu_pdl_enabled(void);  // whether launches carry the PDL attribute now (cuda_util.cu)
 
-// A linear's output left as unsummed K-split partials in f32: element (t, c) is
-//   bf16(sum over k = 0..n-1, ascending, of p[k * kstride + t * ld + c])
-// (0 + part 0 + part 1 + ..., rounded once: the same bits the GEMV writes without bias).
-// The consumer forms the sums while it reads them (cu_add_rmsnorm_parts,
-// cu_qkv_rope_store_parts), which saves the GEMV's split merge (fence, ticket, second pass).
-struct cu_parts {
-    const float *p;
-    int n, ld;
-    size_t kstride;
-};
-
 // ---- elementwise (ops_elementwise.cu) ----
 // out[t, :] = float(table[tok[t], :])                 out: (T, H) f32
 void cu_embed(const bf16_t *table, const int32_t *tok, int T, int H, float *out, cudaStream_t st);
@@ -45,9 +34,6 @@ void cu_embed(const bf16_t *table, const int32_t *tok, int T, int H, float *out,
 // out = bf16(resid * rsqrt(mean(resid^2) + eps) * w)   resid: (T, H) f32, out: (T, H) bf16
 void cu_add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const bf16_t *w, float eps,
                     int T, int H, bf16_t *out, cudaStream_t st);
-// The same with delta given as GEMV partials (delta->ld % 4 == 0).
-void cu_add_rmsnorm_parts(float *resid, const struct cu_parts *delta, const bf16_t *w, float eps, int T, int H,
-                          bf16_t *out, cudaStream_t st);
 // out[t, i] = silu(gu[t, i]) * gu[t, I + i]           gu: (T, 2I), out: (T, I)
 void cu_swiglu(const bf16_t *gu, int T, int I, bf16_t *out, cudaStream_t st);
 // y[t, j] += bias[j] for j < n (row stride ldy)
@@ -87,10 +73,6 @@ struct cu_step {
 void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const struct cu_step *s,
                        int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
                        void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st);
-// The same with q/k/v given as GEMV partials (qkv->ld even).
-void cu_qkv_rope_store_parts(const struct cu_parts *qkv, const float *bias, const struct cu_step *s,
-                             int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
-                             void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st);
 
 // ---- attention (attn_decode.cu, attn_prefill.cu) ----
 // out: (T, n_heads*hd) bf16. Decode handles sequences with n_new == 1 listed in `seqs`
@@ -127,9 +109,12 @@ struct cu_gptq {
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
 // Benchmark hook: weight bytes per block (0: default 32 KiB), tiles per lane per batch
-// (4 or 8) and flags (-1: the default, 0) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
+// (4 or 8) and flags (-1: the default) of the int4 GEMV. CU_GPTQ_NO_CLUSTER: K splits summed
+// through global memory (atomic ticket, last block sums), as on sm_80, instead of through
+// distributed shared memory within a thread block cluster. CU_GPTQ_NO_REDUCE (timing only,
 // wrong results): the K splits are left unsummed. Call before sizing the scratch; not
 // thread-safe.
+#define CU_GPTQ_NO_CLUSTER 1
 #define CU_GPTQ_NO_REDUCE 2
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);
@@ -153,10 +138,6 @@ struct cu_gemv_in {
 // deterministic (fixed summation order). cu_gptq_gemv: plain x (ldx = in).
 void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
                      bf16_t *y, int ldy, float *partial, cudaStream_t st);
-// The int4 GEMV without bias whose output stays in the scratch as partials (parts mode):
-// *out describes them; valid until the next GEMV on the scratch.
-void cu_gptq_gemv_parts(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, float *partial,
-                        struct cu_parts *out, cudaStream_t st);
 void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
                   int ldy, float *partial, cudaStream_t st);
 // ---- dense bf16 GEMV (dense_gemv.cu) ----

@@ -6,7 +6,6 @@
 #include <cuda_fp16.h>
 
 #include "backend/cuda/cuda_ops.h"
-#include "backend/cuda/parts.cuh"
 #include "backend/cuda/pdl.cuh"
 
 typedef __nv_bfloat16 bf16;
@@ -53,8 +52,7 @@ __device__ __forceinline__ float block_sum(float v, float *red) {
 }
 
 // Any H: one block per row, two passes over the row.
-// delta: bf16 rows, or (dp.p != NULL) GEMV partials, or neither.
-__global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, const bf16 *w, float eps,
+__global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, const bf16 *w, float eps,
                               int H, bf16 *out) {
     __shared__ float red[32];
     pdl_launch_dependents();
@@ -64,8 +62,8 @@ __global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, cu_
     float ss = 0;
     for (int i = threadIdx.x; i < H; i += blockDim.x) {
         float v = r[i];
-        if (d || dp.p) {
-            v += d ? __bfloat162float(d[i]) : parts_get1(dp, blockIdx.x, i);
+        if (d) {
+            v += __bfloat162float(d[i]);
             r[i] = v;
         }
         ss += v * v;
@@ -83,8 +81,7 @@ __global__ void k_add_rmsnorm(float *resid, const bf16 *delta, int ld_delta, cu_
 // before pdl_wait (it is constant), the residual and delta after.
 template <int VPT>
 __global__ void __launch_bounds__(RMS_THREADS)
-k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, const bf16 *w, float eps, int H,
-                bf16 *out) {
+k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, const bf16 *w, float eps, int H, bf16 *out) {
     __shared__ float red[32];
     pdl_launch_dependents();
     const int H4 = H >> 2;
@@ -104,10 +101,6 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
         if (i < H4) {
             v[k] = r[i];
             if (d) dv[k] = d[i];
-            if (dp.p) {
-                const float4 e = parts_get4(dp, blockIdx.x, 4 * i);
-                v[k].x += e.x, v[k].y += e.y, v[k].z += e.z, v[k].w += e.w;
-            }
         }
     }
     float ss = 0;
@@ -118,8 +111,8 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
         if (d) {
             float4 e = bf4_to_f4(dv[k]);
             v[k].x += e.x, v[k].y += e.y, v[k].z += e.z, v[k].w += e.w;
+            r[i] = v[k];
         }
-        if (d || dp.p) r[i] = v[k];
         ss += v[k].x * v[k].x + v[k].y * v[k].y + v[k].z * v[k].z + v[k].w * v[k].w;
     }
     const float inv = rsqrtf(block_sum(ss, red) / H + eps);
@@ -133,39 +126,27 @@ k_add_rmsnorm_v(float *resid, const bf16 *delta, int ld_delta, cu_parts dp, cons
     }
 }
 
-static void add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const struct cu_parts *dp,
-                        const bf16_t *w, float eps, int T, int H, bf16_t *out, cudaStream_t st) {
+extern "C" void cu_add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const bf16_t *w, float eps,
+                               int T, int H, bf16_t *out, cudaStream_t st) {
     if (T <= 0) return;
     const int vpt = (H / 4 + RMS_THREADS - 1) / RMS_THREADS;
-    const cu_parts pp = dp ? *dp : cu_parts{NULL, 0, 0, 0};
     const bool vec = H % 4 == 0 && vpt <= RMS_MAX_VPT && aligned(resid, 16) && aligned(w, 8) && aligned(out, 8) &&
-                     (!delta || (ld_delta % 4 == 0 && aligned(delta, 8))) &&
-                     (!pp.p || (pp.ld % 4 == 0 && pp.kstride % 4 == 0 && aligned(pp.p, 16)));
+                     (!delta || (ld_delta % 4 == 0 && aligned(delta, 8)));
     const bf16 *d = (const bf16 *)delta, *g = (const bf16 *)w;
     bf16 *o = (bf16 *)out;
     cudaError_t e;
     switch (vec ? vpt : 0) {
-    case 1: e = pdl_launch(k_add_rmsnorm_v<1>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 2: e = pdl_launch(k_add_rmsnorm_v<2>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 3: e = pdl_launch(k_add_rmsnorm_v<3>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 4: e = pdl_launch(k_add_rmsnorm_v<4>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 5: e = pdl_launch(k_add_rmsnorm_v<5>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 6: e = pdl_launch(k_add_rmsnorm_v<6>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 7: e = pdl_launch(k_add_rmsnorm_v<7>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    case 8: e = pdl_launch(k_add_rmsnorm_v<8>, T, RMS_THREADS, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
-    default: e = pdl_launch(k_add_rmsnorm, T, 512, 0, st, resid, d, ld_delta, pp, g, eps, H, o); break;
+    case 1: e = pdl_launch(k_add_rmsnorm_v<1>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 2: e = pdl_launch(k_add_rmsnorm_v<2>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 3: e = pdl_launch(k_add_rmsnorm_v<3>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 4: e = pdl_launch(k_add_rmsnorm_v<4>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 5: e = pdl_launch(k_add_rmsnorm_v<5>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 6: e = pdl_launch(k_add_rmsnorm_v<6>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 7: e = pdl_launch(k_add_rmsnorm_v<7>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    case 8: e = pdl_launch(k_add_rmsnorm_v<8>, T, RMS_THREADS, 0, st, resid, d, ld_delta, g, eps, H, o); break;
+    default: e = pdl_launch(k_add_rmsnorm, T, 512, 0, st, resid, d, ld_delta, g, eps, H, o); break;
     }
     cu_note(e, __FILE__, __LINE__, "add_rmsnorm");
-}
-
-extern "C" void cu_add_rmsnorm(float *resid, const bf16_t *delta, int ld_delta, const bf16_t *w, float eps,
-                               int T, int H, bf16_t *out, cudaStream_t st) {
-    add_rmsnorm(resid, delta, ld_delta, NULL, w, eps, T, H, out, st);
-}
-
-extern "C" void cu_add_rmsnorm_parts(float *resid, const struct cu_parts *delta, const bf16_t *w, float eps, int T,
-                                     int H, bf16_t *out, cudaStream_t st) {
-    add_rmsnorm(resid, NULL, 0, delta, w, eps, T, H, out, st);
 }
 
 __global__ void k_swiglu(const bf16 *gu, int I, size_t n, bf16 *out) {

@@ -8,7 +8,6 @@
 #include <cuda_bf16.h>
 
 #include "backend/cuda/kv_cache.cuh"
-#include "backend/cuda/parts.cuh"
 #include "backend/cuda/pdl.cuh"
 
 typedef __nv_bfloat16 bf16;
@@ -17,10 +16,9 @@ typedef __nv_bfloat16 bf16;
 
 __device__ __forceinline__ float2 bf2f(const bf16 *p) { return __bfloat1622float2(*(const __nv_bfloat162 *)p); }
 
-// Requires hd % 4 == 0 and an even ldqkv (bf16x2 accesses). q/k/v: bf16 rows qkv, or GEMV
-// partials qp when qkv is NULL.
+// Requires hd % 4 == 0 and an even ldqkv (bf16x2 accesses).
 __global__ void __launch_bounds__(ROPE_WARPS * 32)
-k_qkv_rope_store(const bf16 *qkv, int ldqkv, cu_parts qp, const float *bias, struct cu_step s, int n_heads, int n_kv, int hd,
+k_qkv_rope_store(const bf16 *qkv, int ldqkv, const float *bias, struct cu_step s, int n_heads, int n_kv, int hd,
                  float theta, int bs, int kv_type, void *kc, void *vc, bf16 *q_out) {
     __shared__ float inv_freq[ROPE_MAX_HALF];
     __shared__ float2 cs_sn[ROPE_MAX_HALF];
@@ -52,13 +50,12 @@ k_qkv_rope_store(const bf16 *qkv, int ldqkv, cu_parts qp, const float *bias, str
     }
     __syncthreads();
     if (!active) return;
-    const bf16 *row = qkv ? qkv + (size_t)t * ldqkv + c0 : NULL;
+    const bf16 *row = qkv + (size_t)t * ldqkv + c0;
 #pragma unroll
     for (int j = 0; j < ROPE_MAX_HALF / 64; j++) {
         const int i = 2 * lane + 64 * j;
         if (i >= half) break;
-        float2 a = row ? bf2f(row + i) : parts_get2(qp, t, c0 + i);
-        float2 b = row ? bf2f(row + half + i) : parts_get2(qp, t, c0 + half + i);
+        float2 a = bf2f(row + i), b = bf2f(row + half + i);
         a.x += b0[j].x, a.y += b0[j].y, b.x += b1[j].x, b.y += b1[j].y;
         if (!rot) {  // v: both halves straight into the cache
             const int kvh = h - n_heads - n_kv;
@@ -85,29 +82,15 @@ k_qkv_rope_store(const bf16 *qkv, int ldqkv, cu_parts qp, const float *bias, str
     }
 }
 
-static void rope_store(const bf16_t *qkv, int ldqkv, const struct cu_parts *qp, const float *bias,
-                       const struct cu_step *s, int n_heads, int n_kv, int hd, float theta, int block_size,
-                       int kv_type, void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st) {
+extern "C" void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const struct cu_step *s,
+                                  int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
+                                  void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st) {
     if (s->T <= 0) return;
-    const cu_parts pp = qp ? *qp : cu_parts{NULL, 0, 0, 0};
-    if (hd % 4 || hd / 2 > ROPE_MAX_HALF || ldqkv % 2 || ((uintptr_t)qkv & 3) || ((uintptr_t)bias & 7) ||
-        (qp && (pp.ld % 2 || pp.kstride % 2 || ((uintptr_t)pp.p & 7)))) {
+    if (hd % 4 || hd / 2 > ROPE_MAX_HALF || ldqkv % 2 || ((uintptr_t)qkv & 3) || ((uintptr_t)bias & 7)) {
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "qkv_rope_store: unsupported head_dim or alignment");
         return;
     }
     dim3 grid(s->T, (n_heads + 2 * n_kv + ROPE_WARPS - 1) / ROPE_WARPS);
-    CU_CHECK(pdl_launch(k_qkv_rope_store, grid, ROPE_WARPS * 32, 0, st, (const bf16 *)qkv, ldqkv, pp, bias, *s,
-                        n_heads, n_kv, hd, theta, block_size, kv_type, k_cache, v_cache, (bf16 *)q_out));
-}
-
-extern "C" void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const struct cu_step *s,
-                                  int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
-                                  void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st) {
-    rope_store(qkv, ldqkv, NULL, bias, s, n_heads, n_kv, hd, theta, block_size, kv_type, k_cache, v_cache, q_out, st);
-}
-
-extern "C" void cu_qkv_rope_store_parts(const struct cu_parts *qkv, const float *bias, const struct cu_step *s,
-                                        int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
-                                        void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st) {
-    rope_store(NULL, 0, qkv, bias, s, n_heads, n_kv, hd, theta, block_size, kv_type, k_cache, v_cache, q_out, st);
+    CU_CHECK(pdl_launch(k_qkv_rope_store, grid, ROPE_WARPS * 32, 0, st, (const bf16 *)qkv, ldqkv, bias, *s, n_heads,
+                        n_kv, hd, theta, block_size, kv_type, k_cache, v_cache, (bf16 *)q_out));
 }
