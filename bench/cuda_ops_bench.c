@@ -224,11 +224,7 @@ static double time_layer(struct bench *b, int M, int skip) {
 static const struct {
     int bytes, u, flags;
     const char *name;
-} TUNES[] = {{0, 4, -1, ""},
-             {0, 4, CU_GPTQ_NO_CLUSTER, "K splits summed by ticket (no cluster)"},
-             {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
-             {0, 4, CU_GPTQ_NO_CLUSTER | CU_GPTQ_NO_REDUCE, "no cluster, splits not summed"},
-             {0, 8, -1, "8 tiles/batch"}};
+} TUNES[] = {{0, 4, -1, ""}, {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {

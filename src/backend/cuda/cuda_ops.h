@@ -109,12 +109,9 @@ struct cu_gptq {
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
 // Benchmark hook: weight bytes per block (0: default 32 KiB), tiles per lane per batch
-// (4 or 8) and flags (-1: the default) of the int4 GEMV. CU_GPTQ_NO_CLUSTER: K splits summed
-// through global memory (atomic ticket, last block sums), as on sm_80, instead of through
-// distributed shared memory within a thread block cluster. CU_GPTQ_NO_REDUCE (timing only,
+// (4 or 8) and flags (-1: the default, 0) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
 // wrong results): the K splits are left unsummed. Call before sizing the scratch; not
 // thread-safe.
-#define CU_GPTQ_NO_CLUSTER 1
 #define CU_GPTQ_NO_REDUCE 2
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);

@@ -50,18 +50,6 @@ extern "C" bool cu_pdl_enabled(void) {
     return s == 2;
 }
 
-extern "C" bool cu_sm90(void) {
-    static int state[16];  // 0 unknown, 1 no, 2 yes
-    int dev = 0;
-    if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return false;
-    int s = __atomic_load_n(&state[dev], __ATOMIC_ACQUIRE);
-    if (!s) {
-        s = pdl_supported(dev) ? 2 : 1;
-        __atomic_store_n(&state[dev], s, __ATOMIC_RELEASE);
-    }
-    return s == 2;
-}
-
 extern "C" void cu_pdl_force(bool on) {
     int dev = 0;
     if (cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return;

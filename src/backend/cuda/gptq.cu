@@ -19,7 +19,6 @@
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdlib.h>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -56,17 +55,6 @@ static int tc_kr(const struct cu_gptq *l, int M) {
 static int tc_splits(const struct cu_gptq *l, int M) {
     int kr = tc_kr(l, M);
     return (l->in + kr - 1) / kr;
-}
-
-// Most blocks per cluster that every sm_90 part schedules ("portable" size).
-#define TC_CLUSTER_MAX 8
-// K range per block when the splits are summed within a cluster: tc_kr's, widened so that
-// there are at most TC_CLUSTER_MAX splits; 0 when the activation tile would not fit.
-static int tc_kr_cluster(const struct cu_gptq *l, int M) {
-    int kr = tc_kr(l, M);
-    const int need = (l->in / 64 + TC_CLUSTER_MAX - 1) / TC_CLUSTER_MAX * 64;
-    if (kr >= need) return kr;
-    return (size_t)M * (need + 8) * 2 <= TC_SMEM_MAX ? need : 0;
 }
 
 extern "C" bool cu_gptq_tc_supported(int in, int out, int group_size) {
@@ -155,27 +143,7 @@ struct tc_args {
     float *partial;      // [splits][M][out]
     unsigned *ticket;    // one per column tile
     int flags;           // CU_GPTQ_*
-    int cluster;         // the grid's K splits form one cluster: sum them through DSMEM
 };
-
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-// Every thread of every block of the cluster: arrive (releasing this block's shared-memory
-// writes) and wait for all (acquiring theirs).
-__device__ __forceinline__ void cluster_sync_all(void) {
-    asm volatile("barrier.cluster.arrive.release.aligned;\n"
-                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
-}
-// The float at the same shared-memory offset as p in block `rank` of this cluster.
-__device__ __forceinline__ float ld_cluster(const float *p, unsigned rank) {
-    const uint32_t a = (uint32_t)__cvta_generic_to_shared(p);
-    uint32_t r;
-    float v;
-    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(a), "r"(rank));
-    asm volatile("ld.shared::cluster.f32 %0, [%1];\n" : "=f"(v) : "r"(r) : "memory");
-    return v;
-}
-#endif
-
 
 // Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
 // stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
@@ -322,33 +290,6 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
     const int n_lo = strip * 16 + g;
-#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
-    if (p.cluster) {
-        // The K splits of this column tile are the blocks of one cluster (rank = split):
-        // each leaves its sums in shared memory; rank 0 adds them in rank order (as the
-        // ticket path does: deterministic, the same bits), then all leave together.
-        __shared__ float red[M][TC_COLS];
-        if (active)
-#pragma unroll
-            for (int f = 0; f < NB; f++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) {
-                    const int m = f * 8 + 2 * t + (i & 1);
-                    if (m < M) red[m][w * 16 + g + (i >= 2 ? 8 : 0)] = acc[f][i];
-                }
-        cluster_sync_all();
-        if (blockIdx.y == 0 && !(p.flags & CU_GPTQ_NO_REDUCE))
-            for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
-                const int m = e / TC_COLS, c = e % TC_COLS, n = blockIdx.x * TC_COLS + c;
-                if (n >= p.out) continue;
-                float s = p.bias ? p.bias[n] : 0.f;
-                for (int k = 0; k < ks; k++) s += ld_cluster(&red[m][c], (unsigned)k);
-                p.y[(size_t)m * p.ldy + n] = __float2bfloat16(s);
-            }
-        cluster_sync_all();  // rank 0 is done reading the others' shared memory
-        return;
-    }
-#endif
     if (active)
 #pragma unroll
         for (int f = 0; f < NB; f++)
@@ -383,11 +324,10 @@ static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
     const size_t smem =
         (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
     dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    const int cl = a.cluster ? ks : 1;
     if (g_u == 8)
-        CU_CHECK(pdl_launch_cluster(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, cl, a));
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
     else
-        CU_CHECK(pdl_launch_cluster(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, cl, a));
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
@@ -416,16 +356,7 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
     a.flags = g_flags;
-    static int env_flags = -2;  // PAGODA_GPTQ_FLAGS (A/B runs of whole models): replaces the flags
-    if (env_flags == -2) {
-        const char *e = getenv("PAGODA_GPTQ_FLAGS");
-        env_flags = e && *e ? atoi(e) : -1;
-    }
-    if (env_flags >= 0) a.flags = env_flags & CU_GPTQ_NO_CLUSTER;
-    const int krc = (a.flags & CU_GPTQ_NO_CLUSTER) || !cu_sm90() ? 0 : tc_kr_cluster(l, M);
-    a.cluster = krc > 0 && (l->in + krc - 1) / krc > 1;
-    if (a.cluster) a.kr = krc;
-    const int ks = (l->in + a.kr - 1) / a.kr;
+    const int ks = tc_splits(l, M);
     switch (M) {
     case 1: launch_tc<1>(a, ks, st); break;
     case 2: launch_tc<2>(a, ks, st); break;

@@ -34,42 +34,21 @@ __device__ __forceinline__ void pdl_launch_dependents(void) {
 // Whether launches carry the programmatic-serialization attribute: the current device is
 // sm_90 or newer and PAGODA_PDL is not "0" (cuda_util.cu; cached per device).
 extern "C" bool cu_pdl_enabled(void);
-// Whether the current device is sm_90 or newer (thread block clusters; cached per device).
-extern "C" bool cu_sm90(void);
 
-// kernel<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled and, when
-// cluster_y > 1 (sm_90+ only; it must divide grid.y), blocks grouped in clusters of
-// (1, cluster_y, 1). Arguments are converted to the kernel's parameter types as in a <<<>>>
-// launch.
+// kernel<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled. Arguments
+// are converted to the kernel's parameter types as in a <<<>>> launch.
 template <typename... P, typename... A>
-static inline cudaError_t pdl_launch_cluster(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                                             int cluster_y, A... args) {
-    cudaLaunchAttribute attr[2];
-    int n = 0;
-    if (cluster_y > 1) {
-        attr[n].id = cudaLaunchAttributeClusterDimension;
-        attr[n].val.clusterDim.x = 1;
-        attr[n].val.clusterDim.y = (unsigned)cluster_y;
-        attr[n].val.clusterDim.z = 1;
-        n++;
-    }
-    if (cu_pdl_enabled()) {
-        attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-        attr[n].val.programmaticStreamSerializationAllowed = 1;
-        n++;
-    }
+static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                     A... args) {
+    cudaLaunchAttribute attr[1];
+    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[0].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
     cfg.attrs = attr;
-    cfg.numAttrs = n;
+    cfg.numAttrs = cu_pdl_enabled() ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
-}
-
-template <typename... P, typename... A>
-static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                                     A... args) {
-    return pdl_launch_cluster(kernel, grid, block, smem, st, 1, args...);
 }
