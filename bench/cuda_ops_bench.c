@@ -224,7 +224,12 @@ static double time_layer(struct bench *b, int M, int skip) {
 static const struct {
     int bytes, u, flags;
     const char *name;
-} TUNES[] = {{0, 4, -1, ""}, {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
+} TUNES[] = {{0, -1, -1, ""},
+             {0, 0, -1, "registers, 4 tiles/batch"},
+             {0, 8, -1, "cp.async ring, 8 tiles"},
+             {0, 16, -1, "cp.async ring, 16 tiles"},
+             {16 << 10, 8, -1, "ring 8, 16 KiB/block"},
+             {0, -1, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {
@@ -246,7 +251,7 @@ static void setup(struct bench *b) {
             size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
             if (p > part) part = p;
         }
-        cu_gptq_tune(0, 4, -1);
+        cu_gptq_tune(0, -1, -1);
         b->wd[l] = dfill((size_t)in * out * 2, 0x3c);
         for (int k = 0; k < NLAYER; k++)
             b->lq[k][l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
@@ -321,7 +326,7 @@ int main(int argc, char **argv) {
                 cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
                 row(&b, lin_name[l], impl, (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             }
-            cu_gptq_tune(0, 4, -1);
+            cu_gptq_tune(0, -1, -1);
             row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
@@ -374,7 +379,7 @@ int main(int argc, char **argv) {
         printf("| int4 GEMV %s | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(&b, 1, -1),
                time_layer(&b, 8, -1));
     }
-    cu_gptq_tune(0, 4, -1);
+    cu_gptq_tune(0, -1, -1);
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
         printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));
