@@ -52,6 +52,8 @@ struct bench {
     float *resid, *partial, *apart, *logits, *qkv_bias;
     void *kc, *vc;
     int32_t *i32;  // step arrays
+    int32_t *tiles;  // (seq i, query 0) per sequence: decode through the prefill kernel
+    bool attn_pf;    // layer graph: decode attention through cu_attn_prefill
     struct cu_step s;
     const int32_t *seqs;
 };
@@ -61,7 +63,7 @@ static const int lin_in[4] = {H, NH * HD, H, I}, lin_out[4] = {QKV, H, 2 * I, H}
 struct op {
     int kind, lin, M, ctx;
 };
-enum { OP_INT4, OP_INT4_SWIGLU, OP_CUBLAS, OP_DENSE, OP_LM_CUBLAS, OP_LM_DENSE, OP_RMSNORM, OP_ROPE, OP_ATTN, OP_SWIGLU };
+enum { OP_INT4, OP_INT4_SWIGLU, OP_CUBLAS, OP_DENSE, OP_LM_CUBLAS, OP_LM_DENSE, OP_RMSNORM, OP_ROPE, OP_ATTN, OP_SWIGLU, OP_ATTN_PF };
 
 static int splits_for(int n) {
     int s = (2 * 132 + n * NKV - 1) / (n * NKV);
@@ -110,6 +112,9 @@ static void run_op(struct bench *b, const struct op *o) {
         cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M), b->apart,
                        b->attn, b->st);
         break;
+    case OP_ATTN_PF:
+        cu_attn_prefill(b->qb, &b->s, b->tiles, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, b->attn, b->st);
+        break;
     }
 }
 
@@ -123,7 +128,7 @@ static double op_bytes(const struct op *o) {
     case OP_RMSNORM: return M * H * (4 + 4 + 2 + 2) + H * 2;
     case OP_SWIGLU: return M * I * 6;
     case OP_ROPE: return M * QKV * 2 * 2;
-    case OP_ATTN: return M * (double)o->ctx * NKV * HD * 2 * 2 + M * NH * HD * 4;
+    case OP_ATTN: case OP_ATTN_PF: return M * (double)o->ctx * NKV * HD * 2 * 2 + M * NH * HD * 4;
     }
     return 0;
 }
@@ -144,7 +149,7 @@ static int cmpf(const void *a, const void *b) {
 // Median microseconds of b->reps launches (L2 flushed first for weight- and KV-streaming ops).
 static double time_op(struct bench *b, const struct op *o) {
     float t[1024], ms;
-    if (o->kind == OP_ROPE || o->kind == OP_ATTN) set_ctx(b, o->M, o->ctx ? o->ctx : 512);
+    if (o->kind == OP_ROPE || o->kind == OP_ATTN || o->kind == OP_ATTN_PF) set_ctx(b, o->M, o->ctx ? o->ctx : 512);
     run_op(b, o);
     for (int r = 0; r < b->reps; r++) {
         const bool warm = o->kind == OP_RMSNORM || o->kind == OP_ROPE || o->kind == OP_SWIGLU;
@@ -182,7 +187,9 @@ static void layers(struct bench *b, int M, int skip) {
         if (skip != 1) cu_gptq_gemv_ex(&q[0], &xn, M, b->qkv_bias, b->y, QKV, b->partial, b->st);
         if (skip != 2)
             cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
-        if (skip != 3)
+        if (skip != 3 && b->attn_pf)
+            cu_attn_prefill(b->qb, &b->s, b->tiles, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, b->attn, b->st);
+        else if (skip != 3)
             cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
                            b->apart, b->attn, b->st);
         if (skip != 4) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
@@ -224,12 +231,7 @@ static double time_layer(struct bench *b, int M, int skip) {
 static const struct {
     int bytes, u, flags;
     const char *name;
-} TUNES[] = {{0, -1, -1, ""},
-             {0, 0, -1, "registers, 4 tiles/batch"},
-             {0, 8, -1, "cp.async ring, 8 tiles"},
-             {0, 16, -1, "cp.async ring, 16 tiles"},
-             {16 << 10, 8, -1, "ring 8, 16 KiB/block"},
-             {0, -1, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
+} TUNES[] = {{0, 4, -1, ""}, {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {
@@ -251,7 +253,7 @@ static void setup(struct bench *b) {
             size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
             if (p > part) part = p;
         }
-        cu_gptq_tune(0, -1, -1);
+        cu_gptq_tune(0, 4, -1);
         b->wd[l] = dfill((size_t)in * out * 2, 0x3c);
         for (int k = 0; k < NLAYER; k++)
             b->lq[k][l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
@@ -274,6 +276,10 @@ static void setup(struct bench *b) {
     b->kc = dfill(kv, 0x3c);
     b->vc = dfill(kv, 0x3c);
     b->i32 = dfill(sizeof(int32_t) * (8 * MAXM + MAXM * (MAXCTX / BS)), 0);
+    int32_t th[2 * MAXM];
+    for (int i = 0; i < MAXM; i++) th[2 * i] = i, th[2 * i + 1] = 0;
+    b->tiles = dfill(sizeof th, 0);
+    ck(cudaMemcpy(b->tiles, th, sizeof th, cudaMemcpyHostToDevice), "tiles upload");
 }
 
 int main(int argc, char **argv) {
@@ -326,7 +332,7 @@ int main(int argc, char **argv) {
                 cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
                 row(&b, lin_name[l], impl, (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             }
-            cu_gptq_tune(0, -1, -1);
+            cu_gptq_tune(0, 4, -1);
             row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
@@ -355,6 +361,8 @@ int main(int argc, char **argv) {
         }
         cu_attn_decode_tune(0);
         row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
+        row(&b, "attn_decode ctx 512", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 4096", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 4096}, NULL);
     }
     printf("\n## Int4 decode layers as one CUDA graph (%d layers, distinct weights, context 512), us per layer\n\n", NLAYER);
     printf("| M | graph (PDL) | graph (PDL off) | sum of ops | floor (bytes / copy rate) |\n|---|---|---|---|---|\n");
@@ -379,12 +387,15 @@ int main(int argc, char **argv) {
         printf("| int4 GEMV %s | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(&b, 1, -1),
                time_layer(&b, 8, -1));
     }
-    cu_gptq_tune(0, -1, -1);
+    cu_gptq_tune(0, 4, -1);
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
         printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));
     }
     cu_attn_decode_tune(0);
+    b.attn_pf = true;
+    printf("| attention through the prefill kernel | %.1f | %.1f |\n", time_layer(&b, 1, -1), time_layer(&b, 8, -1));
+    b.attn_pf = false;
     printf("\n### Each op's price inside the graph: the layer without it, us per layer (M = 1)\n\n");
     printf("| op left out | graph | saved |\n|---|---|---|\n");
     const double full = time_layer(&b, 1, -1);

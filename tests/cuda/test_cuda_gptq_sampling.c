@@ -6,9 +6,8 @@
 // ---- GPTQ ----
 // One GEMV against the double reference w (W^T, (in, out)). form 0: plain x; 1: x is a
 // gate|up row (SwiGLU formed in the GEMV), 2: SwiGLU plus a permutation of the input.
-// Output poisoned, bias on; a second launch must give bit-identical results. Returns the
-// output (M x out bf16), which the caller frees.
-static uint16_t *gemv_case(const struct cu_gptq *l, const double *w, const float *bias, const float *db, int M, int form) {
+// Output poisoned, bias on; a second launch must give bit-identical results.
+static void gemv_case(const struct cu_gptq *l, const double *w, const float *bias, const float *db, int M, int form) {
     const int in = l->in, out = l->out, ldx = form ? 2 * in : in, ldy = out + 8;
     uint16_t *x = rand_bf16((size_t)M * ldx, form ? 3.0f : 1.0f);
     int32_t *perm = pg_malloc(sizeof(int32_t) * in);
@@ -57,8 +56,7 @@ static uint16_t *gemv_case(const struct cu_gptq *l, const double *w, const float
     to_host(tick, part, sizeof(uint32_t) * CU_GEMV_COUNTERS);
     for (int i = 0; i < CU_GEMV_COUNTERS; i++) assert_int_equal(tick[i], 0);
     cudaFree(dx), cudaFree(dperm), cudaFree(dy), cudaFree(part);
-    free(x), free(perm), free(xin), free(y), free(y2), free(ref), free(tick);
-    return yc;
+    free(x), free(perm), free(xin), free(y), free(y2), free(yc), free(ref), free(tick);
 }
 
 static void run_gptq_case(int in, int out, int gs) {
@@ -93,22 +91,8 @@ static void run_gptq_case(int in, int out, int gs) {
     for (size_t i = 0; i < (size_t)in * out; i++) bad += wt[i] != pg_f32_to_bf16((float)w[i]);
     printf("  dequant %dx%d g%d: %zu mismatches\n", in, out, gs, bad);
     assert_int_equal(bad, 0);
-    // Each weight-streaming mode (registers; cp.async rings of 8 and 16 tiles) on the same
-    // inputs: the same arithmetic in the same order, so the same bits.
-    static const int rings[3] = {0, 8, 16};
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
-        for (int form = 0; form < 3; form++) {
-            uint16_t *y[3];
-            for (int r = 0; r < 3; r++) {
-                cu_gptq_tune(0, rings[r], -1);
-                rng_seed(0x9e3779b97f4a7c15ull ^ (uint64_t)(M * 3 + form));
-                y[r] = gemv_case(&l, w, bias, db, M, form);
-            }
-            cu_gptq_tune(0, -1, -1);
-            assert_memory_equal(y[0], y[1], (size_t)M * out * 2);
-            assert_memory_equal(y[0], y[2], (size_t)M * out * 2);
-            free(y[0]), free(y[1]), free(y[2]);
-        }
+        for (int form = 0; form < 3; form++) gemv_case(&l, w, bias, db, M, form);
     cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
     free(qw), free(sz), free(qt), free(szt), free(bias), free(w), free(wt);
 }

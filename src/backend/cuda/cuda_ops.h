@@ -108,14 +108,13 @@ struct cu_gptq {
 // Shapes the int4 kernels take: in % 64 == 0, out % 16 == 0, group_size % 64 == 0.
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
-// Benchmark hook: weight bytes per block (0: default 32 KiB), weight streaming (-1: the
-// default; 0: 4 tiles per lane double-buffered in registers; 8 or 16: a cp.async ring of that
-// many tiles per lane in shared memory) and flags (-1: the default, 0) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
+// Benchmark hook: weight bytes per block (0: default 32 KiB), tiles per lane per batch
+// (4 or 8) and flags (-1: the default, 0) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
 // wrong results): the K splits are left unsummed. Call before sizing the scratch; not
 // thread-safe.
 #define CU_GPTQ_NO_REDUCE 2
 #define CU_GPTQ_DEFAULT_FLAGS 0
-void cu_gptq_tune(int block_bytes, int ring, int flags);
+void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
 // with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
 // cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels

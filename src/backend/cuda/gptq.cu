@@ -19,7 +19,6 @@
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdlib.h>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -31,15 +30,13 @@ typedef __nv_bfloat16 bf16;
 #define TC_COLS (TC_WARPS * 16)       // output columns per block
 #define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
 #define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
-#define TC_U 4                        // tiles per lane per batch (register path)
-#define TC_RING 0                     // ring slots per lane by default (0: register path)
 
-// Tuning (cuda_ops_bench): weight bytes per block, ring slots per lane (0: registers) and
-// CU_GPTQ_* flags. Set before the scratch is sized (cu_gemv_partial_floats depends on it).
-static int g_block_bytes = TC_BLOCK_BYTES, g_ring = TC_RING, g_flags = CU_GPTQ_DEFAULT_FLAGS;
-extern "C" void cu_gptq_tune(int block_bytes, int ring, int flags) {
+// Tuning (cuda_ops_bench): weight bytes per block, tiles per batch (4 or 8) and CU_GPTQ_*
+// flags. Set before the scratch is sized (cu_gemv_partial_floats depends on it).
+static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4, g_flags = CU_GPTQ_DEFAULT_FLAGS;
+extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
-    g_ring = ring < 0 ? TC_RING : ring == 0 ? 0 : ring <= 8 ? 8 : 16;
+    g_u = tiles_per_batch == 8 ? 8 : 4;
     g_flags = flags < 0 ? CU_GPTQ_DEFAULT_FLAGS : flags;
 }
 
@@ -178,15 +175,10 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
     }
 }
 
-// S == 0: each lane double-buffers TC_U tiles in registers. S > 0: each lane streams its
-// 16 bytes of every tile through a private ring of S slots in shared memory with cp.async
-// (S - 1 tiles in flight at all times, S - 1 issued before pdl_wait; a lane reads back only
-// what it copied, so no barrier is needed).
-template <int M, int S>
+template <int M, int U>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
-    constexpr int U = TC_U;
-    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, xsum [M][kr / 64] f32, scale/zero words, ring
+    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, xsum [M][kr / 64] f32, scale/zero words
     __shared__ bool last;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
@@ -211,29 +203,18 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     // scale/zero are read) when it is the group's first or the block's first, and closes it
     // (the scale is applied) when it is the group's last or the block's last.
     int cpos = kt0 % tpg;  // position in its group of the next tile to use
-    uint4 nxt[S ? 1 : U];
+    uint4 nxt[U];
 #pragma unroll
-    for (int u = 0; u < (S ? 1 : U); u++) nxt[u] = make_uint4(0, 0, 0, 0);
+    for (int u = 0; u < U; u++) nxt[u] = make_uint4(0, 0, 0, 0);
     auto fetch = [&](int b) {
 #pragma unroll
-        for (int u = 0; u < (S ? 1 : U); u++)
+        for (int u = 0; u < U; u++)
             if (active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
-    // ring slot i of this lane: ring[i * 32]
-    uint4 *ring = (uint4 *)(szs - w * tc_ngb(p.kr, p.gs) * 16 + TC_WARPS * tc_ngb(p.kr, p.gs) * 16) + w * S * 32 + lane;
-    auto ring_issue = [&](int tile) {  // one cp.async group per tile (empty past the end)
-        if (active && tile < ntiles) cp_async16(ring + (tile % (S ? S : 1)) * 32, wp + (size_t)tile * 32);
-        cp_async_commit();
-    };
-    if (S) {
-#pragma unroll
-        for (int i = 0; i < S - 1; i++) ring_issue(i);
-    } else {
-        fetch(0);
-    }
+    fetch(0);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
-    cp_async_wait<S ? S - 1 : 0>();  // the scale/zero words (the oldest group)
+    cp_async_wait<0>();
     __syncthreads();
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
@@ -244,74 +225,65 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         for (int i = 0; i < 4; i++) acc[f][i] = cg[f][i] = 0.f;
         xg[f][0] = xg[f][1] = 0.f;
     }
-    const uint32_t *xw = (const uint32_t *)xs;
-    float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
-    const uint32_t *gsz = szs + g;  // this lane's column g of the current group
-    auto step = [&](int tile, uint4 q) {
-        const bool opens = tile == 0 || cpos == 0;
-        if (++cpos == tpg) cpos = 0;
-        const bool closes = tile == ntiles - 1 || cpos == 0;
-        if (opens) {
-            const uint32_t lo = gsz[0], hi = gsz[8];
-            slo = __half2float(__ushort_as_half((unsigned short)(lo & 0xffff)));
-            shi = __half2float(__ushort_as_half((unsigned short)(hi & 0xffff)));
-            zlo = 128.f + (float)(lo >> 16);
-            zhi = 128.f + (float)(hi >> 16);
-            gsz += 16;
-        }
-        uint4 bx[NB][2];
-#pragma unroll
-        for (int f = 0; f < NB; f++) {
-            const int m = f * 8 + g;
-            const uint4 *src = (const uint4 *)(xw + (m < M ? m : 0) * xstride_w + tile * 32 + t * 8);
-            bx[f][0] = m < M ? src[0] : make_uint4(0, 0, 0, 0);
-            bx[f][1] = m < M ? src[1] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int mm = f * 8 + 2 * t + i;
-                if (mm < M) xg[f][i] += xsum[mm * (p.kr / 64) + tile];
-            }
-        }
-        const uint32_t q4[4] = {q.x, q.y, q.z, q.w};
-#pragma unroll
-        for (int j = 0; j < 4; j++) {
-            const uint32_t a[4] = {nib_bf16x2(q4[j]), nib_bf16x2(q4[j] >> 4), nib_bf16x2(q4[j] >> 8),
-                                   nib_bf16x2(q4[j] >> 12)};
-#pragma unroll
-            for (int f = 0; f < NB; f++) {
-                const uint32_t *bw = (const uint32_t *)bx[f];
-                mma_bf16(cg[f], a, bw[2 * j], bw[2 * j + 1]);
-            }
-        }
-        if (closes) {
-#pragma unroll
-            for (int f = 0; f < NB; f++) {
-                acc[f][0] += slo * (cg[f][0] - zlo * xg[f][0]);
-                acc[f][1] += slo * (cg[f][1] - zlo * xg[f][1]);
-                acc[f][2] += shi * (cg[f][2] - zhi * xg[f][0]);
-                acc[f][3] += shi * (cg[f][3] - zhi * xg[f][1]);
-                cg[f][0] = cg[f][1] = cg[f][2] = cg[f][3] = 0.f;
-                xg[f][0] = xg[f][1] = 0.f;
-            }
-        }
-    };
-    if (active && S) {
-        for (int tile = 0; tile < ntiles; tile++) {
-            cp_async_wait<S ? S - 2 : 0>();  // this tile's group has landed
-            const uint4 q = ring[(tile % (S ? S : 1)) * 32];
-            ring_issue(tile + S - 1);        // into the slot read last step
-            step(tile, q);
-        }
-    } else if (active) {
+    if (active) {
+        const uint32_t *xw = (const uint32_t *)xs;
+        float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
+        const uint32_t *gsz = szs + g;  // this lane's column g of the current group
         for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
 #pragma unroll
-            for (int u = 0; u < U; u++) cur[u] = nxt[S ? 0 : u];
+            for (int u = 0; u < U; u++) cur[u] = nxt[u];
             fetch(b + U);
 #pragma unroll
             for (int u = 0; u < U; u++) {
-                if (b + u >= ntiles) break;
-                step(b + u, cur[u]);
+                const int tile = b + u;
+                if (tile >= ntiles) break;
+                const bool opens = tile == 0 || cpos == 0;
+                if (++cpos == tpg) cpos = 0;
+                const bool closes = tile == ntiles - 1 || cpos == 0;
+                if (opens) {
+                    const uint32_t lo = gsz[0], hi = gsz[8];
+                    slo = __half2float(__ushort_as_half((unsigned short)(lo & 0xffff)));
+                    shi = __half2float(__ushort_as_half((unsigned short)(hi & 0xffff)));
+                    zlo = 128.f + (float)(lo >> 16);
+                    zhi = 128.f + (float)(hi >> 16);
+                    gsz += 16;
+                }
+                uint4 bx[NB][2];
+#pragma unroll
+                for (int f = 0; f < NB; f++) {
+                    const int m = f * 8 + g;
+                    const uint4 *src = (const uint4 *)(xw + (m < M ? m : 0) * xstride_w + tile * 32 + t * 8);
+                    bx[f][0] = m < M ? src[0] : make_uint4(0, 0, 0, 0);
+                    bx[f][1] = m < M ? src[1] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+                    for (int i = 0; i < 2; i++) {
+                        const int mm = f * 8 + 2 * t + i;
+                        if (mm < M) xg[f][i] += xsum[mm * (p.kr / 64) + tile];
+                    }
+                }
+                const uint32_t q4[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
+#pragma unroll
+                for (int j = 0; j < 4; j++) {
+                    const uint32_t a[4] = {nib_bf16x2(q4[j]), nib_bf16x2(q4[j] >> 4), nib_bf16x2(q4[j] >> 8),
+                                           nib_bf16x2(q4[j] >> 12)};
+#pragma unroll
+                    for (int f = 0; f < NB; f++) {
+                        const uint32_t *bw = (const uint32_t *)bx[f];
+                        mma_bf16(cg[f], a, bw[2 * j], bw[2 * j + 1]);
+                    }
+                }
+                if (closes) {
+#pragma unroll
+                    for (int f = 0; f < NB; f++) {
+                        acc[f][0] += slo * (cg[f][0] - zlo * xg[f][0]);
+                        acc[f][1] += slo * (cg[f][1] - zlo * xg[f][1]);
+                        acc[f][2] += shi * (cg[f][2] - zhi * xg[f][0]);
+                        acc[f][3] += shi * (cg[f][3] - zhi * xg[f][1]);
+                        cg[f][0] = cg[f][1] = cg[f][2] = cg[f][3] = 0.f;
+                        xg[f][0] = xg[f][1] = 0.f;
+                    }
+                }
             }
         }
     }
@@ -347,28 +319,15 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
 }
 
-template <int M, int S>
-static void launch_tc_s(const tc_args &a, int ks, size_t smem, cudaStream_t st) {
-    smem += (size_t)TC_WARPS * S * 512;
-    if (smem > (48 << 10)) CU_CHECK(cudaFuncSetAttribute(k_gptq_tc<M, S>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    CU_CHECK(pdl_launch(k_gptq_tc<M, S>, grid, dim3(TC_WARPS * 32), smem, st, a));
-}
-
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
     const size_t smem =
         (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
-    static int env_ring = -2;  // PAGODA_GEMV_RING (A/B runs of whole models) replaces the setting
-    if (env_ring == -2) {
-        const char *e = getenv("PAGODA_GEMV_RING");
-        env_ring = e && *e ? atoi(e) : -1;
-    }
-    switch (env_ring >= 0 ? env_ring : g_ring) {
-    case 8: launch_tc_s<M, 8>(a, ks, smem, st); break;
-    case 16: launch_tc_s<M, 16>(a, ks, smem, st); break;
-    default: launch_tc_s<M, 0>(a, ks, smem, st); break;
-    }
+    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
+    if (g_u == 8)
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
+    else
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
