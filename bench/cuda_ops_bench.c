@@ -231,9 +231,7 @@ static double time_layer(struct bench *b, int M, int skip) {
 static const struct {
     int bytes, u, flags;
     const char *name;
-} TUNES[] = {{0, 4, -1, ""},
-             {0, 4, CU_GPTQ_NO_KW, "K splits across blocks (no whole-K blocks)"},
-             {0, 4, CU_GPTQ_NO_KW | CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
+} TUNES[] = {{0, 4, -1, ""}, {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {

@@ -67,7 +67,7 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
   attnpf) run attnpf 150 env CMOCKA_MESSAGE_OUTPUT=stdout $D/bin/bench_attn_prefill ;;
   overlap) run overlap 400 bash bench/overlap.sh $P $OUT ;;
   abenv) # batch-1 int4 latency under A/B knobs (docs/cuda.md), e.g. ABENV="X=0 PAGODA_ATTN_MIN_KEYS=128"
-      for e in ${ABENV:-"X=0" "PAGODA_GEMV_KW=0" "X=0"}; do
+      for e in ${ABENV:-"X=0" "PAGODA_ATTN_MIN_KEYS=128" "X=0"}; do
         run abenv 150 env $e $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/abenv.jsonl
       done ;;
   sass) # instruction mix of the decode kernels (cuobjdump from the device's toolkit)

@@ -91,14 +91,8 @@ static void run_gptq_case(int in, int out, int gs) {
     for (size_t i = 0; i < (size_t)in * out; i++) bad += wt[i] != pg_f32_to_bf16((float)w[i]);
     printf("  dequant %dx%d g%d: %zu mismatches\n", in, out, gs, bad);
     assert_int_equal(bad, 0);
-    // the default routing (1-4 rows: one strip and the whole K per block where it fits),
-    // then 1-4 rows again on the K-split form
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
         for (int form = 0; form < 3; form++) gemv_case(&l, w, bias, db, M, form);
-    cu_gptq_tune(0, 4, CU_GPTQ_NO_KW);
-    for (int M = 1; M <= 4; M++)
-        for (int form = 0; form < 3; form++) gemv_case(&l, w, bias, db, M, form);
-    cu_gptq_tune(0, 4, -1);
     cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
     free(qw), free(sz), free(qt), free(szt), free(bias), free(w), free(wt);
 }

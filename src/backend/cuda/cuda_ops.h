@@ -112,7 +112,6 @@ bool cu_gptq_tc_supported(int in, int out, int group_size);
 // (4 or 8) and flags (-1: the default, 0) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
 // wrong results): the K splits are left unsummed. Call before sizing the scratch; not
 // thread-safe.
-#define CU_GPTQ_NO_KW 1      // never the one-strip-per-block, whole-K form (1-4 rows)
 #define CU_GPTQ_NO_REDUCE 2
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);

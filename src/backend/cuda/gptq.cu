@@ -19,8 +19,6 @@
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
-#include <stdlib.h>
-#include <string.h>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_ops.h"
@@ -177,20 +175,14 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
     }
 }
 
-// KW = false: the block's four warps own four strips over the block's K range (K splits
-// beyond it merged by ticket). KW = true: the block owns one strip and the whole K (one
-// split); its four warps take consecutive quarters of the tiles and their sums meet in
-// shared memory (fixed order), so no partials, fence or ticket.
-template <int M, int U, bool KW>
+template <int M, int U>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
     extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, xsum [M][kr / 64] f32, scale/zero words
     __shared__ bool last;
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const int strip = KW ? blockIdx.x : blockIdx.x * TC_WARPS + w, ks = gridDim.y;
+    const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
     const int k0 = blockIdx.y * p.kr, klen = min(p.kr, p.in - k0), ntiles = klen / 64, tpg = p.gs / 64;
-    // this warp's tiles of the block's range: all of them, or its quarter (KW)
-    const int tw0 = KW ? w * ntiles / TC_WARPS : 0, tw1 = KW ? (w + 1) * ntiles / TC_WARPS : ntiles;
     const int xstride_w = (p.kr + 8) / 2;  // words per row; = 4 mod 32: conflict-free B loads
     float *xsum = (float *)(xs + M * (p.kr + 8));
     const bool active = strip < p.out / 16;
@@ -199,29 +191,27 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     const uint4 *wp = p.qw + ((size_t)strip * (p.in / 64) + k0 / 64) * 32 + lane;
     const int kt0 = k0 / 64;  // global index of the block's first tile
     // The scale/zero words of the groups this block's range touches (at most ngb), copied
-    // into shared memory with cp.async before the wait (they are constant): per warp, or
-    // once for the block's strip (KW, all threads).
+    // into shared memory with cp.async before the wait (they are constant).
     const int gfirst = kt0 / tpg, ngb = (kt0 + ntiles - 1) / tpg - gfirst + 1;
-    uint32_t *szs = (uint32_t *)(xsum + tc_xsum_floats(M, p.kr)) + (KW ? 0 : w * tc_ngb(p.kr, p.gs) * 16);
+    uint32_t *szs = (uint32_t *)(xsum + tc_xsum_floats(M, p.kr)) + w * tc_ngb(p.kr, p.gs) * 16;
     if (active) {
         const uint32_t *src = p.sz + ((size_t)strip * p.ng + gfirst) * 16;
-        const int i0 = (KW ? threadIdx.x : lane) * 4, step = KW ? TC_WARPS * 128 : 128;
-        for (int i = i0; i < ngb * 16; i += step) cp_async16(szs + i, src + i);
+        for (int i = lane * 4; i < ngb * 16; i += 128) cp_async16(szs + i, src + i);
     }
     cp_async_commit();
     // Groups are followed with counters (no division per tile): a tile opens a group (its
     // scale/zero are read) when it is the group's first or the block's first, and closes it
     // (the scale is applied) when it is the group's last or the block's last.
-    int cpos = (kt0 + tw0) % tpg;  // position in its group of the next tile to use
+    int cpos = kt0 % tpg;  // position in its group of the next tile to use
     uint4 nxt[U];
 #pragma unroll
     for (int u = 0; u < U; u++) nxt[u] = make_uint4(0, 0, 0, 0);
     auto fetch = [&](int b) {
 #pragma unroll
         for (int u = 0; u < U; u++)
-            if (active && b + u < tw1) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
+            if (active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
-    fetch(tw0);
+    fetch(0);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
@@ -238,8 +228,8 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     if (active) {
         const uint32_t *xw = (const uint32_t *)xs;
         float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
-        int gi = (kt0 + tw0) / tpg - gfirst - 1;  // the current group (before: the one before the first tile)
-        for (int b = tw0; b < tw1; b += U) {
+        const uint32_t *gsz = szs + g;  // this lane's column g of the current group
+        for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
 #pragma unroll
             for (int u = 0; u < U; u++) cur[u] = nxt[u];
@@ -247,17 +237,17 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int tile = b + u;
-                if (tile >= tw1) break;
-                const bool opens = tile == tw0 || cpos == 0;
+                if (tile >= ntiles) break;
+                const bool opens = tile == 0 || cpos == 0;
                 if (++cpos == tpg) cpos = 0;
-                const bool closes = tile == tw1 - 1 || cpos == 0;
+                const bool closes = tile == ntiles - 1 || cpos == 0;
                 if (opens) {
-                    gi++;
-                    const uint32_t lo = szs[gi * 16 + g], hi = szs[gi * 16 + g + 8];
+                    const uint32_t lo = gsz[0], hi = gsz[8];
                     slo = __half2float(__ushort_as_half((unsigned short)(lo & 0xffff)));
                     shi = __half2float(__ushort_as_half((unsigned short)(hi & 0xffff)));
                     zlo = 128.f + (float)(lo >> 16);
                     zhi = 128.f + (float)(hi >> 16);
+                    gsz += 16;
                 }
                 uint4 bx[NB][2];
 #pragma unroll
@@ -300,22 +290,6 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
     const int n_lo = strip * 16 + g;
-    if constexpr (KW) {  // warps 1..3 hand their sums to warp 0, which adds them in warp order
-        __shared__ float red[TC_WARPS - 1][NB * 4][32];
-        if (w > 0)
-#pragma unroll
-            for (int f = 0; f < NB; f++)
-#pragma unroll
-                for (int i = 0; i < 4; i++) red[w - 1][f * 4 + i][lane] = acc[f][i];
-        __syncthreads();
-        if (w > 0 || !active) return;
-#pragma unroll
-        for (int f = 0; f < NB; f++)
-#pragma unroll
-            for (int i = 0; i < 4; i++)
-#pragma unroll
-                for (int ww = 0; ww < TC_WARPS - 1; ww++) acc[f][i] += red[ww][f * 4 + i][lane];
-    }
     if (active)
 #pragma unroll
         for (int f = 0; f < NB; f++)
@@ -345,33 +319,15 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
 }
 
-// Whether the one-strip-per-block form (KW) takes this GEMV: few rows, the whole K's
-// activations within TC_SMEM_MAX and at most 32 tiles per warp (qkv, o, gate|up of a 14B at
-// 1-3 rows; down's 13824 inputs are not).
-static bool tc_kw(const struct cu_gptq *l, int M) {
-    static int env = -1;  // PAGODA_GEMV_KW=0 turns it off (A/B runs of whole models)
-    if (env < 0) {
-        const char *e = getenv("PAGODA_GEMV_KW");
-        env = !(e && !strcmp(e, "0"));
-    }
-    return env && !(g_flags & CU_GPTQ_NO_KW) && M <= 4 && (size_t)M * (l->in + 8) * 2 <= TC_SMEM_MAX &&
-           l->in / 64 <= TC_WARPS * 32;
-}
-
-template <int M, bool KW>
-static void launch_tc_kw(const tc_args &a, int ks, cudaStream_t st) {
-    const size_t smem = (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 +
-                        (size_t)(KW ? 1 : TC_WARPS) * tc_ngb(a.kr, a.gs) * 64;
-    dim3 grid(KW ? a.out / 16 : (a.out + TC_COLS - 1) / TC_COLS, ks);
-    if (g_u == 8)
-        CU_CHECK(pdl_launch(k_gptq_tc<M, 8, KW>, grid, dim3(TC_WARPS * 32), smem, st, a));
-    else
-        CU_CHECK(pdl_launch(k_gptq_tc<M, 4, KW>, grid, dim3(TC_WARPS * 32), smem, st, a));
-}
-
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
-    launch_tc_kw<M, false>(a, ks, st);
+    const size_t smem =
+        (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
+    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
+    if (g_u == 8)
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
+    else
+        CU_CHECK(pdl_launch(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
@@ -400,16 +356,6 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
     a.flags = g_flags;
-    if (tc_kw(l, M)) {  // one split: the whole K per block
-        a.kr = l->in;
-        switch (M) {
-        case 1: launch_tc_kw<1, true>(a, 1, st); break;
-        case 2: launch_tc_kw<2, true>(a, 1, st); break;
-        case 3: launch_tc_kw<3, true>(a, 1, st); break;
-        default: launch_tc_kw<4, true>(a, 1, st); break;
-        }
-        return;
-    }
     const int ks = tc_splits(l, M);
     switch (M) {
     case 1: launch_tc<1>(a, ks, st); break;
