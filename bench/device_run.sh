@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests sass nsys ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# Phases: info tests tests2 sass nsys abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
 # ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
