@@ -100,7 +100,7 @@ test-cuda: test-cuda-bins
 bench-cuda: $(O)/bench/cuda_ops_bench
 $(O)/bench/cuda_ops_bench: bench/cuda_ops_bench.c $(O)/libpagoda.a
 	@mkdir -p $(dir $@)
-	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(O)/libpagoda.a $(LDLIBS)
+	$(CC) $(CFLAGS) $(LDFLAGS) -o $@ $< $(O)/libpagoda.a $(LDLIBS) -lcupti
 
 # The whole suite: C unit tests, then the sanitizer build of the same tests, then Python tests.
 test: all

@@ -9,10 +9,14 @@
 // (old path vs new path) and compares it with the sum of its ops and the byte floor.
 // Weights and activations are constant fills (timing does not depend on values; the GPU
 // tests check correctness). Usage: cuda_ops_bench [reps]   (Markdown to stdout)
+// `cuda_ops_bench timeline [M]`: the start and end of every kernel of the layer graph as the
+// GPU ran it (CUPTI activity records, PDL overlap kept), per op: how long it ran and how far
+// it moved the chain's end (what the op costs the step).
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <cublas_v2.h>
+#include <cupti.h>
 #include <cuda_runtime_api.h>
 
 #include "backend/cuda/cuda_ops.h"
@@ -282,10 +286,110 @@ static void setup(struct bench *b) {
     ck(cudaMemcpy(b->tiles, th, sizeof th, cudaMemcpyHostToDevice), "tiles upload");
 }
 
+
+// ---- timeline (CUPTI) ----
+#define TL_MAX 8192
+static struct tl_rec {
+    uint64_t start, end;
+    uint32_t graph;
+    char name[48];
+} g_tl[TL_MAX];
+static int g_tl_n;
+
+static void CUPTIAPI tl_buf_req(uint8_t **buf, size_t *size, size_t *max_records) {
+    *size = (size_t)8 << 20;
+    *buf = aligned_alloc(8, *size);
+    *max_records = 0;
+}
+
+static void CUPTIAPI tl_buf_done(CUcontext ctx, uint32_t stream, uint8_t *buf, size_t size, size_t valid) {
+    (void)ctx, (void)stream, (void)size;
+    CUpti_Activity *r = NULL;
+    while (cuptiActivityGetNextRecord(buf, valid, &r) == CUPTI_SUCCESS) {
+        if (r->kind != CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL || g_tl_n >= TL_MAX) continue;
+        const CUpti_ActivityKernel10 *k = (const CUpti_ActivityKernel10 *)r;
+        struct tl_rec *o = &g_tl[g_tl_n++];
+        o->start = k->start, o->end = k->end, o->graph = k->graphId;
+        snprintf(o->name, sizeof o->name, "%s", k->name ? k->name : "?");
+    }
+    free(buf);
+}
+
+static int cmp_tl(const void *a, const void *b) {
+    const struct tl_rec *x = a, *y = b;
+    return (x->start > y->start) - (x->start < y->start);
+}
+
+// Replays the NLAYER-layer graph (L2 flushed before each) under CUPTI and prints, per op of
+// a layer (layers 2..NLAYER-1, all replays): mean run time (start to end, which for a kernel
+// launched with PDL includes its wait) and mean advance (its end minus the previous
+// kernel's end: what it adds to the step).
+static int timeline(struct bench *b, int M) {
+    const int reps = 10, per = 8 * NLAYER;
+    cudaGraph_t g;
+    cudaGraphExec_t ge;
+    set_ctx(b, M, 512);
+    ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
+    layers(b, M, -1);
+    ck(cudaStreamEndCapture(b->st, &g), "end capture");
+    ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
+    ck(cudaGraphLaunch(ge, b->st), "graph");
+    ck(cudaStreamSynchronize(b->st), "sync");
+    if (cuptiActivityRegisterCallbacks(tl_buf_req, tl_buf_done) != CUPTI_SUCCESS ||
+        cuptiActivityEnable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL) != CUPTI_SUCCESS) {
+        fprintf(stderr, "CUPTI activity tracing unavailable\n");
+        return 1;
+    }
+    for (int r = 0; r < reps; r++) {
+        flush_l2(b);
+        ck(cudaGraphLaunch(ge, b->st), "graph");
+        ck(cudaStreamSynchronize(b->st), "sync");
+    }
+    cuptiActivityFlushAll(1);
+    cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+    qsort(g_tl, g_tl_n, sizeof g_tl[0], cmp_tl);
+    struct tl_rec *k = malloc(sizeof(struct tl_rec) * TL_MAX);
+    int n = 0;
+    for (int i = 0; i < g_tl_n; i++)
+        if (g_tl[i].graph) k[n++] = g_tl[i];  // the graph's kernels (the flushes run outside it)
+    printf("# Layer graph timeline, M = %d, context 512, %d layers, %d replays (CUPTI)\n\n", M, NLAYER, reps);
+    if (n != reps * per) {
+        printf("expected %d graph kernels, CUPTI gave %d\n", reps * per, n);
+        free(k);
+        return 1;
+    }
+    double run[8] = {0}, adv[8] = {0}, total = 0;
+    int cnt = 0;
+    for (int r = 0; r < reps; r++) {
+        const struct tl_rec *e = k + r * per;
+        total += (double)(e[per - 1].end - e[0].start) / NLAYER;
+        for (int l = 1; l < NLAYER - 1; l++, cnt++)
+            for (int o = 0; o < 8; o++) {
+                const struct tl_rec *c = &e[l * 8 + o], *prev = &e[l * 8 + o - 1];
+                run[o] += (double)(c->end - c->start);
+                adv[o] += (double)(c->end > prev->end ? c->end - prev->end : 0);
+            }
+    }
+    printf("graph: %.1f us per layer (first kernel's start to last kernel's end)\n\n", total / reps / 1e3);
+    printf("| op | kernel | runs (us) | advances the chain by (us) |\n|---|---|---|---|\n");
+    double sum = 0;
+    for (int o = 0; o < 8; o++) {
+        sum += adv[o] / cnt;
+        printf("| %s | %.40s | %.1f | %.1f |\n", layer_op[o], k[8 + o].name, run[o] / cnt / 1e3, adv[o] / cnt / 1e3);
+    }
+    printf("| sum | | | %.1f |\n", sum / 1e3);
+    free(k);
+    return 0;
+}
+
 int main(int argc, char **argv) {
     struct bench b;
     memset(&b, 0, sizeof b);
     b.reps = argc > 1 ? atoi(argv[1]) : 50;
+    if (argc > 1 && !strcmp(argv[1], "timeline")) {
+        setup(&b);
+        return timeline(&b, argc > 2 ? atoi(argv[2]) : 1);
+    }
     if (argc > 1 && !strcmp(argv[1], "profile")) {  // a few launches of each GEMV, for ncu
         setup(&b);
         for (int r = 0; r < 3; r++)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests tests2 sass nsys abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# Phases: info tests tests2 sass nsys timeline abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
 # ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
@@ -70,6 +70,8 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
       for e in ${ABENV:-"X=0" "PAGODA_ATTN_MIN_KEYS=128" "X=0"}; do
         run abenv 150 env $e $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/abenv.jsonl
       done ;;
+  timeline) # when each kernel of the 6-layer decode graph ran (CUPTI), batch 1 and 8
+      for m in 1 8; do timeout 120 $D/bin/cuda_ops_bench timeline $m > $OUT/timeline-m$m.md 2>&1; echo "### timeline M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-m$m.md | tee -a $OUT/summary.txt; done ;;
   sass) # instruction mix of the decode kernels (cuobjdump from the device's toolkit)
       CO=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
       [ -n "$CO" ] && $CO -sass -arch sm_90a $P > $OUT/sass-all.txt 2>&1
