@@ -359,11 +359,12 @@ static void launch_g(int G, const dec_args &a, dim3 grid, cudaStream_t st) {
     }
 }
 
-// Benchmark hook (cuda_ops_bench): fewest keys per split, a multiple of DEC_TILE.
-static int g_min_chunk = DEC_MIN_CHUNK;
-extern "C" void cu_attn_decode_tune(int min_keys_per_split) {
-    g_min_chunk = min_keys_per_split <= 0 ? DEC_MIN_CHUNK : (min_keys_per_split + DEC_TILE - 1) / DEC_TILE * DEC_TILE;
-}
+// Fewest keys per split, a multiple of DEC_TILE: the default, PAGODA_ATTN_MIN_KEYS (A/B runs
+// of whole models; read at the first launch) or the benchmark hook (cuda_ops_bench),
+// whichever came last.
+static int min_chunk_of(int keys) { return keys <= 0 ? DEC_MIN_CHUNK : (keys + DEC_TILE - 1) / DEC_TILE * DEC_TILE; }
+static int g_min_chunk = -1;  // -1: not set yet
+extern "C" void cu_attn_decode_tune(int min_keys_per_split) { g_min_chunk = min_chunk_of(min_keys_per_split); }
 
 extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                                int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
@@ -375,13 +376,11 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "attn_decode: unsupported shape");
         return;
     }
-    static int env_chunk = -2;  // PAGODA_ATTN_MIN_KEYS (A/B runs of whole models): replaces the tuning
-    if (env_chunk == -2) {
+    if (g_min_chunk < 0) {
         const char *e = getenv("PAGODA_ATTN_MIN_KEYS");
-        env_chunk = e && *e ? (atoi(e) + DEC_TILE - 1) / DEC_TILE * DEC_TILE : -1;
+        g_min_chunk = min_chunk_of(e ? atoi(e) : 0);
     }
-    const int min_chunk = env_chunk > 0 ? env_chunk : g_min_chunk;
-    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, min_chunk, (const uint8_t *)k_cache,
+    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
                   (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out};
     const dim3 grid(n_splits, n_kv, n);
     const bool fp8 = kv_type != CU_KV_BF16;
