@@ -206,14 +206,20 @@ static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "
                                   "o GEMV", "add_rmsnorm", "gate|up GEMV", "down GEMV (swiglu)"};
 
 // Microseconds per layer of the NLAYER-layer graph (median of reps replays, L2 flushed before each).
-static double time_layer(struct bench *b, int M, int skip) {
-    cudaGraph_t g;
+// The NLAYER-layer graph at context 512 (see layers), instantiated; *g for cudaGraphDestroy.
+static cudaGraphExec_t layer_graph(struct bench *b, int M, int skip, cudaGraph_t *g) {
     cudaGraphExec_t ge;
     set_ctx(b, M, 512);
     ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
     layers(b, M, skip);
-    ck(cudaStreamEndCapture(b->st, &g), "end capture");
-    ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
+    ck(cudaStreamEndCapture(b->st, g), "end capture");
+    ck(cudaGraphInstantiate(&ge, *g, 0), "instantiate");
+    return ge;
+}
+
+static double time_layer(struct bench *b, int M, int skip) {
+    cudaGraph_t g;
+    cudaGraphExec_t ge = layer_graph(b, M, skip, &g);
     float t[1024], ms;
     ck(cudaGraphLaunch(ge, b->st), "graph");
     for (int r = 0; r < b->reps; r++) {
@@ -327,12 +333,7 @@ static int cmp_tl(const void *a, const void *b) {
 static int timeline(struct bench *b, int M) {
     const int reps = 10, per = 8 * NLAYER;
     cudaGraph_t g;
-    cudaGraphExec_t ge;
-    set_ctx(b, M, 512);
-    ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
-    layers(b, M, -1);
-    ck(cudaStreamEndCapture(b->st, &g), "end capture");
-    ck(cudaGraphInstantiate(&ge, g, 0), "instantiate");
+    cudaGraphExec_t ge = layer_graph(b, M, -1, &g);
     ck(cudaGraphLaunch(ge, b->st), "graph");
     ck(cudaStreamSynchronize(b->st), "sync");
     if (cuptiActivityRegisterCallbacks(tl_buf_req, tl_buf_done) != CUPTI_SUCCESS ||
@@ -347,6 +348,8 @@ static int timeline(struct bench *b, int M) {
     }
     cuptiActivityFlushAll(1);
     cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
+    cudaGraphExecDestroy(ge);
+    cudaGraphDestroy(g);
     qsort(g_tl, g_tl_n, sizeof g_tl[0], cmp_tl);
     struct tl_rec *k = malloc(sizeof(struct tl_rec) * TL_MAX);
     int n = 0;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests tests2 sass nsys timeline abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# Phases: info tests tests2 sass timeline abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
 # ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
@@ -76,11 +76,5 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
       CO=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
       [ -n "$CO" ] && $CO -sass -arch sm_90a $P > $OUT/sass-all.txt 2>&1
       python3 bench/sass_stats.py $OUT/sass-all.txt $OUT/sass-kern.txt > $OUT/sass.txt 2>&1; head -60 $OUT/sass.txt | tee -a $OUT/summary.txt; rm -f $OUT/sass-all.txt ;;
-  nsys) # per-kernel durations inside the decode graphs (batch-1 int4): nsys if present
-      NS=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems*/bin/nsys 2>/dev/null | head -1)
-      echo "nsys: ${NS:-none}" | tee -a $OUT/summary.txt
-      [ -n "$NS" ] && { timeout 200 $NS profile --cuda-graph-trace=node -o /tmp/dec -f true $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 16 --prefill-lens 512 > $OUT/nsys.log 2>&1;
-        $NS stats -r cuda_gpu_kern_sum -f csv /tmp/dec.nsys-rep > $OUT/nsys-kern.csv 2>>$OUT/nsys.log; head -30 $OUT/nsys-kern.csv | tee -a $OUT/summary.txt;
-        $NS stats -r cuda_gpu_trace -f csv /tmp/dec.nsys-rep 2>>$OUT/nsys.log | tail -400 > $OUT/nsys-trace.csv; } ;;
   hf) run hf 200 env PYTHONUNBUFFERED=1 $PY $D/hf_baseline.py --json $OUT/results.jsonl ;;
 esac; done
