@@ -57,22 +57,9 @@ static inline void pf_setup_init(struct pf_setup *s, const struct pf_case *c, bo
     const int bs = c->bs;
     for (int i = 0; i < c->n; i++) {
         s->q0[i] = s->T, s->T += c->nnew[i];
-        int nb = (c->len[i] + bs - 1) / bs;
-        if (nb > s->bt_stride) s->bt_stride = nb;
-        s->nblocks += nb;
         s->n_tiles += (c->nnew[i] + CU_PREFILL_TILE - 1) / CU_PREFILL_TILE;
     }
-    s->nblocks += 3;
-    int *perm = pg_malloc(sizeof(int) * s->nblocks);
-    for (int i = 0; i < s->nblocks; i++) perm[i] = i;
-    for (int i = s->nblocks - 1; i > 0; i--) {
-        int j = urand() % (i + 1), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    s->bt = pg_calloc((size_t)c->n * s->bt_stride, sizeof(int32_t));
-    for (int i = 0, k = 0; i < c->n; i++)
-        for (int b = 0; b < (c->len[i] + bs - 1) / bs; b++) s->bt[i * s->bt_stride + b] = perm[k++];
-    free(perm);
+    s->bt = shuffled_block_tables(c->n, c->len, bs, &s->bt_stride, &s->nblocks);
     s->tiles = pg_malloc(sizeof(int32_t) * 2 * s->n_tiles);
     s->tok_seq = pg_malloc(sizeof(int32_t) * s->T);
     s->tok_pos = pg_malloc(sizeof(int32_t) * s->T);

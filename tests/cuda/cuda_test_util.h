@@ -50,6 +50,28 @@ static inline struct cu_step step_to_dev(int T, int n, const int32_t *tok_seq, c
     buf[5] = dup_to_dev(bt, sizeof(int32_t) * (size_t)n * bt_stride);
     return (struct cu_step){T, n, buf[0], buf[1], buf[2], buf[3], buf[4], buf[5], bt_stride};
 }
+// Block tables for n sequences of lengths len (block size bs): row i (stride *stride) lists
+// sequence i's blocks, drawn in order from a shuffled pool of all their blocks plus 3 spares
+// (*nblocks in all), so tables are neither contiguous nor the identity.
+static inline int32_t *shuffled_block_tables(int n, const int *len, int bs, int *stride, int *nblocks) {
+    *stride = 0, *nblocks = 3;
+    for (int i = 0; i < n; i++) {
+        int nb = (len[i] + bs - 1) / bs;
+        if (nb > *stride) *stride = nb;
+        *nblocks += nb;
+    }
+    int *perm = pg_malloc(sizeof(int) * *nblocks);
+    for (int i = 0; i < *nblocks; i++) perm[i] = i;
+    for (int i = *nblocks - 1; i > 0; i--) {
+        int j = urand() % (i + 1), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    int32_t *bt = pg_calloc((size_t)n * *stride, sizeof(int32_t));
+    for (int i = 0, k = 0; i < n; i++)
+        for (int b = 0; b < (len[i] + bs - 1) / bs; b++) bt[i * *stride + b] = perm[k++];
+    free(perm);
+    return bt;
+}
 static inline void to_host(void *h, const void *d, size_t n) {
     assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
     assert_int_equal(cudaMemcpy(h, d, n, cudaMemcpyDeviceToHost), cudaSuccess);

@@ -121,21 +121,8 @@ static void setup_init_bs(struct pg_setup *s, int n, const int *len, const int *
     for (int i = 0; i < n; i++) {
         s->len[i] = len[i], s->nnew[i] = nnew[i], s->q0[i] = s->T;
         s->T += nnew[i];
-        int nb = (len[i] + bs - 1) / bs;
-        if (nb > s->bt_stride) s->bt_stride = nb;
-        s->nblocks += nb;
     }
-    s->nblocks += 3;
-    int *perm = pg_malloc(sizeof(int) * s->nblocks);
-    for (int i = 0; i < s->nblocks; i++) perm[i] = i;
-    for (int i = s->nblocks - 1; i > 0; i--) {
-        int j = urand() % (i + 1), t = perm[i];
-        perm[i] = perm[j], perm[j] = t;
-    }
-    s->bt = pg_calloc((size_t)n * s->bt_stride, sizeof(int32_t));
-    for (int i = 0, k = 0; i < n; i++)
-        for (int b = 0; b < (len[i] + bs - 1) / bs; b++) s->bt[i * s->bt_stride + b] = perm[k++];
-    free(perm);
+    s->bt = shuffled_block_tables(n, len, bs, &s->bt_stride, &s->nblocks);
     s->tok_seq = pg_malloc(sizeof(int32_t) * s->T);
     s->tok_pos = pg_malloc(sizeof(int32_t) * s->T);
     for (int i = 0; i < n; i++)
@@ -198,25 +185,57 @@ static void ref_attn(const struct pg_setup *s, int seq, int pos, int h, const ui
     free(sc);
 }
 
+static void setup_free(struct pg_setup *s) {
+    free(s->kc), free(s->vc), free(s->bt), free(s->tok_seq), free(s->tok_pos);
+}
+
+// An attention case's device side (caches, random queries, output, step arrays) and the
+// host reference for every query row.
+struct attn_io {
+    size_t qn;
+    uint16_t *q;
+    double *ref;
+    void *dk, *dv, *dq;
+    bf16_t *dout;
+    struct dev_step ds;
+};
+
+static void attn_io_init(struct attn_io *a, const struct pg_setup *s) {
+    const size_t es = s->kv_type == CU_KV_BF16 ? 2 : 1;
+    a->qn = (size_t)s->T * s->nh * s->hd;
+    a->dk = dup_to_dev(s->kc, s->cache_elems * es), a->dv = dup_to_dev(s->vc, s->cache_elems * es);
+    a->q = rand_bf16(a->qn, 1.0f);
+    a->dq = dup_to_dev(a->q, a->qn * 2);
+    a->dout = dmalloc(a->qn * 2);
+    dev_step_init(&a->ds, s);
+    a->ref = pg_malloc(sizeof(double) * a->qn);
+    for (int t = 0; t < s->T; t++)
+        for (int h = 0; h < s->nh; h++) {
+            const size_t o = ((size_t)t * s->nh + h) * s->hd;
+            ref_attn(s, s->tok_seq[t], s->tok_pos[t], h, a->q + o, a->ref + o);
+        }
+}
+
+static void attn_io_free(struct attn_io *a) {
+    dev_step_free(&a->ds);
+    cudaFree(a->dk), cudaFree(a->dv), cudaFree(a->dq), cudaFree(a->dout);
+    free(a->q), free(a->ref);
+}
+
 static void run_attn_case(int nh, int nkv, int hd, int kv_type, bool prefill, int splits) {
     int len_d[5] = {1, 16, 17, 333, 1500}, nn_d[5] = {1, 1, 1, 1, 1};
     int len_p[5] = {100, 101, 300, 64, 77}, nn_p[5] = {100, 64, 130, 1, 40};
     struct pg_setup s;
     setup_init(&s, 5, prefill ? len_p : len_d, prefill ? nn_p : nn_d, nh, nkv, hd, kv_type);
-    size_t es = kv_type == CU_KV_BF16 ? 2 : 1, qn = (size_t)s.T * nh * hd;
-    void *dk = dup_to_dev(s.kc, s.cache_elems * es), *dv = dup_to_dev(s.vc, s.cache_elems * es);
-    uint16_t *q = rand_bf16(qn, 1.0f);
-    void *dq = dup_to_dev(q, qn * 2);
-    bf16_t *dout = dmalloc(qn * 2);
-    struct dev_step ds;
-    dev_step_init(&ds, &s);
+    struct attn_io a;
+    attn_io_init(&a, &s);
     if (prefill) {
         int32_t tiles[64];
         int nt = 0;
         for (int i = 0; i < s.n; i++)
             for (int j = 0; j < s.nnew[i]; j += CU_PREFILL_TILE) tiles[2 * nt] = i, tiles[2 * nt + 1] = j, nt++;
         void *dt = dup_to_dev(tiles, sizeof(int32_t) * 2 * nt);
-        cu_attn_prefill(dq, &ds.st, dt, nt, nh, nkv, hd, 16, kv_type, dk, dv, dout, 0);
+        cu_attn_prefill(a.dq, &a.ds.st, dt, nt, nh, nkv, hd, 16, kv_type, a.dk, a.dv, a.dout, 0);
         assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
         cudaFree(dt);
     } else {
@@ -224,23 +243,19 @@ static void run_attn_case(int nh, int nkv, int hd, int kv_type, bool prefill, in
         void *dseqs = dup_to_dev(seqs, sizeof seqs);
         float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)5 * nh * splits * (hd + 2)));
         assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
-        cu_attn_decode(dq, &ds.st, dseqs, 5, nh, nkv, hd, 16, kv_type, dk, dv, splits, part, dout, 0);
+        cu_attn_decode(a.dq, &a.ds.st, dseqs, 5, nh, nkv, hd, 16, kv_type, a.dk, a.dv, splits, part, a.dout, 0);
         assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
         cudaFree(dseqs), cudaFree(part);
     }
-    uint16_t *out = pg_malloc(qn * 2);
-    to_host(out, dout, qn * 2);
-    double *ref = pg_malloc(sizeof(double) * qn);
-    for (int t = 0; t < s.T; t++)
-        for (int h = 0; h < nh; h++)
-            ref_attn(&s, s.tok_seq[t], s.tok_pos[t], h, q + ((size_t)t * nh + h) * hd, ref + ((size_t)t * nh + h) * hd);
+    uint16_t *out = pg_malloc(a.qn * 2);
+    to_host(out, a.dout, a.qn * 2);
     char name[96];
     snprintf(name, sizeof name, "attn %s %dq/%dkv hd%d kv%d splits%d", prefill ? "prefill" : "decode", nh, nkv, hd,
              kv_type, splits);
-    CHECK_ERR(name, rel_err_bf16(out, ref, qn), prefill ? 1.5e-2 : 8e-3);
-    dev_step_free(&ds);
-    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout);
-    free(q), free(out), free(ref), free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
+    CHECK_ERR(name, rel_err_bf16(out, a.ref, a.qn), prefill ? 1.5e-2 : 8e-3);
+    attn_io_free(&a);
+    setup_free(&s);
+    free(out);
 }
 
 // Decode over n sequences of lengths len (block size bs, up to `splits` splits), launched
@@ -252,40 +267,32 @@ static void run_decode_case(int nh, int nkv, int hd, int kv_type, int bs, int n,
     for (int i = 0; i < n; i++) nn[i] = 1;
     struct pg_setup s;
     setup_init_bs(&s, n, len, nn, nh, nkv, hd, kv_type, bs);
-    size_t es = kv_type == CU_KV_BF16 ? 2 : 1, qn = (size_t)s.T * nh * hd;
-    void *dk = dup_to_dev(s.kc, s.cache_elems * es), *dv = dup_to_dev(s.vc, s.cache_elems * es);
-    uint16_t *q = rand_bf16(qn, 1.0f);
-    void *dq = dup_to_dev(q, qn * 2);
-    bf16_t *dout = dmalloc(qn * 2);
-    struct dev_step ds;
-    dev_step_init(&ds, &s);
+    struct attn_io a;
+    attn_io_init(&a, &s);
     int32_t seqs[8];
     for (int i = 0; i < n; i++) seqs[i] = n - 1 - i;  // not the identity: output rows follow seq_q0
     void *dseqs = dup_to_dev(seqs, sizeof(int32_t) * n);
     float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)n * nh * splits * (hd + 2)));
     assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
-    double *ref = pg_malloc(sizeof(double) * qn);
-    for (int t = 0; t < s.T; t++)
-        for (int h = 0; h < nh; h++)
-            ref_attn(&s, s.tok_seq[t], s.tok_pos[t], h, q + ((size_t)t * nh + h) * hd, ref + ((size_t)t * nh + h) * hd);
     uint16_t *out[2];
     char name[128];
     for (int run = 0; run < 2; run++) {
-        assert_int_equal(cudaMemset(dout, 0xff, qn * 2), cudaSuccess);
-        cu_attn_decode(dq, &ds.st, dseqs, n, nh, nkv, hd, bs, kv_type, dk, dv, splits, part, dout, 0);
-        out[run] = pg_malloc(qn * 2);
-        to_host(out[run], dout, qn * 2);
+        assert_int_equal(cudaMemset(a.dout, 0xff, a.qn * 2), cudaSuccess);
+        cu_attn_decode(a.dq, &a.ds.st, dseqs, n, nh, nkv, hd, bs, kv_type, a.dk, a.dv, splits, part, a.dout, 0);
+        out[run] = pg_malloc(a.qn * 2);
+        to_host(out[run], a.dout, a.qn * 2);
         snprintf(name, sizeof name, "attn decode %dq/%dkv hd%d kv%d bs%d n%d (len0 %d) splits%d run%d", nh, nkv, hd,
                  kv_type, bs, n, len[0], splits, run);
-        CHECK_ERR(name, rel_err_bf16(out[run], ref, qn), 8e-3);
+        CHECK_ERR(name, rel_err_bf16(out[run], a.ref, a.qn), 8e-3);
     }
     uint32_t tickets[64];
     to_host(tickets, part, sizeof tickets);
     for (int i = 0; i < n * nkv && i < 64; i++) assert_int_equal(tickets[i], 0);  // re-armed
-    assert_memory_equal(out[0], out[1], qn * 2);
-    dev_step_free(&ds);
-    cudaFree(dk), cudaFree(dv), cudaFree(dq), cudaFree(dout), cudaFree(dseqs), cudaFree(part);
-    free(q), free(out[0]), free(out[1]), free(ref), free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
+    assert_memory_equal(out[0], out[1], a.qn * 2);
+    attn_io_free(&a);
+    setup_free(&s);
+    cudaFree(dseqs), cudaFree(part);
+    free(out[0]), free(out[1]);
 }
 
 static void test_attn_decode(void **state) {
@@ -390,7 +397,7 @@ static void run_rope_case(int nh, int nkv, int hd, int kv_type, bool with_bias) 
     dev_step_free(&ds);
     cudaFree(dqkv), cudaFree(db), cudaFree(dk), cudaFree(dv), cudaFree(dq);
     free(qkv), free(bias), free(q), free(rq), free(rk), free(rv), free(gk), free(gv);
-    free(s.kc), free(s.vc), free(s.bt), free(s.tok_seq), free(s.tok_pos);
+    setup_free(&s);
 }
 
 static void test_rope_store(void **state) {
