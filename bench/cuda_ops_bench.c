@@ -241,7 +241,12 @@ static double time_layer(struct bench *b, int M, int skip) {
 static const struct {
     int bytes, u, flags;
     const char *name;
-} TUNES[] = {{0, 4, -1, ""}, {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"}};
+} TUNES[] = {{0, 4, -1, ""},
+             {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
+             {0, 4, CU_GPTQ_SMEM_BULK, "weights to shared memory by bulk copy"},
+             {0, 4, CU_GPTQ_SMEM_CPASYNC, "weights to shared memory by cp.async"},
+             {16 << 10, 4, CU_GPTQ_SMEM_BULK, "bulk copy, 16 KiB blocks"},
+             {64 << 10, 4, CU_GPTQ_SMEM_BULK, "bulk copy, 64 KiB blocks"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {

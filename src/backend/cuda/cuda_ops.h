@@ -109,10 +109,15 @@ struct cu_gptq {
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
 // Benchmark hook: weight bytes per block (0: default 32 KiB), tiles per lane per batch
-// (4 or 8) and flags (-1: the default, 0) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
+// (4 or 8) and flags (-1: the default, CU_GPTQ_DEFAULT_FLAGS or PAGODA_GPTQ_FLAGS) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
 // wrong results): the K splits are left unsummed. Call before sizing the scratch; not
 // thread-safe.
+// CU_GPTQ_SMEM_BULK: each warp's whole weight run is copied into shared memory before the
+// PDL wait by one bulk (TMA) copy (sm_90+; cp.async on older GPUs); CU_GPTQ_SMEM_CPASYNC:
+// the same by cp.async, 16 bytes per lane; neither: registers, 4 (or 8) tiles in flight.
 #define CU_GPTQ_NO_REDUCE 2
+#define CU_GPTQ_SMEM_BULK 4
+#define CU_GPTQ_SMEM_CPASYNC 8
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts

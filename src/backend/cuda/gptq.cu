@@ -17,6 +17,7 @@
 // re-arms its ticket for the next launch / graph replay.
 //
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
+#include <stdlib.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -30,14 +31,29 @@ typedef __nv_bfloat16 bf16;
 #define TC_COLS (TC_WARPS * 16)       // output columns per block
 #define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
 #define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
+#ifdef PAGODA_HAS_BULK_COPY
+#define TC_HAS_BULK 1
+#else
+#define TC_HAS_BULK 0
+#endif
 
 // Tuning (cuda_ops_bench): weight bytes per block, tiles per batch (4 or 8) and CU_GPTQ_*
 // flags. Set before the scratch is sized (cu_gemv_partial_floats depends on it).
-static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4, g_flags = CU_GPTQ_DEFAULT_FLAGS;
+// The default flags are CU_GPTQ_DEFAULT_FLAGS, or PAGODA_GPTQ_FLAGS (an integer, for A/B
+// runs of the whole model) read at the first launch.
+static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4, g_flags = -1;
 extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
     g_u = tiles_per_batch == 8 ? 8 : 4;
-    g_flags = flags < 0 ? CU_GPTQ_DEFAULT_FLAGS : flags;
+    g_flags = flags;
+}
+static int tc_flags(void) {
+    if (g_flags < 0) {
+        const char *e = getenv("PAGODA_GPTQ_FLAGS");
+        g_flags = e && *e ? atoi(e) : CU_GPTQ_DEFAULT_FLAGS;
+        if (g_flags < 0) g_flags = CU_GPTQ_DEFAULT_FLAGS;
+    }
+    return g_flags;
 }
 
 // Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
@@ -175,15 +191,27 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
     }
 }
 
-template <int M, int U>
+// Where a warp's weight tiles wait to be multiplied (WM, a template argument):
+#define TC_W_REGS 0  // registers, U tiles per lane per batch, the next batch in flight (first before the wait)
+#define TC_W_BULK 1  // shared memory, the whole run copied before the wait by one bulk (TMA) copy per warp
+#define TC_W_CPASYNC 2  // shared memory, the whole run copied before the wait by cp.async, 16 bytes per lane
+
+template <int M, int U, int WM>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
-    extern __shared__ __align__(16) bf16 xs[];  // [M][kr + 8] bf16, xsum [M][kr / 64] f32, scale/zero words
+    // [TC_WARPS][kr / 64][32] uint4 weight tiles (WM != TC_W_REGS), then [M][kr + 8] bf16
+    // activations, xsum [M][kr / 64] f32 and the scale/zero words
+    extern __shared__ __align__(128) uint4 tc_smem[];
     __shared__ bool last;
+#ifdef PAGODA_HAS_BULK_COPY
+    __shared__ __align__(8) uint64_t wbar[TC_WARPS];  // one bulk copy per warp (WM == TC_W_BULK)
+#endif
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
     const int k0 = blockIdx.y * p.kr, klen = min(p.kr, p.in - k0), ntiles = klen / 64, tpg = p.gs / 64;
     const int xstride_w = (p.kr + 8) / 2;  // words per row; = 4 mod 32: conflict-free B loads
+    uint4 *wsm = tc_smem + w * (p.kr / 64) * 32;  // this warp's tiles (WM != TC_W_REGS)
+    bf16 *xs = (bf16 *)(tc_smem + (WM == TC_W_REGS ? 0 : TC_WARPS * (p.kr / 64) * 32));
     float *xsum = (float *)(xs + M * (p.kr + 8));
     const bool active = strip < p.out / 16;
     pdl_launch_dependents();
@@ -198,6 +226,21 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         const uint32_t *src = p.sz + ((size_t)strip * p.ng + gfirst) * 16;
         for (int i = lane * 4; i < ngb * 16; i += 128) cp_async16(szs + i, src + i);
     }
+#ifdef PAGODA_HAS_BULK_COPY
+    if (WM == TC_W_BULK) {
+        if (lane == 0) {
+            mbar_init(&wbar[w], 1);
+            mbar_fence_init();
+            if (active) {
+                mbar_expect_tx(&wbar[w], ntiles * 512);
+                bulk_copy_g2s(wsm, wp - lane, ntiles * 512, &wbar[w]);
+            }
+        }
+    }
+#endif
+    if (WM == TC_W_CPASYNC || (WM == TC_W_BULK && !TC_HAS_BULK))
+        if (active)
+            for (int tile = 0; tile < ntiles; tile++) cp_async16(wsm + tile * 32 + lane, wp + (size_t)tile * 32);
     cp_async_commit();
     // Groups are followed with counters (no division per tile): a tile opens a group (its
     // scale/zero are read) when it is the group's first or the block's first, and closes it
@@ -209,13 +252,16 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     auto fetch = [&](int b) {
 #pragma unroll
         for (int u = 0; u < U; u++)
-            if (active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
+            if (WM == TC_W_REGS && active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
     fetch(0);
     pdl_wait();
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
     __syncthreads();
+#ifdef PAGODA_HAS_BULK_COPY
+    if (WM == TC_W_BULK && active) mbar_wait(&wbar[w], 0);
+#endif
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
     float acc[NB][4], cg[NB][4], xg[NB][2];
@@ -232,7 +278,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
 #pragma unroll
-            for (int u = 0; u < U; u++) cur[u] = nxt[u];
+            for (int u = 0; u < U; u++) cur[u] = WM == TC_W_REGS ? nxt[u] : wsm[(b + u < ntiles ? b + u : 0) * 32 + lane];
             fetch(b + U);
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -319,15 +365,29 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
 }
 
+template <int M, int U, int WM>
+static void launch_tc_k(const tc_args &a, int ks, cudaStream_t st) {
+    const size_t smem = (WM == TC_W_REGS ? 0 : (size_t)TC_WARPS * (a.kr / 64) * 512) + (size_t)M * (a.kr + 8) * 2 +
+                        (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
+    static size_t opted = 48 << 10;  // dynamic shared memory this instantiation may use
+    if (smem > opted) {
+        CU_CHECK(cudaFuncSetAttribute(k_gptq_tc<M, U, WM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
+        opted = smem;
+    }
+    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
+    CU_CHECK(pdl_launch(k_gptq_tc<M, U, WM>, grid, dim3(TC_WARPS * 32), smem, st, a));
+}
+
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
-    const size_t smem =
-        (size_t)M * (a.kr + 8) * 2 + (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
-    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    if (g_u == 8)
-        CU_CHECK(pdl_launch(k_gptq_tc<M, 8>, grid, dim3(TC_WARPS * 32), smem, st, a));
+    if (a.flags & CU_GPTQ_SMEM_BULK)
+        launch_tc_k<M, 4, TC_W_BULK>(a, ks, st);
+    else if (a.flags & CU_GPTQ_SMEM_CPASYNC)
+        launch_tc_k<M, 4, TC_W_CPASYNC>(a, ks, st);
+    else if (g_u == 8)
+        launch_tc_k<M, 8, TC_W_REGS>(a, ks, st);
     else
-        CU_CHECK(pdl_launch(k_gptq_tc<M, 4>, grid, dim3(TC_WARPS * 32), smem, st, a));
+        launch_tc_k<M, 4, TC_W_REGS>(a, ks, st);
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
@@ -355,7 +415,7 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.ldy = ldy;
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
-    a.flags = g_flags;
+    a.flags = tc_flags();
     const int ks = tc_splits(l, M);
     switch (M) {
     case 1: launch_tc<1>(a, ks, st); break;
