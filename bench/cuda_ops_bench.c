@@ -335,10 +335,61 @@ static int cmp_tl(const void *a, const void *b) {
 // a layer (layers 2..NLAYER-1, all replays): mean run time (start to end, which for a kernel
 // launched with PDL includes its wait) and mean advance (its end minus the previous
 // kernel's end: what it adds to the step).
+#define TR_BLOCKS 4096  // most blocks of one traced GEMV launch
+static int cmp_u64(const void *a, const void *b) {
+    const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
+    return (x > y) - (x < y);
+}
+
+// The GEMVs' block stamps (cu_gptq_trace) of the last replay, against the CUPTI end of the
+// kernel before each GEMV (both the GPU's global timer in ns): per GEMV of layers 2..NLAYER-1
+// (averaged), the first / median / last block at each stamp, us after that end.
+static void trace_report(const uint64_t *tr, const struct tl_rec *e) {
+    static const char *stamp[6] = {"block start", "wait returned", "inputs staged", "tiles done", "ticket taken",
+                                   "splits summed"};
+    const int gemv_op[4] = {1, 4, 6, 7};
+    printf("\n### Inside each GEMV: block stamps, us after the previous kernel's end (first / median / last "
+           "block)\n\n| GEMV | blocks | SMs | CUPTI start | ");
+    for (int k = 0; k < 6; k++) printf("%s | ", stamp[k]);
+    printf("CUPTI end |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
+    uint64_t *v = malloc(sizeof(uint64_t) * TR_BLOCKS);
+    for (int gi = 0; gi < 4; gi++) {
+        double st[6][3] = {{0}}, nb = 0, nsm = 0, cs = 0, ce = 0;
+        int cnt = 0;
+        for (int l = 1; l < NLAYER - 1; l++, cnt++) {
+            const uint64_t *t = tr + (size_t)(l * 4 + gi) * TR_BLOCKS * 8;
+            const struct tl_rec *prev = &e[l * 8 + gemv_op[gi] - 1], *cur = prev + 1;
+            const double E = (double)prev->end;
+            int n = 0;
+            while (n < TR_BLOCKS && t[(size_t)n * 8]) n++;
+            bool sm[1024] = {false};
+            for (int i = 0; i < n; i++) sm[t[(size_t)i * 8 + 6] & 1023] = true;
+            for (int i = 0; i < 1024; i++) nsm += sm[i];
+            nb += n, cs += (double)cur->start - E, ce += (double)cur->end - E;
+            for (int k = 0; k < 6; k++) {
+                int m = 0;
+                for (int i = 0; i < n; i++)
+                    if (t[(size_t)i * 8 + k]) v[m++] = t[(size_t)i * 8 + k];
+                if (!m) continue;
+                qsort(v, m, sizeof(uint64_t), cmp_u64);
+                st[k][0] += (double)v[0] - E, st[k][1] += (double)v[m / 2] - E, st[k][2] += (double)v[m - 1] - E;
+            }
+        }
+        printf("| %s | %.0f | %.0f | %.2f | ", layer_op[gemv_op[gi]], nb / cnt, nsm / cnt, cs / cnt / 1e3);
+        for (int k = 0; k < 6; k++) printf("%.2f / %.2f / %.2f | ", st[k][0] / cnt / 1e3, st[k][1] / cnt / 1e3, st[k][2] / cnt / 1e3);
+        printf("%.2f |\n", ce / cnt / 1e3);
+    }
+    free(v);
+}
+
 static int timeline(struct bench *b, int M) {
     const int reps = 10, per = 8 * NLAYER;
     cudaGraph_t g;
+    const size_t tr_bytes = (size_t)4 * NLAYER * TR_BLOCKS * 8 * sizeof(uint64_t);
+    uint64_t *dtr = dfill(tr_bytes, 0);
+    cu_gptq_trace(dtr, TR_BLOCKS);
     cudaGraphExec_t ge = layer_graph(b, M, -1, &g);
+    cu_gptq_trace(NULL, 0);
     ck(cudaGraphLaunch(ge, b->st), "graph");
     ck(cudaStreamSynchronize(b->st), "sync");
     if (cuptiActivityRegisterCallbacks(tl_buf_req, tl_buf_done) != CUPTI_SUCCESS ||
@@ -348,9 +399,13 @@ static int timeline(struct bench *b, int M) {
     }
     for (int r = 0; r < reps; r++) {
         flush_l2(b);
+        if (r == reps - 1) ck(cudaMemsetAsync(dtr, 0, tr_bytes, b->st), "memset");
         ck(cudaGraphLaunch(ge, b->st), "graph");
         ck(cudaStreamSynchronize(b->st), "sync");
     }
+    uint64_t *tr = malloc(tr_bytes);
+    ck(cudaMemcpy(tr, dtr, tr_bytes, cudaMemcpyDeviceToHost), "trace copy");
+    cudaFree(dtr);
     cuptiActivityFlushAll(1);
     cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
     cudaGraphExecDestroy(ge);
@@ -363,7 +418,7 @@ static int timeline(struct bench *b, int M) {
     printf("# Layer graph timeline, M = %d, context 512, %d layers, %d replays (CUPTI)\n\n", M, NLAYER, reps);
     if (n != reps * per) {
         printf("expected %d graph kernels, CUPTI gave %d\n", reps * per, n);
-        free(k);
+        free(k), free(tr);
         return 1;
     }
     double run[8] = {0}, adv[8] = {0}, total = 0;
@@ -386,7 +441,8 @@ static int timeline(struct bench *b, int M) {
         printf("| %s | %.40s | %.1f | %.1f |\n", layer_op[o], k[8 + o].name, run[o] / cnt / 1e3, adv[o] / cnt / 1e3);
     }
     printf("| sum | | | %.1f |\n", sum / 1e3);
-    free(k);
+    trace_report(tr, k + (reps - 1) * per);
+    free(k), free(tr);
     return 0;
 }
 

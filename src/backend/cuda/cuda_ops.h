@@ -120,6 +120,9 @@ bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GPTQ_SMEM_CPASYNC 8
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);
+// Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per
+// block (gptq.cu, tc_stamp) at buf + (k * blocks_per_launch + block) * 8; NULL stops it.
+void cu_gptq_trace(uint64_t *buf, int blocks_per_launch);
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
 // with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
 // cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels

@@ -47,6 +47,13 @@ extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags) {
     g_u = tiles_per_batch == 8 ? 8 : 4;
     g_flags = flags;
 }
+static uint64_t *g_trace;
+static int g_trace_slot, g_trace_blocks;
+extern "C" void cu_gptq_trace(uint64_t *buf, int blocks_per_launch) {
+    g_trace = buf;
+    g_trace_slot = 0;
+    g_trace_blocks = blocks_per_launch;
+}
 static int tc_flags(void) {
     if (g_flags < 0) {
         const char *e = getenv("PAGODA_GPTQ_FLAGS");
@@ -159,7 +166,19 @@ struct tc_args {
     float *partial;      // [splits][M][out]
     unsigned *ticket;    // one per column tile
     int flags;           // CU_GPTQ_*
+    uint64_t *trace;     // cu_gptq_trace: [block][8] timestamps, or NULL
 };
+
+// cu_gptq_trace: thread 0 of each block stamps the global timer at its start (0), after
+// pdl_wait (1), once the activations (and staged weights) are in shared memory (2), after its
+// warp's tiles (3), once its ticket is taken (4) and, in the block that sums the splits, at
+// the end (5); 6 = the SM it ran on.
+__device__ __forceinline__ void tc_stamp(const tc_args &p, int k) {
+    if (!p.trace || threadIdx.x) return;
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    p.trace[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 + k] = t;
+}
 
 // Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
 // stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
@@ -215,6 +234,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     float *xsum = (float *)(xs + M * (p.kr + 8));
     const bool active = strip < p.out / 16;
     pdl_launch_dependents();
+    tc_stamp(p, 0);
 
     const uint4 *wp = p.qw + ((size_t)strip * (p.in / 64) + k0 / 64) * 32 + lane;
     const int kt0 = k0 / 64;  // global index of the block's first tile
@@ -256,12 +276,14 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     };
     fetch(0);
     pdl_wait();
+    tc_stamp(p, 1);
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
     __syncthreads();
 #ifdef PAGODA_HAS_BULK_COPY
     if (WM == TC_W_BULK && active) mbar_wait(&wbar[w], 0);
 #endif
+    tc_stamp(p, 2);
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
     float acc[NB][4], cg[NB][4], xg[NB][2];
@@ -334,6 +356,12 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         }
     }
 
+    tc_stamp(p, 3);
+    if (p.trace && threadIdx.x == 0) {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        p.trace[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 + 6] = smid;
+    }
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
     const int n_lo = strip * 16 + g;
     if (active)
@@ -353,6 +381,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
     __syncthreads();
+    tc_stamp(p, 4);
     if (!last) return;
     __threadfence();
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
@@ -363,6 +392,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         p.y[(size_t)m * p.ldy + n] = __float2bfloat16(s);
     }
     if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
+    tc_stamp(p, 5);
 }
 
 template <int M, int U, int WM>
@@ -416,6 +446,7 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
     a.flags = tc_flags();
+    a.trace = g_trace ? g_trace + (size_t)g_trace_slot++ * g_trace_blocks * 8 : NULL;
     const int ks = tc_splits(l, M);
     switch (M) {
     case 1: launch_tc<1>(a, ks, st); break;
