@@ -245,6 +245,7 @@ static const struct {
              {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
              {0, 4, CU_GPTQ_SMEM_BULK, "weights to shared memory by bulk copy"},
              {0, 4, CU_GPTQ_SMEM_CPASYNC, "weights to shared memory by cp.async"},
+             {0, 4, CU_GPTQ_SMEM_FIRST, "first batch by bulk copy, then registers"},
              {16 << 10, 4, CU_GPTQ_SMEM_BULK, "bulk copy, 16 KiB blocks"},
              {64 << 10, 4, CU_GPTQ_SMEM_BULK, "bulk copy, 64 KiB blocks"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))

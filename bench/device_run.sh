@@ -66,12 +66,19 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
   lat-nopdl) run lat-nopdl 150 env PAGODA_PDL=0 $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/lat-nopdl.jsonl ;;
   attnpf) run attnpf 150 env CMOCKA_MESSAGE_OUTPUT=stdout $D/bin/bench_attn_prefill ;;
   overlap) run overlap 400 bash bench/overlap.sh $P $OUT ;;
-  abenv) # batch-1 int4 latency under A/B knobs (docs/cuda.md), e.g. ABENV="X=0 PAGODA_ATTN_MIN_KEYS=128"
-      for e in ${ABENV:-"X=0" "PAGODA_ATTN_MIN_KEYS=128" "X=0"}; do
-        run abenv 150 env $e $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/abenv.jsonl
+  abenv) # batch-1 int4 latency under A/B knobs (docs/cuda.md), e.g. ABENV="X=0 PAGODA_ATTN_MIN_KEYS=128";
+      # with bin/pagoda-base bundled, it runs first and last (no knobs) around them
+      bins=""; [ -x $D/bin/pagoda-base ] && bins="base"
+      for e in $bins ${ABENV:-"X=0" "PAGODA_ATTN_MIN_KEYS=128" "X=0"} $bins; do
+        b=$P; [ "$e" = base ] && b=$D/bin/pagoda-base && e=X=0
+        run abenv 150 env $e $b bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/abenv.jsonl
       done ;;
   timeline) # when each kernel of the 6-layer decode graph ran (CUPTI), batch 1 and 8
       # TL_FLAGS: PAGODA_GPTQ_FLAGS values to run it under (docs/cuda.md), default "0"
+      [ -x $D/bin/cuda_ops_bench-base ] && for m in 1 8; do
+        timeout 120 $D/bin/cuda_ops_bench-base timeline $m > $OUT/timeline-base-m$m.md 2>&1
+        echo "### timeline (base build) M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-base-m$m.md | tee -a $OUT/summary.txt
+      done
       for f in ${TL_FLAGS:-0}; do for m in 1 8; do
         timeout 120 env PAGODA_GPTQ_FLAGS=$f $D/bin/cuda_ops_bench timeline $m > $OUT/timeline-f$f-m$m.md 2>&1
         echo "### timeline PAGODA_GPTQ_FLAGS=$f M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-f$f-m$m.md | tee -a $OUT/summary.txt

@@ -52,8 +52,8 @@ static void gemv_case(const struct cu_gptq *l, const double *w, const float *bia
     }
     // the weights staged in shared memory (bulk copy, cp.async) instead of registers: the same
     // sums in the same order, so bit-identical
-    const int staged[] = {CU_GPTQ_SMEM_BULK, CU_GPTQ_SMEM_CPASYNC};
-    for (int v = 0; v < 2; v++) {
+    const int staged[] = {CU_GPTQ_SMEM_BULK, CU_GPTQ_SMEM_CPASYNC, CU_GPTQ_SMEM_FIRST};
+    for (int v = 0; v < 3; v++) {
         cu_gptq_tune(0, 4, staged[v]);
         assert_int_equal(cudaMemset(dy, 0xff, (size_t)M * ldy * 2), cudaSuccess);
         cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, 0);

@@ -118,6 +118,9 @@ bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GPTQ_NO_REDUCE 2
 #define CU_GPTQ_SMEM_BULK 4
 #define CU_GPTQ_SMEM_CPASYNC 8
+// CU_GPTQ_SMEM_FIRST: only the first batch (4 tiles per lane) by bulk copy into shared
+// memory before the wait (sm_90+), the rest in registers.
+#define CU_GPTQ_SMEM_FIRST 16
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per

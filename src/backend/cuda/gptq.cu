@@ -214,6 +214,11 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
 #define TC_W_REGS 0  // registers, U tiles per lane per batch, the next batch in flight (first before the wait)
 #define TC_W_BULK 1  // shared memory, the whole run copied before the wait by one bulk (TMA) copy per warp
 #define TC_W_CPASYNC 2  // shared memory, the whole run copied before the wait by cp.async, 16 bytes per lane
+#define TC_W_HYBRID 3   // the first U tiles by one bulk copy per warp before the wait, the rest as TC_W_REGS
+// Weight tiles per warp held in shared memory.
+__host__ __device__ __forceinline__ int tc_wtiles(int WM, int U, int kr) {
+    return WM == TC_W_REGS ? 0 : WM == TC_W_HYBRID ? U : kr / 64;
+}
 
 template <int M, int U, int WM>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
@@ -223,14 +228,15 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     extern __shared__ __align__(128) uint4 tc_smem[];
     __shared__ bool last;
 #ifdef PAGODA_HAS_BULK_COPY
-    __shared__ __align__(8) uint64_t wbar[TC_WARPS];  // one bulk copy per warp (WM == TC_W_BULK)
+    __shared__ __align__(8) uint64_t wbar[TC_WARPS];  // one bulk copy per warp (TC_W_BULK, TC_W_HYBRID)
 #endif
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
     const int k0 = blockIdx.y * p.kr, klen = min(p.kr, p.in - k0), ntiles = klen / 64, tpg = p.gs / 64;
     const int xstride_w = (p.kr + 8) / 2;  // words per row; = 4 mod 32: conflict-free B loads
-    uint4 *wsm = tc_smem + w * (p.kr / 64) * 32;  // this warp's tiles (WM != TC_W_REGS)
-    bf16 *xs = (bf16 *)(tc_smem + (WM == TC_W_REGS ? 0 : TC_WARPS * (p.kr / 64) * 32));
+    const int wt = tc_wtiles(WM, U, p.kr);
+    uint4 *wsm = tc_smem + w * wt * 32;  // this warp's tiles in shared memory
+    bf16 *xs = (bf16 *)(tc_smem + TC_WARPS * wt * 32);
     float *xsum = (float *)(xs + M * (p.kr + 8));
     const bool active = strip < p.out / 16;
     pdl_launch_dependents();
@@ -246,21 +252,22 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         const uint32_t *src = p.sz + ((size_t)strip * p.ng + gfirst) * 16;
         for (int i = lane * 4; i < ngb * 16; i += 128) cp_async16(szs + i, src + i);
     }
+    const int nsm = min(ntiles, wt);  // tiles this warp copies into shared memory before the wait
 #ifdef PAGODA_HAS_BULK_COPY
-    if (WM == TC_W_BULK) {
+    if (WM == TC_W_BULK || WM == TC_W_HYBRID) {
         if (lane == 0) {
             mbar_init(&wbar[w], 1);
             mbar_fence_init();
             if (active) {
-                mbar_expect_tx(&wbar[w], ntiles * 512);
-                bulk_copy_g2s(wsm, wp - lane, ntiles * 512, &wbar[w]);
+                mbar_expect_tx(&wbar[w], nsm * 512);
+                bulk_copy_g2s(wsm, wp - lane, nsm * 512, &wbar[w]);
             }
         }
     }
 #endif
-    if (WM == TC_W_CPASYNC || (WM == TC_W_BULK && !TC_HAS_BULK))
+    if (WM == TC_W_CPASYNC || (WM != TC_W_REGS && !TC_HAS_BULK))
         if (active)
-            for (int tile = 0; tile < ntiles; tile++) cp_async16(wsm + tile * 32 + lane, wp + (size_t)tile * 32);
+            for (int tile = 0; tile < nsm; tile++) cp_async16(wsm + tile * 32 + lane, wp + (size_t)tile * 32);
     cp_async_commit();
     // Groups are followed with counters (no division per tile): a tile opens a group (its
     // scale/zero are read) when it is the group's first or the block's first, and closes it
@@ -272,25 +279,33 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     auto fetch = [&](int b) {
 #pragma unroll
         for (int u = 0; u < U; u++)
-            if (WM == TC_W_REGS && active && b + u < ntiles) nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
+            if ((WM == TC_W_REGS || WM == TC_W_HYBRID) && active && b + u < ntiles)
+                nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
-    fetch(0);
+    if (WM == TC_W_REGS) fetch(0);
     pdl_wait();
     tc_stamp(p, 1);
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
     __syncthreads();
 #ifdef PAGODA_HAS_BULK_COPY
-    if (WM == TC_W_BULK && active) mbar_wait(&wbar[w], 0);
+    if ((WM == TC_W_BULK || WM == TC_W_HYBRID) && active) mbar_wait(&wbar[w], 0);
 #endif
     tc_stamp(p, 2);
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
-    float acc[NB][4], cg[NB][4], xg[NB][2];
+    // CH independent mma chains (k16 step j feeds chain j % CH), summed when a group closes:
+    // a warp's dependent mma chain is 1/CH of its tiles' steps.
+    constexpr int CH = NB == 1 ? 4 : 2;
+    float acc[NB][4], cg[CH][NB][4], xg[NB][2];
 #pragma unroll
     for (int f = 0; f < NB; f++) {
 #pragma unroll
-        for (int i = 0; i < 4; i++) acc[f][i] = cg[f][i] = 0.f;
+        for (int i = 0; i < 4; i++) {
+            acc[f][i] = 0.f;
+#pragma unroll
+            for (int c = 0; c < CH; c++) cg[c][f][i] = 0.f;
+        }
         xg[f][0] = xg[f][1] = 0.f;
     }
     if (active) {
@@ -300,7 +315,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
 #pragma unroll
-            for (int u = 0; u < U; u++) cur[u] = WM == TC_W_REGS ? nxt[u] : wsm[(b + u < ntiles ? b + u : 0) * 32 + lane];
+            for (int u = 0; u < U; u++)
+                cur[u] = WM == TC_W_REGS || (WM == TC_W_HYBRID && b > 0) ? nxt[u]
+                                                                          : wsm[(b + u < ntiles ? b + u : 0) * 32 + lane];
             fetch(b + U);
 #pragma unroll
             for (int u = 0; u < U; u++) {
@@ -338,17 +355,25 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 #pragma unroll
                     for (int f = 0; f < NB; f++) {
                         const uint32_t *bw = (const uint32_t *)bx[f];
-                        mma_bf16(cg[f], a, bw[2 * j], bw[2 * j + 1]);
+                        mma_bf16(cg[j % CH][f], a, bw[2 * j], bw[2 * j + 1]);
                     }
                 }
                 if (closes) {
 #pragma unroll
                     for (int f = 0; f < NB; f++) {
-                        acc[f][0] += slo * (cg[f][0] - zlo * xg[f][0]);
-                        acc[f][1] += slo * (cg[f][1] - zlo * xg[f][1]);
-                        acc[f][2] += shi * (cg[f][2] - zhi * xg[f][0]);
-                        acc[f][3] += shi * (cg[f][3] - zhi * xg[f][1]);
-                        cg[f][0] = cg[f][1] = cg[f][2] = cg[f][3] = 0.f;
+                        float c4[4];
+#pragma unroll
+                        for (int i = 0; i < 4; i++) {
+                            c4[i] = cg[0][f][i];
+#pragma unroll
+                            for (int c = 1; c < CH; c++) c4[i] += cg[c][f][i];
+#pragma unroll
+                            for (int c = 0; c < CH; c++) cg[c][f][i] = 0.f;
+                        }
+                        acc[f][0] += slo * (c4[0] - zlo * xg[f][0]);
+                        acc[f][1] += slo * (c4[1] - zlo * xg[f][1]);
+                        acc[f][2] += shi * (c4[2] - zhi * xg[f][0]);
+                        acc[f][3] += shi * (c4[3] - zhi * xg[f][1]);
                         xg[f][0] = xg[f][1] = 0.f;
                     }
                 }
@@ -377,18 +402,31 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
                     p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
             }
     if (ks == 1 || (p.flags & CU_GPTQ_NO_REDUCE)) return;
-    __threadfence();
+    // Release the block's partials (the barrier orders them before thread 0's fence, which is
+    // cumulative) and take a ticket; the last block acquires everyone's.
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const bool l = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
+        if (l) __threadfence();
+        last = l;
+    }
     __syncthreads();
     tc_stamp(p, 4);
     if (!last) return;
-    __threadfence();
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
         const int m = e / TC_COLS, n = blockIdx.x * TC_COLS + e % TC_COLS;
         if (n >= p.out) continue;
         float s = p.bias ? p.bias[n] : 0.f;
-        for (int k = 0; k < ks; k++) s += __ldcg(p.partial + ((size_t)k * M + m) * p.out + n);
+        const float *pk = p.partial + (size_t)m * p.out + n;
+        for (int k0 = 0; k0 < ks; k0 += 8) {  // 8 loads in flight, summed in split order
+            float v[8];
+#pragma unroll
+            for (int j = 0; j < 8; j++) v[j] = k0 + j < ks ? __ldcg(pk + (size_t)(k0 + j) * M * p.out) : 0.f;
+#pragma unroll
+            for (int j = 0; j < 8; j++)
+                if (k0 + j < ks) s += v[j];
+        }
         p.y[(size_t)m * p.ldy + n] = __float2bfloat16(s);
     }
     if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
@@ -397,7 +435,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
 template <int M, int U, int WM>
 static void launch_tc_k(const tc_args &a, int ks, cudaStream_t st) {
-    const size_t smem = (WM == TC_W_REGS ? 0 : (size_t)TC_WARPS * (a.kr / 64) * 512) + (size_t)M * (a.kr + 8) * 2 +
+    const size_t smem = (size_t)TC_WARPS * tc_wtiles(WM, U, a.kr) * 512 + (size_t)M * (a.kr + 8) * 2 +
                         (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
     static size_t opted = 48 << 10;  // dynamic shared memory this instantiation may use
     if (smem > opted) {
@@ -410,7 +448,9 @@ static void launch_tc_k(const tc_args &a, int ks, cudaStream_t st) {
 
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
-    if (a.flags & CU_GPTQ_SMEM_BULK)
+    if (a.flags & CU_GPTQ_SMEM_FIRST)
+        launch_tc_k<M, 4, TC_W_HYBRID>(a, ks, st);
+    else if (a.flags & CU_GPTQ_SMEM_BULK)
         launch_tc_k<M, 4, TC_W_BULK>(a, ks, st);
     else if (a.flags & CU_GPTQ_SMEM_CPASYNC)
         launch_tc_k<M, 4, TC_W_CPASYNC>(a, ks, st);
