@@ -308,17 +308,87 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         }
         xg[f][0] = xg[f][1] = 0.f;
     }
-    if (active) {
-        const uint32_t *xw = (const uint32_t *)xs;
-        float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
-        const uint32_t *gsz = szs + g;  // this lane's column g of the current group
+    const uint32_t *xw = (const uint32_t *)xs;
+    float zlo = 0.f, zhi = 0.f, slo = 0.f, shi = 0.f;
+    const uint32_t *gsz = szs + g;  // this lane's column g of the current group
+    auto open_group = [&]() {
+        const uint32_t lo = gsz[0], hi = gsz[8];
+        slo = __half2float(__ushort_as_half((unsigned short)(lo & 0xffff)));
+        shi = __half2float(__ushort_as_half((unsigned short)(hi & 0xffff)));
+        zlo = 128.f + (float)(lo >> 16);
+        zhi = 128.f + (float)(hi >> 16);
+        gsz += 16;
+    };
+    auto tile_mma = [&](int tile, const uint4 q) {
+        uint4 bx[NB][2];
+#pragma unroll
+        for (int f = 0; f < NB; f++) {
+            const int m = f * 8 + g;
+            const uint4 *src = (const uint4 *)(xw + (m < M ? m : 0) * xstride_w + tile * 32 + t * 8);
+            bx[f][0] = m < M ? src[0] : make_uint4(0, 0, 0, 0);
+            bx[f][1] = m < M ? src[1] : make_uint4(0, 0, 0, 0);
+#pragma unroll
+            for (int i = 0; i < 2; i++) {
+                const int mm = f * 8 + 2 * t + i;
+                if (mm < M) xg[f][i] += xsum[mm * (p.kr / 64) + tile];
+            }
+        }
+        const uint32_t q4[4] = {q.x, q.y, q.z, q.w};
+#pragma unroll
+        for (int j = 0; j < 4; j++) {
+            const uint32_t a[4] = {nib_bf16x2(q4[j]), nib_bf16x2(q4[j] >> 4), nib_bf16x2(q4[j] >> 8),
+                                   nib_bf16x2(q4[j] >> 12)};
+#pragma unroll
+            for (int f = 0; f < NB; f++) {
+                const uint32_t *bw = (const uint32_t *)bx[f];
+                mma_bf16(cg[j % CH][f], a, bw[2 * j], bw[2 * j + 1]);
+            }
+        }
+    };
+    auto close_group = [&]() {
+#pragma unroll
+        for (int f = 0; f < NB; f++) {
+            float c4[4];
+#pragma unroll
+            for (int i = 0; i < 4; i++) {
+                c4[i] = cg[0][f][i];
+#pragma unroll
+                for (int c = 1; c < CH; c++) c4[i] += cg[c][f][i];
+#pragma unroll
+                for (int c = 0; c < CH; c++) cg[c][f][i] = 0.f;
+            }
+            acc[f][0] += slo * (c4[0] - zlo * xg[f][0]);
+            acc[f][1] += slo * (c4[1] - zlo * xg[f][1]);
+            acc[f][2] += shi * (c4[2] - zhi * xg[f][0]);
+            acc[f][3] += shi * (c4[3] - zhi * xg[f][1]);
+            xg[f][0] = xg[f][1] = 0.f;
+        }
+    };
+    auto take = [&](int b, uint4 *cur) {  // batch b's tiles, the next batch's loads issued
+#pragma unroll
+        for (int u = 0; u < U; u++)
+            cur[u] = WM == TC_W_REGS || (WM == TC_W_HYBRID && b > 0) ? nxt[u]
+                                                                      : wsm[(b + u < ntiles ? b + u : 0) * 32 + lane];
+        fetch(b + U);
+    };
+    // Groups of two tiles (group size 128) starting on the block's first tile, whole batches:
+    // the group boundaries are fixed positions of the unrolled batch (no counters, no branches).
+    const bool pairs = tpg == 2 && cpos == 0 && ntiles % U == 0;
+    if (active && pairs) {
         for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
+            take(b, cur);
 #pragma unroll
-            for (int u = 0; u < U; u++)
-                cur[u] = WM == TC_W_REGS || (WM == TC_W_HYBRID && b > 0) ? nxt[u]
-                                                                          : wsm[(b + u < ntiles ? b + u : 0) * 32 + lane];
-            fetch(b + U);
+            for (int u = 0; u < U; u++) {
+                if (u % 2 == 0) open_group();
+                tile_mma(b + u, cur[u]);
+                if (u % 2 == 1) close_group();
+            }
+        }
+    } else if (active) {
+        for (int b = 0; b < ntiles; b += U) {
+            uint4 cur[U];
+            take(b, cur);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int tile = b + u;
@@ -326,57 +396,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
                 const bool opens = tile == 0 || cpos == 0;
                 if (++cpos == tpg) cpos = 0;
                 const bool closes = tile == ntiles - 1 || cpos == 0;
-                if (opens) {
-                    const uint32_t lo = gsz[0], hi = gsz[8];
-                    slo = __half2float(__ushort_as_half((unsigned short)(lo & 0xffff)));
-                    shi = __half2float(__ushort_as_half((unsigned short)(hi & 0xffff)));
-                    zlo = 128.f + (float)(lo >> 16);
-                    zhi = 128.f + (float)(hi >> 16);
-                    gsz += 16;
-                }
-                uint4 bx[NB][2];
-#pragma unroll
-                for (int f = 0; f < NB; f++) {
-                    const int m = f * 8 + g;
-                    const uint4 *src = (const uint4 *)(xw + (m < M ? m : 0) * xstride_w + tile * 32 + t * 8);
-                    bx[f][0] = m < M ? src[0] : make_uint4(0, 0, 0, 0);
-                    bx[f][1] = m < M ? src[1] : make_uint4(0, 0, 0, 0);
-#pragma unroll
-                    for (int i = 0; i < 2; i++) {
-                        const int mm = f * 8 + 2 * t + i;
-                        if (mm < M) xg[f][i] += xsum[mm * (p.kr / 64) + tile];
-                    }
-                }
-                const uint32_t q4[4] = {cur[u].x, cur[u].y, cur[u].z, cur[u].w};
-#pragma unroll
-                for (int j = 0; j < 4; j++) {
-                    const uint32_t a[4] = {nib_bf16x2(q4[j]), nib_bf16x2(q4[j] >> 4), nib_bf16x2(q4[j] >> 8),
-                                           nib_bf16x2(q4[j] >> 12)};
-#pragma unroll
-                    for (int f = 0; f < NB; f++) {
-                        const uint32_t *bw = (const uint32_t *)bx[f];
-                        mma_bf16(cg[j % CH][f], a, bw[2 * j], bw[2 * j + 1]);
-                    }
-                }
-                if (closes) {
-#pragma unroll
-                    for (int f = 0; f < NB; f++) {
-                        float c4[4];
-#pragma unroll
-                        for (int i = 0; i < 4; i++) {
-                            c4[i] = cg[0][f][i];
-#pragma unroll
-                            for (int c = 1; c < CH; c++) c4[i] += cg[c][f][i];
-#pragma unroll
-                            for (int c = 0; c < CH; c++) cg[c][f][i] = 0.f;
-                        }
-                        acc[f][0] += slo * (c4[0] - zlo * xg[f][0]);
-                        acc[f][1] += slo * (c4[1] - zlo * xg[f][1]);
-                        acc[f][2] += shi * (c4[2] - zhi * xg[f][0]);
-                        acc[f][3] += shi * (c4[3] - zhi * xg[f][1]);
-                        xg[f][0] = xg[f][1] = 0.f;
-                    }
-                }
+                if (opens) open_group();
+                tile_mma(tile, cur[u]);
+                if (closes) close_group();
             }
         }
     }
