@@ -239,15 +239,12 @@ static double time_layer(struct bench *b, int M, int skip) {
 
 // int4 GEMV settings compared (cu_gptq_tune); the first is the default.
 static const struct {
-    int bytes, u, flags;
+    int bytes, flags;
     const char *name;
-} TUNES[] = {{0, 4, -1, ""},
-             {0, 4, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
-             {0, 4, CU_GPTQ_SMEM_BULK, "weights to shared memory by bulk copy"},
-             {0, 4, CU_GPTQ_SMEM_CPASYNC, "weights to shared memory by cp.async"},
-             {0, 4, CU_GPTQ_SMEM_FIRST, "first batch by bulk copy, then registers"},
-             {16 << 10, 4, CU_GPTQ_SMEM_BULK, "bulk copy, 16 KiB blocks"},
-             {64 << 10, 4, CU_GPTQ_SMEM_BULK, "bulk copy, 64 KiB blocks"}};
+} TUNES[] = {{0, -1, ""},
+             {0, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
+             {0, CU_GPTQ_ONE_WAVE, "K splits grown to one wave"},
+             {64 << 10, 0, "64 KiB blocks"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 
 static void setup(struct bench *b) {
@@ -265,11 +262,11 @@ static void setup(struct bench *b) {
         b->q[l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
                                    dfill((size_t)in / GS * out * 4, 0x21)};  // scale fp16 0x2121, zero 0x2121
         for (int v = 0; v < N_TUNES; v++) {
-            cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
+            cu_gptq_tune(TUNES[v].bytes, TUNES[v].flags);
             size_t p = cu_gemv_partial_floats(&b->q[l], MAXM);
             if (p > part) part = p;
         }
-        cu_gptq_tune(0, 4, -1);
+        cu_gptq_tune(0, -1);
         b->wd[l] = dfill((size_t)in * out * 2, 0x3c);
         for (int k = 0; k < NLAYER; k++)
             b->lq[k][l] = (struct cu_gptq){in, out, GS, in / GS, dfill((size_t)in / 8 * out * 4, 0x5a),
@@ -447,10 +444,44 @@ static int timeline(struct bench *b, int M) {
     return 0;
 }
 
+// The layer graph's variants (int4 GEMV settings, attention splits, attention through the
+// prefill kernel) and each op's price inside it.
+static void layer_tables(struct bench *b) {
+    printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 8 |\n|---|---|---|\n");
+    for (int v = 0; v < N_TUNES; v++) {
+        cu_gptq_tune(TUNES[v].bytes, TUNES[v].flags);
+        printf("| int4 GEMV %s | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(b, 1, -1),
+               time_layer(b, 8, -1));
+    }
+    cu_gptq_tune(0, -1);
+    for (int mk = 32; mk <= 128; mk *= 4) {
+        cu_attn_decode_tune(mk);
+        printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(b, 1, -1), time_layer(b, 8, -1));
+    }
+    cu_attn_decode_tune(0);
+    b->attn_pf = true;
+    printf("| attention through the prefill kernel | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 8, -1));
+    b->attn_pf = false;
+    printf("\n### Each op's price inside the graph: the layer without it, us per layer (M = 1)\n\n");
+    printf("| op left out | graph | saved |\n|---|---|---|\n");
+    const double full = time_layer(b, 1, -1);
+    printf("| (none) | %.1f | |\n", full);
+    for (int k = 0; k < 8; k++) {
+        const double t = time_layer(b, 1, k);
+        printf("| %s | %.1f | %.1f |\n", layer_op[k], t, full - t);
+    }
+}
+
 int main(int argc, char **argv) {
     struct bench b;
     memset(&b, 0, sizeof b);
     b.reps = argc > 1 ? atoi(argv[1]) : 50;
+    if (argc > 1 && !strcmp(argv[1], "layers")) {  // only the layer-graph tables
+        b.reps = 30;
+        setup(&b);
+        layer_tables(&b);
+        return 0;
+    }
     if (argc > 1 && !strcmp(argv[1], "timeline")) {
         setup(&b);
         return timeline(&b, argc > 2 ? atoi(argv[2]) : 1);
@@ -459,7 +490,7 @@ int main(int argc, char **argv) {
         setup(&b);
         for (int r = 0; r < 3; r++)
             for (int v = 0; v < N_TUNES; v++) {
-                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
+                cu_gptq_tune(TUNES[v].bytes, TUNES[v].flags);
                 run_op(&b, &(struct op){OP_INT4, 2, 1, 0});
                 run_op(&b, &(struct op){OP_INT4, 1, 1, 0});
             }
@@ -498,10 +529,10 @@ int main(int argc, char **argv) {
             for (int v = 1; v < N_TUNES; v++) {  // other block sizes / batch depths of the int4 GEMV
                 char impl[64];
                 snprintf(impl, sizeof impl, "int4 GEMV, %s", TUNES[v].name);
-                cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
+                cu_gptq_tune(TUNES[v].bytes, TUNES[v].flags);
                 row(&b, lin_name[l], impl, (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             }
-            cu_gptq_tune(0, 4, -1);
+            cu_gptq_tune(0, -1);
             row(&b, lin_name[l], "int4 GEMV", (struct op){OP_INT4, l, Ms[mi], 0}, NULL);
             if (l == 3) {
                 row(&b, lin_name[l], "swiglu kernel (old)", (struct op){OP_SWIGLU, l, Ms[mi], 0}, NULL);
@@ -550,29 +581,7 @@ int main(int argc, char **argv) {
         cu_pdl_force(true);
         printf("| %d | %.1f | %.1f | %.1f | %.1f |\n", M, time_layer(&b, M, -1), off, sum, floor_b / (b.copy_gbs * 1e3));
     }
-    printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 8 |\n|---|---|---|\n");
-    for (int v = 0; v < N_TUNES; v++) {
-        cu_gptq_tune(TUNES[v].bytes, TUNES[v].u, TUNES[v].flags);
-        printf("| int4 GEMV %s | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(&b, 1, -1),
-               time_layer(&b, 8, -1));
-    }
-    cu_gptq_tune(0, 4, -1);
-    for (int mk = 32; mk <= 128; mk *= 4) {
-        cu_attn_decode_tune(mk);
-        printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(&b, 1, -1), time_layer(&b, 8, -1));
-    }
-    cu_attn_decode_tune(0);
-    b.attn_pf = true;
-    printf("| attention through the prefill kernel | %.1f | %.1f |\n", time_layer(&b, 1, -1), time_layer(&b, 8, -1));
-    b.attn_pf = false;
-    printf("\n### Each op's price inside the graph: the layer without it, us per layer (M = 1)\n\n");
-    printf("| op left out | graph | saved |\n|---|---|---|\n");
-    const double full = time_layer(&b, 1, -1);
-    printf("| (none) | %.1f | |\n", full);
-    for (int k = 0; k < 8; k++) {
-        const double t = time_layer(&b, 1, k);
-        printf("| %s | %.1f | %.1f |\n", layer_op[k], t, full - t);
-    }
+    layer_tables(&b);
     if (cu_take_error(err)) {
         fprintf(stderr, "%s\n", err);
         return 1;

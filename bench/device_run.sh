@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests tests2 sass timeline abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# Phases: info tests tests2 sass timeline layers abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
 # ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
@@ -51,6 +51,12 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         B=$D/bin/$bin
         run ab1-$bin 150 $B bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/ab1-$bin.jsonl
         run ab1-$bin 150 $B bench latency --random qwen2.5-14b --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/ab1-$bin.jsonl
+      done ;;
+  layers) # only the layer-graph variants and per-op prices (cuda_ops_bench layers), new then base
+      for bin in cuda_ops_bench cuda_ops_bench-base; do
+        [ -x $D/bin/$bin ] || continue
+        timeout 200 $D/bin/$bin layers > $OUT/layers-$bin.md 2>&1; echo "### $bin layers rc=$?" | tee -a $OUT/summary.txt
+        cat $OUT/layers-$bin.md | tee -a $OUT/summary.txt
       done ;;
   ops) for bin in cuda_ops_bench cuda_ops_bench-base; do
         [ -x $D/bin/$bin ] || continue

@@ -108,21 +108,14 @@ struct cu_gptq {
 // Shapes the int4 kernels take: in % 64 == 0, out % 16 == 0, group_size % 64 == 0.
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
-// Benchmark hook: weight bytes per block (0: default 32 KiB), tiles per lane per batch
-// (4 or 8) and flags (-1: the default, CU_GPTQ_DEFAULT_FLAGS or PAGODA_GPTQ_FLAGS) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only,
-// wrong results): the K splits are left unsummed. Call before sizing the scratch; not
-// thread-safe.
-// CU_GPTQ_SMEM_BULK: each warp's whole weight run is copied into shared memory before the
-// PDL wait by one bulk (TMA) copy (sm_90+; cp.async on older GPUs); CU_GPTQ_SMEM_CPASYNC:
-// the same by cp.async, 16 bytes per lane; neither: registers, 4 (or 8) tiles in flight.
+// Benchmark hook: weight bytes per block (0: default 32 KiB) and flags (-1: the default,
+// CU_GPTQ_DEFAULT_FLAGS or PAGODA_GPTQ_FLAGS) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing
+// only, wrong results): the K splits are left unsummed. CU_GPTQ_ONE_WAVE: K splits grown so
+// that the grid fits on the GPU at once. Call before sizing the scratch; not thread-safe.
 #define CU_GPTQ_NO_REDUCE 2
-#define CU_GPTQ_SMEM_BULK 4
-#define CU_GPTQ_SMEM_CPASYNC 8
-// CU_GPTQ_SMEM_FIRST: only the first batch (4 tiles per lane) by bulk copy into shared
-// memory before the wait (sm_90+), the rest in registers.
-#define CU_GPTQ_SMEM_FIRST 16
+#define CU_GPTQ_ONE_WAVE 4
 #define CU_GPTQ_DEFAULT_FLAGS 0
-void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags);
+void cu_gptq_tune(int block_bytes, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per
 // block (gptq.cu, tc_stamp) at buf + (k * blocks_per_launch + block) * 8; NULL stops it.
 void cu_gptq_trace(uint64_t *buf, int blocks_per_launch);

@@ -31,20 +31,15 @@ typedef __nv_bfloat16 bf16;
 #define TC_COLS (TC_WARPS * 16)       // output columns per block
 #define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
 #define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
-#ifdef PAGODA_HAS_BULK_COPY
-#define TC_HAS_BULK 1
-#else
-#define TC_HAS_BULK 0
-#endif
+#define TC_U 4                        // tiles per lane per batch (one 16-byte load each)
 
-// Tuning (cuda_ops_bench): weight bytes per block, tiles per batch (4 or 8) and CU_GPTQ_*
-// flags. Set before the scratch is sized (cu_gemv_partial_floats depends on it).
-// The default flags are CU_GPTQ_DEFAULT_FLAGS, or PAGODA_GPTQ_FLAGS (an integer, for A/B
-// runs of the whole model) read at the first launch.
-static int g_block_bytes = TC_BLOCK_BYTES, g_u = 4, g_flags = -1;
-extern "C" void cu_gptq_tune(int block_bytes, int tiles_per_batch, int flags) {
+// Tuning (cuda_ops_bench): weight bytes per block and CU_GPTQ_* flags. Set before the
+// scratch is sized (cu_gemv_partial_floats depends on it). The default flags are
+// CU_GPTQ_DEFAULT_FLAGS, or PAGODA_GPTQ_FLAGS (an integer, for A/B runs of the whole model)
+// read at the first use.
+static int g_block_bytes = TC_BLOCK_BYTES, g_flags = -1;
+extern "C" void cu_gptq_tune(int block_bytes, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
-    g_u = tiles_per_batch == 8 ? 8 : 4;
     g_flags = flags;
 }
 static uint64_t *g_trace;
@@ -63,11 +58,21 @@ static int tc_flags(void) {
     return g_flags;
 }
 
+static int tc_flags(void);
+static int tc_resident_blocks(int M);
+
 // Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
 // activation tile M x (kr + 8) bf16 within TC_SMEM_MAX. A group may straddle two splits: the
-// scale is linear, so each split scales its share of the group.
+// scale is linear, so each split scales its share of the group. CU_GPTQ_ONE_WAVE: larger
+// splits when the grid would not fit on the GPU at once (all blocks resident, one wave).
 static int tc_kr(const struct cu_gptq *l, int M) {
     int kr = g_block_bytes / (TC_COLS / 2);
+    if (tc_flags() & CU_GPTQ_ONE_WAVE) {
+        const int cols = (l->out + TC_COLS - 1) / TC_COLS, resident = tc_resident_blocks(M);
+        const int splits = resident / cols > 1 ? resident / cols : 1;
+        const int kw = ((l->in + splits - 1) / splits + 63) / 64 * 64;
+        if (kw > kr) kr = kw;
+    }
     int cap = TC_SMEM_MAX / (2 * M) - 8;
     if (kr > cap) kr = cap;
     kr = kr / 64 * 64;
@@ -210,33 +215,16 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
     }
 }
 
-// Where a warp's weight tiles wait to be multiplied (WM, a template argument):
-#define TC_W_REGS 0  // registers, U tiles per lane per batch, the next batch in flight (first before the wait)
-#define TC_W_BULK 1  // shared memory, the whole run copied before the wait by one bulk (TMA) copy per warp
-#define TC_W_CPASYNC 2  // shared memory, the whole run copied before the wait by cp.async, 16 bytes per lane
-#define TC_W_HYBRID 3   // the first U tiles by one bulk copy per warp before the wait, the rest as TC_W_REGS
-// Weight tiles per warp held in shared memory.
-__host__ __device__ __forceinline__ int tc_wtiles(int WM, int U, int kr) {
-    return WM == TC_W_REGS ? 0 : WM == TC_W_HYBRID ? U : kr / 64;
-}
-
-template <int M, int U, int WM>
+template <int M>
 __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
-    constexpr int NB = (M + 7) / 8;  // n8 fragments of activation rows
-    // [TC_WARPS][kr / 64][32] uint4 weight tiles (WM != TC_W_REGS), then [M][kr + 8] bf16
-    // activations, xsum [M][kr / 64] f32 and the scale/zero words
-    extern __shared__ __align__(128) uint4 tc_smem[];
+    constexpr int NB = (M + 7) / 8, U = TC_U;  // n8 fragments of activation rows; tiles per batch
+    // [M][kr + 8] bf16 activations, xsum [M][kr / 64] f32, the scale/zero words
+    extern __shared__ __align__(16) bf16 xs[];
     __shared__ bool last;
-#ifdef PAGODA_HAS_BULK_COPY
-    __shared__ __align__(8) uint64_t wbar[TC_WARPS];  // one bulk copy per warp (TC_W_BULK, TC_W_HYBRID)
-#endif
     const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
     const int strip = blockIdx.x * TC_WARPS + w, ks = gridDim.y;
     const int k0 = blockIdx.y * p.kr, klen = min(p.kr, p.in - k0), ntiles = klen / 64, tpg = p.gs / 64;
     const int xstride_w = (p.kr + 8) / 2;  // words per row; = 4 mod 32: conflict-free B loads
-    const int wt = tc_wtiles(WM, U, p.kr);
-    uint4 *wsm = tc_smem + w * wt * 32;  // this warp's tiles in shared memory
-    bf16 *xs = (bf16 *)(tc_smem + TC_WARPS * wt * 32);
     float *xsum = (float *)(xs + M * (p.kr + 8));
     const bool active = strip < p.out / 16;
     pdl_launch_dependents();
@@ -252,45 +240,29 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         const uint32_t *src = p.sz + ((size_t)strip * p.ng + gfirst) * 16;
         for (int i = lane * 4; i < ngb * 16; i += 128) cp_async16(szs + i, src + i);
     }
-    const int nsm = min(ntiles, wt);  // tiles this warp copies into shared memory before the wait
-#ifdef PAGODA_HAS_BULK_COPY
-    if (WM == TC_W_BULK || WM == TC_W_HYBRID) {
-        if (lane == 0) {
-            mbar_init(&wbar[w], 1);
-            mbar_fence_init();
-            if (active) {
-                mbar_expect_tx(&wbar[w], nsm * 512);
-                bulk_copy_g2s(wsm, wp - lane, nsm * 512, &wbar[w]);
-            }
-        }
-    }
-#endif
-    if (WM == TC_W_CPASYNC || (WM != TC_W_REGS && !TC_HAS_BULK))
-        if (active)
-            for (int tile = 0; tile < nsm; tile++) cp_async16(wsm + tile * 32 + lane, wp + (size_t)tile * 32);
     cp_async_commit();
     // Groups are followed with counters (no division per tile): a tile opens a group (its
     // scale/zero are read) when it is the group's first or the block's first, and closes it
     // (the scale is applied) when it is the group's last or the block's last.
     int cpos = kt0 % tpg;  // position in its group of the next tile to use
-    uint4 nxt[U];
+    uint4 qa[U], qb[U];    // two batches of tiles in registers: one in flight, one multiplied
 #pragma unroll
-    for (int u = 0; u < U; u++) nxt[u] = make_uint4(0, 0, 0, 0);
-    auto fetch = [&](int b) {
+    for (int u = 0; u < U; u++) qa[u] = qb[u] = make_uint4(0, 0, 0, 0);
+    auto load = [&](int b, uint4 *q) {  // batch b's tiles (those inside the range)
 #pragma unroll
         for (int u = 0; u < U; u++)
-            if ((WM == TC_W_REGS || WM == TC_W_HYBRID) && active && b + u < ntiles)
-                nxt[u] = ld_stream(wp + (size_t)(b + u) * 32);
+            if (active && b + u < ntiles) q[u] = ld_stream(wp + (size_t)(b + u) * 32);
     };
-    if (WM == TC_W_REGS) fetch(0);
+    auto load_all = [&](int b, uint4 *q) {  // batch b, wholly inside the range
+#pragma unroll
+        for (int u = 0; u < U; u++) q[u] = ld_stream(wp + (size_t)(b + u) * 32);
+    };
+    load(0, qa);
     pdl_wait();
     tc_stamp(p, 1);
     stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
     __syncthreads();
-#ifdef PAGODA_HAS_BULK_COPY
-    if ((WM == TC_W_BULK || WM == TC_W_HYBRID) && active) mbar_wait(&wbar[w], 0);
-#endif
     tc_stamp(p, 2);
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
@@ -323,15 +295,13 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
         uint4 bx[NB][2];
 #pragma unroll
         for (int f = 0; f < NB; f++) {
-            const int m = f * 8 + g;
-            const uint4 *src = (const uint4 *)(xw + (m < M ? m : 0) * xstride_w + tile * 32 + t * 8);
-            bx[f][0] = m < M ? src[0] : make_uint4(0, 0, 0, 0);
-            bx[f][1] = m < M ? src[1] : make_uint4(0, 0, 0, 0);
+            // rows past M repeat row M - 1: their output columns are never stored
+            const int m = min(f * 8 + g, M - 1);
+            const uint4 *src = (const uint4 *)(xw + m * xstride_w + tile * 32 + t * 8);
+            bx[f][0] = src[0];
+            bx[f][1] = src[1];
 #pragma unroll
-            for (int i = 0; i < 2; i++) {
-                const int mm = f * 8 + 2 * t + i;
-                if (mm < M) xg[f][i] += xsum[mm * (p.kr / 64) + tile];
-            }
+            for (int i = 0; i < 2; i++) xg[f][i] += xsum[min(f * 8 + 2 * t + i, M - 1) * (p.kr / 64) + tile];
         }
         const uint32_t q4[4] = {q.x, q.y, q.z, q.w};
 #pragma unroll
@@ -364,31 +334,30 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
             xg[f][0] = xg[f][1] = 0.f;
         }
     };
-    auto take = [&](int b, uint4 *cur) {  // batch b's tiles, the next batch's loads issued
-#pragma unroll
-        for (int u = 0; u < U; u++)
-            cur[u] = WM == TC_W_REGS || (WM == TC_W_HYBRID && b > 0) ? nxt[u]
-                                                                      : wsm[(b + u < ntiles ? b + u : 0) * 32 + lane];
-        fetch(b + U);
-    };
-    // Groups of two tiles (group size 128) starting on the block's first tile, whole batches:
-    // the group boundaries are fixed positions of the unrolled batch (no counters, no branches).
-    const bool pairs = tpg == 2 && cpos == 0 && ntiles % U == 0;
-    if (active && pairs) {
-        for (int b = 0; b < ntiles; b += U) {
-            uint4 cur[U];
-            take(b, cur);
+    // Groups of two tiles (group size 128) starting on the block's first tile, whole pairs of
+    // batches: group boundaries are fixed positions of the unrolled batch (no counters or
+    // branches per tile), and the two batch registers alternate (no copies).
+    if (active && tpg == 2 && cpos == 0 && ntiles % (2 * U) == 0) {
+        auto pairs = [&](int b, const uint4 *q) {
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 if (u % 2 == 0) open_group();
-                tile_mma(b + u, cur[u]);
+                tile_mma(b + u, q[u]);
                 if (u % 2 == 1) close_group();
             }
+        };
+        for (int b = 0; b < ntiles; b += 2 * U) {
+            load_all(b + U, qb);
+            pairs(b, qa);
+            if (b + 2 * U < ntiles) load_all(b + 2 * U, qa);
+            pairs(b + U, qb);
         }
     } else if (active) {
         for (int b = 0; b < ntiles; b += U) {
             uint4 cur[U];
-            take(b, cur);
+#pragma unroll
+            for (int u = 0; u < U; u++) cur[u] = qa[u];
+            load(b + U, qa);
 #pragma unroll
             for (int u = 0; u < U; u++) {
                 const int tile = b + u;
@@ -455,31 +424,52 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
     tc_stamp(p, 5);
 }
 
-template <int M, int U, int WM>
-static void launch_tc_k(const tc_args &a, int ks, cudaStream_t st) {
-    const size_t smem = (size_t)TC_WARPS * tc_wtiles(WM, U, a.kr) * 512 + (size_t)M * (a.kr + 8) * 2 +
-                        (size_t)tc_xsum_floats(M, a.kr) * 4 + (size_t)TC_WARPS * tc_ngb(a.kr, a.gs) * 64;
-    static size_t opted = 48 << 10;  // dynamic shared memory this instantiation may use
-    if (smem > opted) {
-        CU_CHECK(cudaFuncSetAttribute(k_gptq_tc<M, U, WM>, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)smem));
-        opted = smem;
-    }
-    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    CU_CHECK(pdl_launch(k_gptq_tc<M, U, WM>, grid, dim3(TC_WARPS * 32), smem, st, a));
+template <int M>
+static size_t tc_smem(int kr, int gs) {
+    return (size_t)M * (kr + 8) * 2 + (size_t)tc_xsum_floats(M, kr) * 4 + (size_t)TC_WARPS * tc_ngb(kr, gs) * 64;
 }
 
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
-    if (a.flags & CU_GPTQ_SMEM_FIRST)
-        launch_tc_k<M, 4, TC_W_HYBRID>(a, ks, st);
-    else if (a.flags & CU_GPTQ_SMEM_BULK)
-        launch_tc_k<M, 4, TC_W_BULK>(a, ks, st);
-    else if (a.flags & CU_GPTQ_SMEM_CPASYNC)
-        launch_tc_k<M, 4, TC_W_CPASYNC>(a, ks, st);
-    else if (g_u == 8)
-        launch_tc_k<M, 8, TC_W_REGS>(a, ks, st);
-    else
-        launch_tc_k<M, 4, TC_W_REGS>(a, ks, st);
+    dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
+    CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), tc_smem<M>(a.kr, a.gs), st, a));
+}
+
+// Blocks of k_gptq_tc<M> the current GPU holds at once (default split size, group size 128).
+template <int M>
+static int tc_resident(void) {
+    int dev = 0, sms = 0, per_sm = 0;
+    cudaGetDevice(&dev);
+    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
+    const int kr = g_block_bytes / (TC_COLS / 2);
+    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_gptq_tc<M>, TC_WARPS * 32, tc_smem<M>(kr, 128));
+    return sms * (per_sm > 0 ? per_sm : 1);
+}
+
+static int tc_resident_blocks(int M) {
+    static int cache[CU_GEMV_MAX_ROWS + 1];
+    if (M < 1 || M > CU_GEMV_MAX_ROWS) return 1;
+    if (!cache[M]) {
+        switch (M) {
+        case 1: cache[M] = tc_resident<1>(); break;
+        case 2: cache[M] = tc_resident<2>(); break;
+        case 3: cache[M] = tc_resident<3>(); break;
+        case 4: cache[M] = tc_resident<4>(); break;
+        case 5: cache[M] = tc_resident<5>(); break;
+        case 6: cache[M] = tc_resident<6>(); break;
+        case 7: cache[M] = tc_resident<7>(); break;
+        case 8: cache[M] = tc_resident<8>(); break;
+        case 9: cache[M] = tc_resident<9>(); break;
+        case 10: cache[M] = tc_resident<10>(); break;
+        case 11: cache[M] = tc_resident<11>(); break;
+        case 12: cache[M] = tc_resident<12>(); break;
+        case 13: cache[M] = tc_resident<13>(); break;
+        case 14: cache[M] = tc_resident<14>(); break;
+        case 15: cache[M] = tc_resident<15>(); break;
+        default: cache[M] = tc_resident<16>(); break;
+        }
+    }
+    return cache[M];
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
