@@ -447,20 +447,21 @@ static int timeline(struct bench *b, int M) {
 // The layer graph's variants (int4 GEMV settings, attention splits, attention through the
 // prefill kernel) and each op's price inside it.
 static void layer_tables(struct bench *b) {
-    printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 8 |\n|---|---|---|\n");
+    printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 2 | M = 4 | M = 8 |\n"
+           "|---|---|---|---|---|\n");
     for (int v = 0; v < N_TUNES; v++) {
         cu_gptq_tune(TUNES[v].bytes, TUNES[v].flags);
-        printf("| int4 GEMV %s | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(b, 1, -1),
-               time_layer(b, 8, -1));
+        printf("| int4 GEMV %s | %.1f | %.1f | %.1f | %.1f |\n", v ? TUNES[v].name : "default", time_layer(b, 1, -1),
+               time_layer(b, 2, -1), time_layer(b, 4, -1), time_layer(b, 8, -1));
     }
     cu_gptq_tune(0, -1);
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
-        printf("| attn_decode >= %d keys per split | %.1f | %.1f |\n", mk, time_layer(b, 1, -1), time_layer(b, 8, -1));
+        printf("| attn_decode >= %d keys per split | %.1f | | | %.1f |\n", mk, time_layer(b, 1, -1), time_layer(b, 8, -1));
     }
     cu_attn_decode_tune(0);
     b->attn_pf = true;
-    printf("| attention through the prefill kernel | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 8, -1));
+    printf("| attention through the prefill kernel | %.1f | | | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 8, -1));
     b->attn_pf = false;
     printf("\n### Each op's price inside the graph: the layer without it, us per layer (M = 1)\n\n");
     printf("| op left out | graph | saved |\n|---|---|---|\n");

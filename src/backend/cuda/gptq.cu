@@ -32,6 +32,10 @@ typedef __nv_bfloat16 bf16;
 #define TC_BLOCK_BYTES (32 << 10)     // weight bytes per block we aim for (sets kr)
 #define TC_SMEM_MAX (32 << 10)        // activation tile bytes per block at most
 #define TC_U 4                        // tiles per lane per batch (one 16-byte load each)
+// Blocks per SM the register budget is cut for: 5 (at most 96 registers) up to 8 rows, with
+// no spills; 4 beyond (more accumulators).
+#define TC_MIN_BLOCKS(M) ((M) <= 8 ? 5 : 4)
+
 
 // Tuning (cuda_ops_bench): weight bytes per block and CU_GPTQ_* flags. Set before the
 // scratch is sized (cu_gemv_partial_floats depends on it). The default flags are
@@ -216,7 +220,7 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
 }
 
 template <int M>
-__global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
+__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8, U = TC_U;  // n8 fragments of activation rows; tiles per batch
     // [M][kr + 8] bf16 activations, xsum [M][kr / 64] f32, the scale/zero words
     extern __shared__ __align__(16) bf16 xs[];
@@ -267,8 +271,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32) k_gptq_tc(tc_args p) {
 
     // The mma multiplies (128 + q) by x; sum x (q - z) = C - (128 + z) sum x per group.
     // CH independent mma chains (k16 step j feeds chain j % CH), summed when a group closes:
-    // a warp's dependent mma chain is 1/CH of its tiles' steps.
-    constexpr int CH = NB == 1 ? 4 : 2;
+    // a warp's dependent mma chain is 1/CH of its tiles' steps (4 chains cost 8 registers
+    // more, which the 5-blocks-per-SM budget has no room for).
+    constexpr int CH = 2;
     float acc[NB][4], cg[CH][NB][4], xg[NB][2];
 #pragma unroll
     for (int f = 0; f < NB; f++) {
