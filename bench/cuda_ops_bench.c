@@ -243,7 +243,6 @@ static const struct {
     const char *name;
 } TUNES[] = {{0, -1, ""},
              {0, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
-             {0, CU_GPTQ_ONE_WAVE, "K splits grown to one wave"},
              {64 << 10, 0, "64 KiB blocks"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 

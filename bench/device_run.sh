@@ -79,15 +79,10 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         run abenv 150 env $e $b bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/abenv.jsonl
       done ;;
   timeline) # when each kernel of the 6-layer decode graph ran (CUPTI), batch 1 and 8
-      # TL_FLAGS: PAGODA_GPTQ_FLAGS values to run it under (docs/cuda.md), default "0"
-      [ -x $D/bin/cuda_ops_bench-base ] && for m in 1 8; do
-        timeout 120 $D/bin/cuda_ops_bench-base timeline $m > $OUT/timeline-base-m$m.md 2>&1
-        echo "### timeline (base build) M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-base-m$m.md | tee -a $OUT/summary.txt
-      done
-      for f in ${TL_FLAGS:-0}; do for m in 1 8; do
-        timeout 120 env PAGODA_GPTQ_FLAGS=$f $D/bin/cuda_ops_bench timeline $m > $OUT/timeline-f$f-m$m.md 2>&1
-        echo "### timeline PAGODA_GPTQ_FLAGS=$f M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-f$f-m$m.md | tee -a $OUT/summary.txt
-      done; done ;;
+      for m in 1 8; do
+        timeout 120 $D/bin/cuda_ops_bench timeline $m > $OUT/timeline-m$m.md 2>&1
+        echo "### timeline M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-m$m.md | tee -a $OUT/summary.txt
+      done ;;
   sass) # instruction mix of the decode kernels (cuobjdump from the device's toolkit)
       CO=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
       [ -n "$CO" ] && $CO -sass -arch sm_90a $P > $OUT/sass-all.txt 2>&1

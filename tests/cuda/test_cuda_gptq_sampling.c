@@ -6,8 +6,7 @@
 // ---- GPTQ ----
 // One GEMV against the double reference w (W^T, (in, out)). form 0: plain x; 1: x is a
 // gate|up row (SwiGLU formed in the GEMV), 2: SwiGLU plus a permutation of the input.
-// Output poisoned, bias on; a second launch must give bit-identical results; the one-wave
-// split policy is checked against the reference too.
+// Output poisoned, bias on; a second launch must give bit-identical results.
 static void gemv_case(const struct cu_gptq *l, const double *w, const float *bias, const float *db, int M, int form) {
     const int in = l->in, out = l->out, ldx = form ? 2 * in : in, ldy = out + 8;
     uint16_t *x = rand_bf16((size_t)M * ldx, form ? 3.0f : 1.0f);
@@ -53,17 +52,6 @@ static void gemv_case(const struct cu_gptq *l, const double *w, const float *bia
     char name[80];
     snprintf(name, sizeof name, "gptq gemv %dx%d g%d M=%d form%d", in, out, l->group_size, M, form);
     CHECK_ERR(name, rel_err_bf16(yc, ref, (size_t)M * out), 6e-3);
-    // K splits grown to one wave (other split points, so other partial sums): within the bound
-    cu_gptq_tune(0, CU_GPTQ_ONE_WAVE);
-    if (cu_gemv_partial_floats(l, M) <= pf) {
-        assert_int_equal(cudaMemset(dy, 0xff, (size_t)M * ldy * 2), cudaSuccess);
-        cu_gptq_gemv_ex(l, &a, M, db, dy, ldy, part, 0);
-        to_host(y2, dy, (size_t)M * ldy * 2);
-        for (int m = 0; m < M; m++) memcpy(yc + (size_t)m * out, y2 + (size_t)m * ldy, (size_t)out * 2);
-        snprintf(name, sizeof name, "gptq gemv %dx%d g%d M=%d form%d 1-wave", in, out, l->group_size, M, form);
-        CHECK_ERR(name, rel_err_bf16(yc, ref, (size_t)M * out), 6e-3);
-    }
-    cu_gptq_tune(0, -1);
     uint32_t *tick = pg_malloc(sizeof(uint32_t) * CU_GEMV_COUNTERS);  // tickets left re-armed
     to_host(tick, part, sizeof(uint32_t) * CU_GEMV_COUNTERS);
     for (int i = 0; i < CU_GEMV_COUNTERS; i++) assert_int_equal(tick[i], 0);

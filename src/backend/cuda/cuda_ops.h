@@ -108,12 +108,10 @@ struct cu_gptq {
 // Shapes the int4 kernels take: in % 64 == 0, out % 16 == 0, group_size % 64 == 0.
 bool cu_gptq_tc_supported(int in, int out, int group_size);
 #define CU_GEMV_MAX_ROWS 16
-// Benchmark hook: weight bytes per block (0: default 32 KiB) and flags (-1: the default,
-// CU_GPTQ_DEFAULT_FLAGS or PAGODA_GPTQ_FLAGS) of the int4 GEMV. CU_GPTQ_NO_REDUCE (timing
-// only, wrong results): the K splits are left unsummed. CU_GPTQ_ONE_WAVE: K splits grown so
-// that the grid fits on the GPU at once. Call before sizing the scratch; not thread-safe.
+// Benchmark hook: weight bytes per block (0: default 32 KiB) and flags (-1: the default) of
+// the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only, wrong results): the K splits are left
+// unsummed. Call before sizing the scratch; not thread-safe.
 #define CU_GPTQ_NO_REDUCE 2
-#define CU_GPTQ_ONE_WAVE 4
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per

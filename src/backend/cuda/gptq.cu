@@ -5,19 +5,21 @@
 // multiple of 64; a quantization group may straddle two ranges) whose activations the block
 // stages once in shared memory as bf16 (forming silu(gate) * up and the desc_act gather on
 // the way). A warp streams its strip's tiles, which are contiguous in memory, with one
-// 16-byte load per lane per tile and 4 (or 8) tiles per batch, the next batch in flight while
-// the current one is multiplied; the first batch is issued before pdl_wait(), so with
+// 16-byte load per lane per tile and 4 tiles per batch, the next batch in flight while the
+// current one is multiplied; the first batch is issued before pdl_wait(), so with
 // programmatic dependent launch the weight loads overlap the previous kernel. Each 16-input
 // step of a tile is one mma.m16n8k16 (rows = output columns, columns = activation rows; one
 // n8 fragment per 8 rows): a word's nibbles are AND/OR'd into the mantissa of bf16 128.0 (two
 // per lop3), so the mma sums (128 + q) x exactly in f32, and per group
 // sum x (q - z) = C - (128 + z) sum x, with sum x from the staging (per 64-input tile), times
-// the f32 group scale. K splits are summed by the last block of each column tile (atomic
-// ticket + fences) in fixed split order (deterministic), which adds the bias, writes bf16 and
-// re-arms its ticket for the next launch / graph replay.
+// the f32 group scale. With group size 128 and whole groups per block (the usual case) the
+// group boundaries are fixed positions of the unrolled loop and two batch registers
+// alternate. K splits are summed by the last block of each column tile (one fence and atomic
+// ticket per block) in fixed split order (deterministic), which adds the bias, writes bf16
+// and re-arms its ticket for the next launch / graph replay. tc_stamp (cu_gptq_trace, for
+// cuda_ops_bench timeline) records when each block reached each phase.
 //
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
-#include <stdlib.h>
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
@@ -36,15 +38,12 @@ typedef __nv_bfloat16 bf16;
 // no spills; 4 beyond (more accumulators).
 #define TC_MIN_BLOCKS(M) ((M) <= 8 ? 5 : 4)
 
-
 // Tuning (cuda_ops_bench): weight bytes per block and CU_GPTQ_* flags. Set before the
-// scratch is sized (cu_gemv_partial_floats depends on it). The default flags are
-// CU_GPTQ_DEFAULT_FLAGS, or PAGODA_GPTQ_FLAGS (an integer, for A/B runs of the whole model)
-// read at the first use.
-static int g_block_bytes = TC_BLOCK_BYTES, g_flags = -1;
+// scratch is sized (cu_gemv_partial_floats depends on it).
+static int g_block_bytes = TC_BLOCK_BYTES, g_flags = CU_GPTQ_DEFAULT_FLAGS;
 extern "C" void cu_gptq_tune(int block_bytes, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
-    g_flags = flags;
+    g_flags = flags < 0 ? CU_GPTQ_DEFAULT_FLAGS : flags;
 }
 static uint64_t *g_trace;
 static int g_trace_slot, g_trace_blocks;
@@ -53,30 +52,12 @@ extern "C" void cu_gptq_trace(uint64_t *buf, int blocks_per_launch) {
     g_trace_slot = 0;
     g_trace_blocks = blocks_per_launch;
 }
-static int tc_flags(void) {
-    if (g_flags < 0) {
-        const char *e = getenv("PAGODA_GPTQ_FLAGS");
-        g_flags = e && *e ? atoi(e) : CU_GPTQ_DEFAULT_FLAGS;
-        if (g_flags < 0) g_flags = CU_GPTQ_DEFAULT_FLAGS;
-    }
-    return g_flags;
-}
-
-static int tc_flags(void);
-static int tc_resident_blocks(int M);
 
 // Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
 // activation tile M x (kr + 8) bf16 within TC_SMEM_MAX. A group may straddle two splits: the
-// scale is linear, so each split scales its share of the group. CU_GPTQ_ONE_WAVE: larger
-// splits when the grid would not fit on the GPU at once (all blocks resident, one wave).
+// scale is linear, so each split scales its share of the group.
 static int tc_kr(const struct cu_gptq *l, int M) {
     int kr = g_block_bytes / (TC_COLS / 2);
-    if (tc_flags() & CU_GPTQ_ONE_WAVE) {
-        const int cols = (l->out + TC_COLS - 1) / TC_COLS, resident = tc_resident_blocks(M);
-        const int splits = resident / cols > 1 ? resident / cols : 1;
-        const int kw = ((l->in + splits - 1) / splits + 63) / 64 * 64;
-        if (kw > kr) kr = kw;
-    }
     int cap = TC_SMEM_MAX / (2 * M) - 8;
     if (kr > cap) kr = cap;
     kr = kr / 64 * 64;
@@ -440,43 +421,6 @@ static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
     CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), tc_smem<M>(a.kr, a.gs), st, a));
 }
 
-// Blocks of k_gptq_tc<M> the current GPU holds at once (default split size, group size 128).
-template <int M>
-static int tc_resident(void) {
-    int dev = 0, sms = 0, per_sm = 0;
-    cudaGetDevice(&dev);
-    cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, dev);
-    const int kr = g_block_bytes / (TC_COLS / 2);
-    cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, k_gptq_tc<M>, TC_WARPS * 32, tc_smem<M>(kr, 128));
-    return sms * (per_sm > 0 ? per_sm : 1);
-}
-
-static int tc_resident_blocks(int M) {
-    static int cache[CU_GEMV_MAX_ROWS + 1];
-    if (M < 1 || M > CU_GEMV_MAX_ROWS) return 1;
-    if (!cache[M]) {
-        switch (M) {
-        case 1: cache[M] = tc_resident<1>(); break;
-        case 2: cache[M] = tc_resident<2>(); break;
-        case 3: cache[M] = tc_resident<3>(); break;
-        case 4: cache[M] = tc_resident<4>(); break;
-        case 5: cache[M] = tc_resident<5>(); break;
-        case 6: cache[M] = tc_resident<6>(); break;
-        case 7: cache[M] = tc_resident<7>(); break;
-        case 8: cache[M] = tc_resident<8>(); break;
-        case 9: cache[M] = tc_resident<9>(); break;
-        case 10: cache[M] = tc_resident<10>(); break;
-        case 11: cache[M] = tc_resident<11>(); break;
-        case 12: cache[M] = tc_resident<12>(); break;
-        case 13: cache[M] = tc_resident<13>(); break;
-        case 14: cache[M] = tc_resident<14>(); break;
-        case 15: cache[M] = tc_resident<15>(); break;
-        default: cache[M] = tc_resident<16>(); break;
-        }
-    }
-    return cache[M];
-}
-
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
                                 bf16_t *y, int ldy, float *partial, cudaStream_t st) {
     if (M <= 0) return;
@@ -502,7 +446,7 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.ldy = ldy;
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
-    a.flags = tc_flags();
+    a.flags = g_flags;
     a.trace = g_trace ? g_trace + (size_t)g_trace_slot++ * g_trace_blocks * 8 : NULL;
     const int ks = tc_splits(l, M);
     switch (M) {
