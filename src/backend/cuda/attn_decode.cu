@@ -212,13 +212,17 @@ __device__ __forceinline__ bool finish_block(const dec_args &a, const float *m, 
         }
     }
     if (ns == 1) return false;
-    __threadfence();
+    // Release the block's partial (the barrier orders every thread's writes before thread 0's
+    // fence, which is cumulative) and take a ticket; the last block acquires everyone's.
     __syncthreads();
-    if (threadIdx.x == 0) last = atomicAdd(&a.tickets[(size_t)i * a.n_kv + kvh], 1u) == (unsigned)ns - 1;
+    if (threadIdx.x == 0) {
+        __threadfence();
+        const bool l = atomicAdd(&a.tickets[(size_t)i * a.n_kv + kvh], 1u) == (unsigned)ns - 1;
+        if (l) __threadfence();
+        last = l;
+    }
     __syncthreads();
-    if (!last) return false;
-    __threadfence();
-    return true;
+    return last;
 }
 
 template <int HD, int G, bool FP8>
