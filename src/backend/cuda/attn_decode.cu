@@ -212,17 +212,13 @@ __device__ __forceinline__ bool finish_block(const dec_args &a, const float *m, 
         }
     }
     if (ns == 1) return false;
-    // Release the block's partial (the barrier orders every thread's writes before thread 0's
-    // fence, which is cumulative) and take a ticket; the last block acquires everyone's.
+    __threadfence();
     __syncthreads();
-    if (threadIdx.x == 0) {
-        __threadfence();
-        const bool l = atomicAdd(&a.tickets[(size_t)i * a.n_kv + kvh], 1u) == (unsigned)ns - 1;
-        if (l) __threadfence();
-        last = l;
-    }
+    if (threadIdx.x == 0) last = atomicAdd(&a.tickets[(size_t)i * a.n_kv + kvh], 1u) == (unsigned)ns - 1;
     __syncthreads();
-    return last;
+    if (!last) return false;
+    __threadfence();
+    return true;
 }
 
 template <int HD, int G, bool FP8>
