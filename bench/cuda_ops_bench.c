@@ -205,7 +205,6 @@ static void layers(struct bench *b, int M, int skip) {
 static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
                                   "o GEMV", "add_rmsnorm", "gate|up GEMV", "down GEMV (swiglu)"};
 
-// Microseconds per layer of the NLAYER-layer graph (median of reps replays, L2 flushed before each).
 // The NLAYER-layer graph at context 512 (see layers), instantiated; *g for cudaGraphDestroy.
 static cudaGraphExec_t layer_graph(struct bench *b, int M, int skip, cudaGraph_t *g) {
     cudaGraphExec_t ge;
@@ -217,6 +216,7 @@ static cudaGraphExec_t layer_graph(struct bench *b, int M, int skip, cudaGraph_t
     return ge;
 }
 
+// Microseconds per layer of the NLAYER-layer graph (median of reps replays, L2 flushed before each).
 static double time_layer(struct bench *b, int M, int skip) {
     cudaGraph_t g;
     cudaGraphExec_t ge = layer_graph(b, M, skip, &g);
@@ -328,10 +328,6 @@ static int cmp_tl(const void *a, const void *b) {
     return (x->start > y->start) - (x->start < y->start);
 }
 
-// Replays the NLAYER-layer graph (L2 flushed before each) under CUPTI and prints, per op of
-// a layer (layers 2..NLAYER-1, all replays): mean run time (start to end, which for a kernel
-// launched with PDL includes its wait) and mean advance (its end minus the previous
-// kernel's end: what it adds to the step).
 #define TR_BLOCKS 4096  // most blocks of one traced GEMV launch
 static int cmp_u64(const void *a, const void *b) {
     const uint64_t x = *(const uint64_t *)a, y = *(const uint64_t *)b;
@@ -379,6 +375,10 @@ static void trace_report(const uint64_t *tr, const struct tl_rec *e) {
     free(v);
 }
 
+// Replays the NLAYER-layer graph (L2 flushed before each) under CUPTI and prints, per op of
+// a layer (layers 2..NLAYER-1, all replays): mean run time (start to end, which for a kernel
+// launched with PDL includes its wait) and mean advance (its end minus the previous
+// kernel's end: what it adds to the step); then the GEMV block stamps (trace_report).
 static int timeline(struct bench *b, int M) {
     const int reps = 10, per = 8 * NLAYER;
     cudaGraph_t g;
@@ -480,6 +480,11 @@ int main(int argc, char **argv) {
         b.reps = 30;
         setup(&b);
         layer_tables(&b);
+        char err[PG_ERR_LEN];
+        if (cu_take_error(err)) {
+            fprintf(stderr, "%s\n", err);
+            return 1;
+        }
         return 0;
     }
     if (argc > 1 && !strcmp(argv[1], "timeline")) {
@@ -526,7 +531,7 @@ int main(int argc, char **argv) {
     const int Ms[5] = {1, 2, 4, 8, 16};  // the dense custom GEMV stops at 8 rows
     for (int l = 0; l < 4; l++)
         for (int mi = 0; mi < 5; mi++) {
-            for (int v = 1; v < N_TUNES; v++) {  // other block sizes / batch depths of the int4 GEMV
+            for (int v = 1; v < N_TUNES; v++) {  // the other int4 GEMV settings (TUNES)
                 char impl[64];
                 snprintf(impl, sizeof impl, "int4 GEMV, %s", TUNES[v].name);
                 cu_gptq_tune(TUNES[v].bytes, TUNES[v].flags);

@@ -53,10 +53,8 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         run ab1-$bin 150 $B bench latency --random qwen2.5-14b --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/ab1-$bin.jsonl
       done ;;
   layers) # only the layer-graph variants and per-op prices (cuda_ops_bench layers)
-      for bin in cuda_ops_bench; do
-        timeout 200 $D/bin/$bin layers > $OUT/layers-$bin.md 2>&1; echo "### $bin layers rc=$?" | tee -a $OUT/summary.txt
-        cat $OUT/layers-$bin.md | tee -a $OUT/summary.txt
-      done ;;
+      timeout 200 $D/bin/cuda_ops_bench layers > $OUT/layers.md 2>&1; echo "### cuda_ops_bench layers rc=$?" | tee -a $OUT/summary.txt
+      cat $OUT/layers.md | tee -a $OUT/summary.txt ;;
   ops) for bin in cuda_ops_bench cuda_ops_bench-base; do
         [ -x $D/bin/$bin ] || continue
         echo "### $bin" | tee -a $OUT/summary.txt

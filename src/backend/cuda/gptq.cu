@@ -159,15 +159,18 @@ struct tc_args {
     uint64_t *trace;     // cu_gptq_trace: [block][8] timestamps, or NULL
 };
 
-// cu_gptq_trace: thread 0 of each block stamps the global timer at its start (0), after
-// pdl_wait (1), once the activations (and staged weights) are in shared memory (2), after its
-// warp's tiles (3), once its ticket is taken (4) and, in the block that sums the splits, at
-// the end (5); 6 = the SM it ran on.
+// cu_gptq_trace: thread 0 of each block records in slot k of the block's 8 (tc_record) the
+// global timer at its start (0), after pdl_wait (1), once the activations are in shared
+// memory (2), after its warp's tiles (3), once its ticket is taken (4) and, in the block that
+// sums the splits, at the end (5) (tc_stamp); slot 6 = the SM it ran on.
+__device__ __forceinline__ void tc_record(const tc_args &p, int k, uint64_t v) {
+    if (p.trace && threadIdx.x == 0) p.trace[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 + k] = v;
+}
 __device__ __forceinline__ void tc_stamp(const tc_args &p, int k) {
-    if (!p.trace || threadIdx.x) return;
+    if (!p.trace) return;
     uint64_t t;
     asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
-    p.trace[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 + k] = t;
+    tc_record(p, k, t);
 }
 
 // Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
@@ -359,10 +362,10 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     }
 
     tc_stamp(p, 3);
-    if (p.trace && threadIdx.x == 0) {
+    if (p.trace) {
         unsigned smid;
         asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-        p.trace[((size_t)blockIdx.y * gridDim.x + blockIdx.x) * 8 + 6] = smid;
+        tc_record(p, 6, smid);
     }
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
     const int n_lo = strip * 16 + g;
@@ -410,15 +413,14 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     tc_stamp(p, 5);
 }
 
-template <int M>
-static size_t tc_smem(int kr, int gs) {
+static size_t tc_smem(int M, int kr, int gs) {
     return (size_t)M * (kr + 8) * 2 + (size_t)tc_xsum_floats(M, kr) * 4 + (size_t)TC_WARPS * tc_ngb(kr, gs) * 64;
 }
 
 template <int M>
 static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
     dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), tc_smem<M>(a.kr, a.gs), st, a));
+    CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), tc_smem(M, a.kr, a.gs), st, a));
 }
 
 extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
