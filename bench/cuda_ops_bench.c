@@ -9,7 +9,7 @@
 // (old path vs new path) and compares it with the sum of its ops and the byte floor.
 // Weights and activations are constant fills (timing does not depend on values; the GPU
 // tests check correctness). Usage: cuda_ops_bench [reps]   (Markdown to stdout)
-// `cuda_ops_bench timeline [M]`: the start and end of every kernel of the layer graph as the
+// `cuda_ops_bench timeline [M] [fused]`: the start and end of every kernel of the layer graph as the
 // GPU ran it (CUPTI activity records, PDL overlap kept), per op: how long it ran and how far
 // it moved the chain's end (what the op costs the step).
 #include <stdio.h>
@@ -58,6 +58,8 @@ struct bench {
     int32_t *i32;  // step arrays
     int32_t *tiles;  // (seq i, query 0) per sequence: decode through the prefill kernel
     bool attn_pf;    // layer graph: decode attention through cu_attn_prefill
+    bool fused;      // layer graph: the fused layer (fused_layers)
+    float *ssq;      // its residual tile sums of squares (MAXM, H / 64)
     struct cu_step s;
     const int32_t *seqs;
 };
@@ -205,12 +207,45 @@ static void layers(struct bench *b, int M, int skip) {
 static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
                                   "o GEMV", "add_rmsnorm", "gate|up GEMV", "down GEMV (swiglu)"};
 
+// The fused layer (backend_cuda.cu forward, steps of few tokens): five kernels, the GEMVs
+// forming the norm, residual add, SwiGLU and RoPE + KV store (cu_gptq_gemv_fused). Every
+// layer takes its first norm from the previous layer's tile sums of squares.
+static void fused_layers(struct bench *b, int M, int skip) {
+    struct cu_gemv_norm nrm = {b->resid, b->normw, b->ssq, 1e-6f};
+    struct cu_gemv_in none = {NULL, H, NULL, false}, at = {b->attn, NH * HD, NULL, false}, act = {b->x, I, NULL, false};
+    struct cu_gemv_out rope, res, glu;
+    memset(&rope, 0, sizeof rope), memset(&res, 0, sizeof res), memset(&glu, 0, sizeof glu);
+    rope.kind = CU_GEMV_ROPE;
+    rope.rope = (struct cu_gemv_rope){b->s, NH, NKV, HD, BS, CU_KV_BF16, 1e6f, NULL, b->kc, b->vc, b->qb};
+    res.kind = CU_GEMV_RESID, res.resid = b->resid, res.ssq = b->ssq;
+    glu.kind = CU_GEMV_SWIGLU, glu.y = b->x, glu.ldy = I;
+    for (int l = 0; l < NLAYER; l++) {
+        const struct cu_gptq *q = b->lq[l];
+        if (skip != 0) cu_gptq_gemv_fused(&q[0], &none, &nrm, M, b->qkv_bias, &rope, b->partial, b->st);
+        if (skip != 1)
+            cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
+                           b->apart, b->attn, b->st);
+        if (skip != 2) cu_gptq_gemv_fused(&q[1], &at, NULL, M, NULL, &res, b->partial, b->st);
+        if (skip != 3) cu_gptq_gemv_fused(&q[2], &none, &nrm, M, NULL, &glu, b->partial, b->st);
+        if (skip != 4) cu_gptq_gemv_fused(&q[3], &act, NULL, M, NULL, &res, b->partial, b->st);
+    }
+}
+static const char *fused_op[5] = {"qkv GEMV (norm in, RoPE out)", "attn_decode", "o GEMV (residual out)",
+                                  "gate|up GEMV (norm in, SwiGLU out)", "down GEMV (residual out)"};
+// The layer's ops for the timeline: count, names, and which are GEMVs (their index in the layer).
+static int n_ops(const struct bench *b) { return b->fused ? 5 : 8; }
+static const char *op_name(const struct bench *b, int o) { return b->fused ? fused_op[o] : layer_op[o]; }
+static const int unfused_gemv[4] = {1, 4, 6, 7}, fused_gemv[4] = {0, 2, 3, 4};
+
 // The NLAYER-layer graph at context 512 (see layers), instantiated; *g for cudaGraphDestroy.
 static cudaGraphExec_t layer_graph(struct bench *b, int M, int skip, cudaGraph_t *g) {
     cudaGraphExec_t ge;
     set_ctx(b, M, 512);
     ck(cudaStreamBeginCapture(b->st, cudaStreamCaptureModeThreadLocal), "capture");
-    layers(b, M, skip);
+    if (b->fused)
+        fused_layers(b, M, skip);
+    else
+        layers(b, M, skip);
     ck(cudaStreamEndCapture(b->st, g), "end capture");
     ck(cudaGraphInstantiate(&ge, *g, 0), "instantiate");
     return ge;
@@ -281,6 +316,7 @@ static void setup(struct bench *b) {
     b->attn = dfill((size_t)MAXM * NH * HD * 2, 0x3c);
     b->normw = dfill(H * 2, 0x3c);
     b->resid = dfill((size_t)MAXM * H * 4, 0);
+    b->ssq = dfill((size_t)MAXM * (H / 64) * 4, 0);
     b->qkv_bias = dfill(QKV * 4, 0);
     b->logits = dfill((size_t)MAXM * V * 4, 0);
     b->apart = dfill(((size_t)MAXM * NH * 32 * (HD + 2) + CU_ATTN_TICKETS) * 4, 0);  // tickets zero
@@ -337,10 +373,10 @@ static int cmp_u64(const void *a, const void *b) {
 // The GEMVs' block stamps (cu_gptq_trace) of the last replay, against the CUPTI end of the
 // kernel before each GEMV (both the GPU's global timer in ns): per GEMV of layers 2..NLAYER-1
 // (averaged), the first / median / last block at each stamp, us after that end.
-static void trace_report(const uint64_t *tr, const struct tl_rec *e) {
+static void trace_report(const struct bench *b, const uint64_t *tr, const struct tl_rec *e) {
     static const char *stamp[6] = {"block start", "wait returned", "inputs staged", "tiles done", "ticket taken",
                                    "splits summed"};
-    const int gemv_op[4] = {1, 4, 6, 7};
+    const int *gemv_op = b->fused ? fused_gemv : unfused_gemv, nop = n_ops(b);
     printf("\n### Inside each GEMV: block stamps, us after the previous kernel's end (first / median / last "
            "block)\n\n| GEMV | blocks | SMs | CUPTI start | ");
     for (int k = 0; k < 6; k++) printf("%s | ", stamp[k]);
@@ -351,7 +387,7 @@ static void trace_report(const uint64_t *tr, const struct tl_rec *e) {
         int cnt = 0;
         for (int l = 1; l < NLAYER - 1; l++, cnt++) {
             const uint64_t *t = tr + (size_t)(l * 4 + gi) * TR_BLOCKS * 8;
-            const struct tl_rec *prev = &e[l * 8 + gemv_op[gi] - 1], *cur = prev + 1;
+            const struct tl_rec *prev = &e[l * nop + gemv_op[gi] - 1], *cur = prev + 1;
             const double E = (double)prev->end;
             int n = 0;
             while (n < TR_BLOCKS && t[(size_t)n * 8]) n++;
@@ -368,7 +404,7 @@ static void trace_report(const uint64_t *tr, const struct tl_rec *e) {
                 st[k][0] += (double)v[0] - E, st[k][1] += (double)v[m / 2] - E, st[k][2] += (double)v[m - 1] - E;
             }
         }
-        printf("| %s | %.0f | %.0f | %.2f | ", layer_op[gemv_op[gi]], nb / cnt, nsm / cnt, cs / cnt / 1e3);
+        printf("| %s | %.0f | %.0f | %.2f | ", op_name(b, gemv_op[gi]), nb / cnt, nsm / cnt, cs / cnt / 1e3);
         for (int k = 0; k < 6; k++) printf("%.2f / %.2f / %.2f | ", st[k][0] / cnt / 1e3, st[k][1] / cnt / 1e3, st[k][2] / cnt / 1e3);
         printf("%.2f |\n", ce / cnt / 1e3);
     }
@@ -380,7 +416,7 @@ static void trace_report(const uint64_t *tr, const struct tl_rec *e) {
 // launched with PDL includes its wait) and mean advance (its end minus the previous
 // kernel's end: what it adds to the step); then the GEMV block stamps (trace_report).
 static int timeline(struct bench *b, int M) {
-    const int reps = 10, per = 8 * NLAYER;
+    const int reps = 10, nop = n_ops(b), per = nop * NLAYER;
     cudaGraph_t g;
     const size_t tr_bytes = (size_t)4 * NLAYER * TR_BLOCKS * 8 * sizeof(uint64_t);
     uint64_t *dtr = dfill(tr_bytes, 0);
@@ -412,7 +448,8 @@ static int timeline(struct bench *b, int M) {
     int n = 0;
     for (int i = 0; i < g_tl_n; i++)
         if (g_tl[i].graph) k[n++] = g_tl[i];  // the graph's kernels (the flushes run outside it)
-    printf("# Layer graph timeline, M = %d, context 512, %d layers, %d replays (CUPTI)\n\n", M, NLAYER, reps);
+    printf("# Layer graph timeline%s, M = %d, context 512, %d layers, %d replays (CUPTI)\n\n", b->fused ? " (fused layer)" : "",
+           M, NLAYER, reps);
     if (n != reps * per) {
         printf("expected %d graph kernels, CUPTI gave %d\n", reps * per, n);
         free(k), free(tr);
@@ -424,8 +461,8 @@ static int timeline(struct bench *b, int M) {
         const struct tl_rec *e = k + r * per;
         total += (double)(e[per - 1].end - e[0].start) / NLAYER;
         for (int l = 1; l < NLAYER - 1; l++, cnt++)
-            for (int o = 0; o < 8; o++) {
-                const struct tl_rec *c = &e[l * 8 + o], *prev = &e[l * 8 + o - 1];
+            for (int o = 0; o < nop; o++) {
+                const struct tl_rec *c = &e[l * nop + o], *prev = &e[l * nop + o - 1];
                 run[o] += (double)(c->end - c->start);
                 adv[o] += (double)(c->end > prev->end ? c->end - prev->end : 0);
             }
@@ -433,12 +470,12 @@ static int timeline(struct bench *b, int M) {
     printf("graph: %.1f us per layer (first kernel's start to last kernel's end)\n\n", total / reps / 1e3);
     printf("| op | kernel | runs (us) | advances the chain by (us) |\n|---|---|---|---|\n");
     double sum = 0;
-    for (int o = 0; o < 8; o++) {
+    for (int o = 0; o < nop; o++) {
         sum += adv[o] / cnt;
-        printf("| %s | %.40s | %.1f | %.1f |\n", layer_op[o], k[8 + o].name, run[o] / cnt / 1e3, adv[o] / cnt / 1e3);
+        printf("| %s | %.40s | %.1f | %.1f |\n", op_name(b, o), k[nop + o].name, run[o] / cnt / 1e3, adv[o] / cnt / 1e3);
     }
     printf("| sum | | | %.1f |\n", sum / 1e3);
-    trace_report(tr, k + (reps - 1) * per);
+    trace_report(b, tr, k + (reps - 1) * per);
     free(k), free(tr);
     return 0;
 }
@@ -454,6 +491,10 @@ static void layer_tables(struct bench *b) {
                time_layer(b, 2, -1), time_layer(b, 4, -1), time_layer(b, 8, -1));
     }
     cu_gptq_tune(0, -1);
+    b->fused = true;
+    printf("| fused layer (5 kernels) | %.1f | %.1f | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 2, -1),
+           time_layer(b, 4, -1), time_layer(b, 8, -1));
+    b->fused = false;
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
         printf("| attn_decode >= %d keys per split | %.1f | | | %.1f |\n", mk, time_layer(b, 1, -1), time_layer(b, 8, -1));
@@ -470,6 +511,14 @@ static void layer_tables(struct bench *b) {
         const double t = time_layer(b, 1, k);
         printf("| %s | %.1f | %.1f |\n", layer_op[k], t, full - t);
     }
+    b->fused = true;
+    const double fu = time_layer(b, 1, -1);
+    printf("| (none, fused layer) | %.1f | |\n", fu);
+    for (int k = 0; k < 5; k++) {
+        const double t = time_layer(b, 1, k);
+        printf("| %s | %.1f | %.1f |\n", fused_op[k], t, fu - t);
+    }
+    b->fused = false;
 }
 
 int main(int argc, char **argv) {
@@ -489,6 +538,7 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && !strcmp(argv[1], "timeline")) {
         setup(&b);
+        b.fused = argc > 3 && !strcmp(argv[3], "fused");
         return timeline(&b, argc > 2 ? atoi(argv[2]) : 1);
     }
     if (argc > 1 && !strcmp(argv[1], "profile")) {  // a few launches of each GEMV, for ncu

@@ -76,11 +76,11 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
         b=$P; [ "$e" = base ] && b=$D/bin/pagoda-base && e=X=0
         run abenv 150 env $e $b bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --json $OUT/abenv.jsonl
       done ;;
-  timeline) # when each kernel of the 6-layer decode graph ran (CUPTI), batch 1 and 8
-      for m in 1 8; do
-        timeout 120 $D/bin/cuda_ops_bench timeline $m > $OUT/timeline-m$m.md 2>&1
-        echo "### timeline M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-m$m.md | tee -a $OUT/summary.txt
-      done ;;
+  timeline) # when each kernel of the 6-layer decode graph ran (CUPTI), batch 1 and 8, unfused and fused layer
+      for f in unfused fused; do for m in 1 8; do
+        timeout 120 $D/bin/cuda_ops_bench timeline $m $f > $OUT/timeline-$f-m$m.md 2>&1
+        echo "### timeline $f M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-$f-m$m.md | tee -a $OUT/summary.txt
+      done; done ;;
   sass) # instruction mix of the decode kernels (cuobjdump from the device's toolkit)
       CO=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)
       [ -n "$CO" ] && $CO -sass -arch sm_90a $P > $OUT/sass-all.txt 2>&1

@@ -59,42 +59,300 @@ static void gemv_case(const struct cu_gptq *l, const double *w, const float *bia
     free(x), free(perm), free(xin), free(y), free(y2), free(yc), free(ref), free(tick);
 }
 
-static void run_gptq_case(int in, int out, int gs) {
+// A random GPTQ int4 linear on the device (tile layout) with its double W^T (in, out) and bias.
+struct gq {
+    struct cu_gptq l;
+    double *w;
+    float *bias;
+    void *db;
+    int32_t *qw;
+    uint32_t *sz;
+};
+
+static void gq_make(struct gq *g, int in, int out, int gs) {
     const int ng = in / gs;
-    int32_t *qw = pg_malloc(sizeof(int32_t) * (size_t)(in / 8) * out);
-    uint32_t *sz = pg_malloc(sizeof(uint32_t) * (size_t)ng * out);
-    for (size_t i = 0; i < (size_t)(in / 8) * out; i++) qw[i] = (int32_t)urand();
+    g->qw = pg_malloc(sizeof(int32_t) * (size_t)(in / 8) * out);
+    g->sz = pg_malloc(sizeof(uint32_t) * (size_t)ng * out);
+    for (size_t i = 0; i < (size_t)(in / 8) * out; i++) g->qw[i] = (int32_t)urand();
     for (size_t i = 0; i < (size_t)ng * out; i++)
-        sz[i] = pg_f32_to_f16(0.002f + 0.01f * (frand() + 1)) | ((urand() % 16) << 16);
-    float *bias = pg_malloc(sizeof(float) * out);
-    for (int o = 0; o < out; o++) bias[o] = frand();
+        g->sz[i] = pg_f32_to_f16(0.002f + 0.01f * (frand() + 1)) | ((urand() % 16) << 16);
+    g->bias = pg_malloc(sizeof(float) * out);
+    for (int o = 0; o < out; o++) g->bias[o] = frand();
     // the device takes the tile layout (backend/gptq_pack.h)
     uint32_t *qt = pg_malloc(sizeof(uint32_t) * (size_t)(in / 8) * out), *szt = pg_malloc(sizeof(uint32_t) * (size_t)ng * out);
-    gptq_tile_pack((const uint32_t *)qw, in, out, qt);
-    gptq_tile_pack_sz(sz, ng, out, szt);
+    gptq_tile_pack((const uint32_t *)g->qw, in, out, qt);
+    gptq_tile_pack_sz(g->sz, ng, out, szt);
     void *dqw = dup_to_dev(qt, sizeof(int32_t) * (size_t)(in / 8) * out), *dsz = dup_to_dev(szt, sizeof(uint32_t) * (size_t)ng * out);
-    void *db = dup_to_dev(bias, sizeof(float) * out);
-    struct cu_gptq l = {in, out, gs, ng, dqw, dsz};
-    double *w = pg_malloc(sizeof(double) * (size_t)in * out);  // W^T (in, out)
+    g->db = dup_to_dev(g->bias, sizeof(float) * out);
+    g->l = (struct cu_gptq){in, out, gs, ng, dqw, dsz};
+    g->w = pg_malloc(sizeof(double) * (size_t)in * out);  // W^T (in, out)
     for (int i = 0; i < in; i++)
         for (int o = 0; o < out; o++) {
-            uint32_t g = sz[(size_t)(i / gs) * out + o];
-            int q = (qw[(size_t)(i / 8) * out + o] >> (4 * (i % 8))) & 15;
-            w[(size_t)i * out + o] = (q - (double)(g >> 16)) * pg_f16_to_f32((uint16_t)(g & 0xffff));
+            uint32_t z = g->sz[(size_t)(i / gs) * out + o];
+            int q = (g->qw[(size_t)(i / 8) * out + o] >> (4 * (i % 8))) & 15;
+            g->w[(size_t)i * out + o] = (q - (double)(z >> 16)) * pg_f16_to_f32((uint16_t)(z & 0xffff));
         }
+    free(qt), free(szt);
+}
+
+static void gq_free(struct gq *g) {
+    cudaFree((void *)g->l.qweight), cudaFree((void *)g->l.sz), cudaFree(g->db);
+    free(g->w), free(g->bias), free(g->qw), free(g->sz);
+}
+
+static void run_gptq_case(int in, int out, int gs) {
+    struct gq g;
+    gq_make(&g, in, out, gs);
     // dequant: bit-exact against rounding the same float product
     bf16_t *dwt = dmalloc((size_t)in * out * 2);
-    cu_gptq_dequant(&l, dwt, 0);
+    cu_gptq_dequant(&g.l, dwt, 0);
     uint16_t *wt = pg_malloc((size_t)in * out * 2);
     to_host(wt, dwt, (size_t)in * out * 2);
     size_t bad = 0;
-    for (size_t i = 0; i < (size_t)in * out; i++) bad += wt[i] != pg_f32_to_bf16((float)w[i]);
+    for (size_t i = 0; i < (size_t)in * out; i++) bad += wt[i] != pg_f32_to_bf16((float)g.w[i]);
     printf("  dequant %dx%d g%d: %zu mismatches\n", in, out, gs, bad);
     assert_int_equal(bad, 0);
     for (int M = 1; M <= CU_GEMV_MAX_ROWS; M++)
-        for (int form = 0; form < 3; form++) gemv_case(&l, w, bias, db, M, form);
-    cudaFree(dqw), cudaFree(dsz), cudaFree(db), cudaFree(dwt);
-    free(qw), free(sz), free(qt), free(szt), free(bias), free(w), free(wt);
+        for (int form = 0; form < 3; form++) gemv_case(&g.l, g.w, g.bias, g.db, M, form);
+    cudaFree(dwt);
+    free(wt);
+    gq_free(&g);
+}
+
+// ---- fused forms (cu_gptq_gemv_fused), each against the unfused kernels or a reference ----
+
+static void assert_tickets_rearmed(const float *part) {
+    uint32_t *tick = pg_malloc(sizeof(uint32_t) * CU_GEMV_COUNTERS);
+    to_host(tick, part, sizeof(uint32_t) * CU_GEMV_COUNTERS);
+    for (int i = 0; i < CU_GEMV_COUNTERS; i++) assert_int_equal(tick[i], 0);
+    free(tick);
+}
+
+static float *rand_f32(size_t n, float scale) {
+    float *h = pg_malloc(n * 4);
+    for (size_t i = 0; i < n; i++) h[i] = frand() * scale;
+    return h;
+}
+
+// Per-64-column sums of squares of rows (M, n) f32, as the residual form leaves them.
+static float *tile_ssq(const float *r, int M, int n) {
+    float *s = pg_malloc(sizeof(float) * M * (n / 64));
+    for (int m = 0; m < M; m++)
+        for (int t = 0; t < n / 64; t++) {
+            double a = 0;
+            for (int j = 0; j < 64; j++) a += (double)r[(size_t)m * n + t * 64 + j] * r[(size_t)m * n + t * 64 + j];
+            s[m * (n / 64) + t] = (float)a;
+        }
+    return s;
+}
+
+// Norm input (STORE out): y against a double reference of the GEMV over bf16(resid * inv * w).
+static void fused_norm_case(struct gq *g, int M, bool perm_on) {
+    const int in = g->l.in, out = g->l.out;
+    const float eps = 1e-6f;
+    float *resid = rand_f32((size_t)M * in, 2.0f), *ssq = tile_ssq(resid, M, in);
+    uint16_t *w = pg_malloc((size_t)in * 2);
+    for (int i = 0; i < in; i++) w[i] = pg_f32_to_bf16(1.0f + 0.5f * frand());
+    int32_t *perm = pg_malloc(sizeof(int32_t) * in);
+    for (int i = 0; i < in; i++) perm[i] = i;
+    for (int i = in - 1; perm_on && i > 0; i--) {
+        int j = (int)(urand() % (uint32_t)(i + 1)), t = perm[i];
+        perm[i] = perm[j], perm[j] = t;
+    }
+    double *ref = pg_malloc(sizeof(double) * M * out);
+    for (int m = 0; m < M; m++) {
+        double ss = 0;
+        for (int t = 0; t < in / 64; t++) ss += ssq[m * (in / 64) + t];
+        const float inv = (float)(1.0 / sqrt(ss / in + eps));
+        for (int o = 0; o < out; o++) {
+            double a = g->bias[o];
+            for (int i = 0; i < in; i++) {
+                const int src = perm[i];
+                a += bf(pg_f32_to_bf16(resid[(size_t)m * in + src] * inv * bf(w[src]))) * g->w[(size_t)i * out + o];
+            }
+            ref[m * out + o] = a;
+        }
+    }
+    float *dres = dup_to_dev(resid, sizeof(float) * M * in), *dssq = dup_to_dev(ssq, sizeof(float) * M * (in / 64));
+    void *dw = dup_to_dev(w, (size_t)in * 2), *dperm = dup_to_dev(perm, sizeof(int32_t) * in);
+    bf16_t *dy = dmalloc((size_t)M * out * 2);
+    float *part = dmalloc(sizeof(float) * cu_gemv_partial_floats(&g->l, M));
+    cu_gemv_scratch_reset(part, 0);
+    struct cu_gemv_norm nrm = {dres, dw, dssq, eps};
+    struct cu_gemv_in x = {NULL, in, perm_on ? dperm : NULL, false};
+    struct cu_gemv_out o;
+    memset(&o, 0, sizeof o);
+    o.kind = CU_GEMV_STORE, o.y = dy, o.ldy = out;
+    cu_gptq_gemv_fused(&g->l, &x, &nrm, M, g->db, &o, part, 0);
+    uint16_t *y = pg_malloc((size_t)M * out * 2);
+    to_host(y, dy, (size_t)M * out * 2);
+    char name[80];
+    snprintf(name, sizeof name, "fused norm in %dx%d M=%d perm %d", in, out, M, perm_on);
+    CHECK_ERR(name, rel_err_bf16(y, ref, (size_t)M * out), 6e-3);
+    assert_tickets_rearmed(part);
+    cudaFree(dres), cudaFree(dssq), cudaFree(dw), cudaFree(dperm), cudaFree(dy), cudaFree(part);
+    free(resid), free(ssq), free(w), free(perm), free(ref), free(y);
+}
+
+// Residual out: resid must be exactly resid + the plain GEMV's bf16 output; ssq the tile sums
+// of squares of the new residual. Launched twice (graph replays re-arm the tickets).
+static void fused_resid_case(struct gq *g, int M) {
+    const int in = g->l.in, out = g->l.out;
+    uint16_t *x = rand_bf16((size_t)M * in, 1.0f);
+    float *resid = rand_f32((size_t)M * out, 4.0f);
+    void *dx = dup_to_dev(x, (size_t)M * in * 2);
+    float *dres = dup_to_dev(resid, sizeof(float) * M * out), *dssq = dmalloc(sizeof(float) * M * (out / 64));
+    bf16_t *dy = dmalloc((size_t)M * out * 2);
+    float *part = dmalloc(sizeof(float) * cu_gemv_partial_floats(&g->l, M));
+    cu_gemv_scratch_reset(part, 0);
+    struct cu_gemv_in a = {dx, in, NULL, false};
+    cu_gptq_gemv_ex(&g->l, &a, M, g->db, dy, out, part, 0);
+    struct cu_gemv_out o;
+    memset(&o, 0, sizeof o);
+    o.kind = CU_GEMV_RESID, o.resid = dres, o.ssq = dssq;
+    cu_gptq_gemv_fused(&g->l, &a, NULL, M, g->db, &o, part, 0);
+    uint16_t *y = pg_malloc((size_t)M * out * 2);
+    float *r1 = pg_malloc(sizeof(float) * M * out), *s1 = pg_malloc(sizeof(float) * M * (out / 64));
+    to_host(y, dy, (size_t)M * out * 2);
+    to_host(r1, dres, sizeof(float) * M * out);
+    to_host(s1, dssq, sizeof(float) * M * (out / 64));
+    size_t bad = 0;
+    for (size_t i = 0; i < (size_t)M * out; i++) bad += r1[i] != resid[i] + bf(y[i]);
+    float *sref = tile_ssq(r1, M, out);
+    double *sd = pg_malloc(sizeof(double) * M * (out / 64));
+    for (int i = 0; i < M * (out / 64); i++) sd[i] = sref[i];
+    char name[80];
+    snprintf(name, sizeof name, "fused resid out %dx%d M=%d", in, out, M);
+    printf("  %s: %zu residual mismatches\n", name, bad);
+    assert_int_equal(bad, 0);
+    CHECK_ERR("  tile sums of squares", rel_err_f(s1, sd, (size_t)M * (out / 64)), 1e-5);
+    assert_tickets_rearmed(part);
+    cu_gptq_gemv_fused(&g->l, &a, NULL, M, g->db, &o, part, 0);  // again: resid grows by y once more
+    float *r2 = pg_malloc(sizeof(float) * M * out);
+    to_host(r2, dres, sizeof(float) * M * out);
+    bad = 0;
+    for (size_t i = 0; i < (size_t)M * out; i++) bad += r2[i] != r1[i] + bf(y[i]);
+    assert_int_equal(bad, 0);
+    cudaFree(dx), cudaFree(dres), cudaFree(dssq), cudaFree(dy), cudaFree(part);
+    free(x), free(resid), free(y), free(r1), free(s1), free(sref), free(sd), free(r2);
+}
+
+// SwiGLU out (columns j, out/2 + j = gate, up): against cu_swiglu over the plain GEMV's output.
+static void fused_swiglu_case(struct gq *g, int M) {
+    const int in = g->l.in, out = g->l.out, I = out / 2;
+    uint16_t *x = rand_bf16((size_t)M * in, 1.0f);
+    void *dx = dup_to_dev(x, (size_t)M * in * 2);
+    bf16_t *dy = dmalloc((size_t)M * out * 2), *dref = dmalloc((size_t)M * I * 2), *dact = dmalloc((size_t)M * I * 2);
+    float *part = dmalloc(sizeof(float) * cu_gemv_partial_floats(&g->l, M));
+    cu_gemv_scratch_reset(part, 0);
+    struct cu_gemv_in a = {dx, in, NULL, false};
+    cu_gptq_gemv_ex(&g->l, &a, M, g->db, dy, out, part, 0);
+    cu_swiglu(dy, M, I, dref, 0);
+    struct cu_gemv_out o;
+    memset(&o, 0, sizeof o);
+    o.kind = CU_GEMV_SWIGLU, o.y = dact, o.ldy = I;
+    cu_gptq_gemv_fused(&g->l, &a, NULL, M, g->db, &o, part, 0);
+    uint16_t *act = pg_malloc((size_t)M * I * 2), *ref = pg_malloc((size_t)M * I * 2);
+    to_host(act, dact, (size_t)M * I * 2);
+    to_host(ref, dref, (size_t)M * I * 2);
+    double *rd = pg_malloc(sizeof(double) * M * I);
+    for (size_t i = 0; i < (size_t)M * I; i++) rd[i] = bf(ref[i]);
+    char name[80];
+    snprintf(name, sizeof name, "fused swiglu out %dx%d M=%d", in, out, M);
+    CHECK_ERR(name, rel_err_bf16(act, rd, (size_t)M * I), 1e-3);
+    assert_tickets_rearmed(part);
+    cudaFree(dx), cudaFree(dy), cudaFree(dref), cudaFree(dact), cudaFree(part);
+    free(x), free(act), free(ref), free(rd);
+}
+
+// RoPE + KV store out: against cu_qkv_rope_store over the plain GEMV's output, M tokens of
+// three sequences at scattered positions (shuffled block tables).
+static void fused_rope_case(struct gq *g, int M, int nh, int nkv, int hd, int kv_type) {
+    const int in = g->l.in, out = g->l.out, bs = 16, es = kv_type == CU_KV_BF16 ? 2 : 1;
+    assert_int_equal(out, (nh + 2 * nkv) * hd);
+    int len[3] = {300, 77, 129}, q0[3], nnew[3] = {0, 0, 0}, stride, nblocks;
+    int32_t *tok_seq = pg_malloc(sizeof(int32_t) * M), *tok_pos = pg_malloc(sizeof(int32_t) * M);
+    for (int t = 0; t < M; t++) {
+        tok_seq[t] = t % 3;
+        tok_pos[t] = len[t % 3] - 1 - t / 3;  // distinct slots: the last tokens of each sequence
+    }
+    for (int i = 0; i < 3; i++) q0[i] = i;
+    int32_t *bt = shuffled_block_tables(3, len, bs, &stride, &nblocks);
+    void *buf[6];
+    struct cu_step s = step_to_dev(M, 3, tok_seq, tok_pos, len, q0, nnew, bt, stride, buf);
+    const size_t cache = (size_t)nblocks * nkv * bs * hd * es;
+    uint16_t *x = rand_bf16((size_t)M * in, 1.0f);
+    float *rb = rand_f32(out, 1.0f);
+    void *dx = dup_to_dev(x, (size_t)M * in * 2), *drb = dup_to_dev(rb, sizeof(float) * out);
+    void *kc[2] = {dmalloc(cache), dmalloc(cache)}, *vc[2] = {dmalloc(cache), dmalloc(cache)};
+    assert_int_equal(cudaMemset(kc[0], 0, cache), cudaSuccess);
+    assert_int_equal(cudaMemset(kc[1], 0, cache), cudaSuccess);
+    assert_int_equal(cudaMemset(vc[0], 0, cache), cudaSuccess);
+    assert_int_equal(cudaMemset(vc[1], 0, cache), cudaSuccess);
+    bf16_t *dy = dmalloc((size_t)M * out * 2), *dq[2] = {dmalloc((size_t)M * nh * hd * 2), dmalloc((size_t)M * nh * hd * 2)};
+    float *part = dmalloc(sizeof(float) * cu_gemv_partial_floats(&g->l, M));
+    cu_gemv_scratch_reset(part, 0);
+    struct cu_gemv_in a = {dx, in, NULL, false};
+    cu_gptq_gemv_ex(&g->l, &a, M, g->db, dy, out, part, 0);
+    cu_qkv_rope_store(dy, out, drb, &s, nh, nkv, hd, 1e6f, bs, kv_type, kc[0], vc[0], dq[0], 0);
+    struct cu_gemv_out o;
+    memset(&o, 0, sizeof o);
+    o.kind = CU_GEMV_ROPE;
+    o.rope = (struct cu_gemv_rope){s, nh, nkv, hd, bs, kv_type, 1e6f, drb, kc[1], vc[1], dq[1]};
+    cu_gptq_gemv_fused(&g->l, &a, NULL, M, g->db, &o, part, 0);
+    const size_t nq = (size_t)M * nh * hd;
+    uint16_t *q[2] = {pg_malloc(nq * 2), pg_malloc(nq * 2)};
+    uint8_t *k[2] = {pg_malloc(cache), pg_malloc(cache)}, *v[2] = {pg_malloc(cache), pg_malloc(cache)};
+    for (int i = 0; i < 2; i++) {
+        to_host(q[i], dq[i], nq * 2);
+        to_host(k[i], kc[i], cache);
+        to_host(v[i], vc[i], cache);
+    }
+    double *qd = pg_malloc(sizeof(double) * nq);
+    for (size_t i = 0; i < nq; i++) qd[i] = bf(q[0][i]);
+    size_t kbad = 0, vbad = 0, written = 0;  // cache elements that differ (bf16: 2-byte units)
+    for (size_t i = 0; i < cache; i += es) {
+        kbad += memcmp(k[0] + i, k[1] + i, es) != 0;
+        vbad += memcmp(v[0] + i, v[1] + i, es) != 0;
+        written += memcmp(v[0] + i, "\0\0", es) != 0;
+    }
+    char name[96];
+    snprintf(name, sizeof name, "fused rope out nh%d nkv%d hd%d M=%d kv%d", nh, nkv, hd, M, kv_type);
+    CHECK_ERR(name, rel_err_bf16(q[1], qd, nq), 1e-3);
+    printf("    k / v cache elements differing: %zu / %zu of %zu written\n", kbad, vbad, written);
+    assert_true(written > 0);
+    assert_true(kbad * 100 <= written && vbad == 0);  // v is the same rounding; k may differ by an fp rounding
+    assert_tickets_rearmed(part);
+    for (int i = 0; i < 6; i++) cudaFree(buf[i]);
+    for (int i = 0; i < 2; i++) cudaFree(kc[i]), cudaFree(vc[i]), cudaFree(dq[i]), free(q[i]), free(k[i]), free(v[i]);
+    cudaFree(dx), cudaFree(drb), cudaFree(dy), cudaFree(part);
+    free(tok_seq), free(tok_pos), free(bt), free(x), free(rb), free(qd);
+}
+
+static void test_gptq_fused(void **state) {
+    (void)state;
+    const int Ms[] = {1, 2, 5, 8, 16};
+    struct gq g;
+    gq_make(&g, 1024, 768, 128);
+    for (int i = 0; i < 5; i++) {
+        fused_norm_case(&g, Ms[i], false);
+        fused_norm_case(&g, Ms[i], true);
+        fused_resid_case(&g, Ms[i]);
+        fused_swiglu_case(&g, Ms[i]);
+    }
+    gq_free(&g);
+    gq_make(&g, 512, 256, 128);  // one K split: the residual form still sums through the ticket
+    fused_resid_case(&g, 1);
+    fused_resid_case(&g, 3);
+    fused_norm_case(&g, 2, false);
+    gq_free(&g);
+    gq_make(&g, 512, (4 + 2 * 2) * 128, 128);  // q|k|v of 4 / 2 heads of 128
+    for (int i = 0; i < 5; i++) fused_rope_case(&g, Ms[i], 4, 2, 128, CU_KV_BF16);
+    fused_rope_case(&g, 3, 4, 2, 128, CU_KV_E4M3);
+    gq_free(&g);
+    gq_make(&g, 896, (6 + 2 * 2) * 64, 64);  // heads of 64: one column tile per head
+    fused_rope_case(&g, 4, 6, 2, 64, CU_KV_BF16);
+    gq_free(&g);
 }
 
 // Dense bf16 GEMV (bf16 and f32 outputs, with and without bias) against a double reference.
@@ -262,7 +520,8 @@ static void test_sampling(void **state) {
 // (temperature 1, no truncation, a draw over the full vocab).
 
 int main(void) {
-    const struct CMUnitTest tests[] = {cmocka_unit_test(test_gptq), cmocka_unit_test(test_dense_gemv),
+    const struct CMUnitTest tests[] = {cmocka_unit_test(test_gptq), cmocka_unit_test(test_gptq_fused),
+                                       cmocka_unit_test(test_dense_gemv),
                                        cmocka_unit_test(test_sampling)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

@@ -100,6 +100,76 @@ static int decode_splits(const struct cuda_ctx *c, int n) {
     return s < 1 ? 1 : s > 32 ? 32 : s;
 }
 
+// Steps of at most c->fuse_rows tokens run the fused decode layer: five kernels instead of
+// eight, the int4 GEMVs forming the RMSNorm while staging their input and the residual add,
+// SwiGLU, RoPE and the KV store while summing their K splits (cu_gptq_gemv_fused):
+//   qkv (norm in, RoPE + KV store out), attention, o (residual out), gate|up (norm in,
+//   SwiGLU out), down (residual out)
+// The residual outputs leave per-tile sums of squares in c->ssq for the next norm input;
+// layer 0's first norm (after the embedding) and the final norm stay kernels.
+static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_step *s, char *kc, char *vc) {
+    const struct model_config *m = &c->mc;
+    const struct dlayer *L = &c->layers[l];
+    const struct dlin *qkv = &L->qkv.part[0];
+    const int H = m->hidden;
+    struct cu_gemv_norm nrm = {c->resid, L->attn_norm, c->ssq, m->rms_eps};
+    struct cu_gemv_in x = {c->xn, H, qkv->perm, false};
+    struct cu_gemv_out o;
+    memset(&o, 0, sizeof o);
+    o.kind = CU_GEMV_ROPE;
+    o.rope = (struct cu_gemv_rope){*s, m->n_heads, m->n_kv_heads, m->head_dim, c->bc.block_size, c->kv_type,
+                                   m->rope_theta, L->qkv_bias, kc, vc, c->q};
+    if (l == 0) cu_add_rmsnorm(c->resid, NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
+    cu_gptq_gemv_fused(&qkv->q, &x, l ? &nrm : NULL, T, qkv->bias, &o, c->gemv_partial, c->st);
+}
+
+static void fused_layer_out(struct cuda_ctx *c, int l, int T) {
+    const struct model_config *m = &c->mc;
+    const struct dlayer *L = &c->layers[l];
+    const struct dlin *gu = &L->gu.part[0];
+    const int H = m->hidden, I = m->intermediate;
+    struct cu_gemv_norm nrm = {c->resid, L->ffn_norm, c->ssq, m->rms_eps};
+    struct cu_gemv_out res, act;
+    memset(&res, 0, sizeof res);
+    memset(&act, 0, sizeof act);
+    res.kind = CU_GEMV_RESID;
+    res.resid = c->resid;
+    res.ssq = c->ssq;
+    act.kind = CU_GEMV_SWIGLU;
+    act.y = c->act;
+    act.ldy = I;
+    struct cu_gemv_in xo = {c->attn, L->o.in, L->o.perm, false}, xg = {NULL, H, gu->perm, false},
+                      xd = {c->act, I, L->down.perm, false};
+    cu_gptq_gemv_fused(&L->o.q, &xo, NULL, T, L->o.bias, &res, c->gemv_partial, c->st);
+    cu_gptq_gemv_fused(&gu->q, &xg, &nrm, T, gu->bias, &act, c->gemv_partial, c->st);
+    cu_gptq_gemv_fused(&L->down.q, &xd, NULL, T, L->down.bias, &res, c->gemv_partial, c->st);
+}
+
+// Most tokens a step may have to run the fused layer (0: the model's linears cannot): every
+// linear int4 on the tensor-core GEMV at that many rows (run_lin's limits), q/k/v and
+// gate/up fused, and shapes the fused forms take. PAGODA_FUSE=0 turns it off (A/B runs).
+static int fuse_rows(const struct cuda_ctx *c) {
+    const char *e = getenv("PAGODA_FUSE");
+    if ((e && !strcmp(e, "0")) || !c->gemv_partial) return 0;
+    const struct model_config *m = &c->mc;
+    int rows = CU_GEMV_MAX_ROWS;
+    for (int l = 0; l < m->n_layers; l++) {
+        const struct dlayer *L = &c->layers[l];
+        const struct dlin *lin[4] = {&L->qkv.part[0], &L->o, &L->gu.part[0], &L->down};
+        if (L->qkv.n != 1 || L->gu.n != 1) return 0;
+        for (int k = 0; k < 4; k++) {
+            if (!lin[k]->quant) return 0;
+            if (lin[k]->wt && rows > GEMV_MAX_ROWS_CACHED) rows = GEMV_MAX_ROWS_CACHED;
+        }
+        if (!cu_gemv_fused_supported(&lin[0]->q, CU_GEMV_ROPE, true, m->head_dim) ||
+            !cu_gemv_fused_supported(&lin[1]->q, CU_GEMV_RESID, false, 0) ||
+            !cu_gemv_fused_supported(&lin[2]->q, CU_GEMV_SWIGLU, true, 0) ||
+            !cu_gemv_fused_supported(&lin[3]->q, CU_GEMV_RESID, false, 0) || lin[2]->q.out != 2 * m->intermediate)
+            return 0;
+    }
+    return rows;
+}
+
 // The layers for a step whose inputs are already on the device; leaves the final-normed
 // hidden states in c->xn.
 static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tiles) {
@@ -107,25 +177,34 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
     const int H = m->hidden, nh = m->n_heads, nkv = m->n_kv_heads, hd = m->head_dim, bs = c->bc.block_size;
     struct cu_step s = step_desc(c, T, n_seqs);
     const int splits = n_dec ? decode_splits(c, n_dec) : 1;
+    const bool fused = T <= c->fuse_rows;
     if (c->gemv_partial) cu_gemv_scratch_reset(c->gemv_partial, c->st);  // GEMV tickets (self-resetting)
     cu_embed(c->embed, c->d_i32 + c->off_tok, T, H, c->resid, c->st);
     for (int l = 0; l < m->n_layers; l++) {
         const struct dlayer *L = &c->layers[l];
         char *kc = (char *)c->kv + (size_t)(2 * l) * c->kv_layer_bytes, *vc = kc + c->kv_layer_bytes;
-        cu_add_rmsnorm(c->resid, l ? c->delta : NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
-        run_group(c, &L->qkv, c->xn, T, c->qkv);
-        cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc, vc,
-                          c->q, c->st);
+        if (fused) {
+            fused_layer_in(c, l, T, &s, kc, vc);
+        } else {
+            cu_add_rmsnorm(c->resid, l ? c->delta : NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
+            run_group(c, &L->qkv, c->xn, T, c->qkv);
+            cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc, vc,
+                              c->q, c->st);
+        }
         cu_attn_decode(c->q, &s, c->d_i32 + c->off_dec, n_dec, nh, nkv, hd, bs, c->kv_type, kc, vc, splits,
                        c->attn_partial, c->attn, c->st);
         cu_attn_prefill(c->q, &s, c->d_i32 + c->off_tiles, n_tiles, nh, nkv, hd, bs, c->kv_type, kc, vc, c->attn,
                         c->st);
-        run_lin(c, &L->o, c->attn, T, c->delta, H, false);
-        cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
-        run_group(c, &L->gu, c->xn, T, c->gu);
-        run_lin(c, &L->down, c->gu, T, c->delta, H, true);
+        if (fused) {
+            fused_layer_out(c, l, T);
+        } else {
+            run_lin(c, &L->o, c->attn, T, c->delta, H, false);
+            cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
+            run_group(c, &L->gu, c->xn, T, c->gu);
+            run_lin(c, &L->down, c->gu, T, c->delta, H, true);
+        }
     }
-    cu_add_rmsnorm(c->resid, c->delta, H, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
+    cu_add_rmsnorm(c->resid, fused ? NULL : c->delta, H, c->final_norm, m->rms_eps, T, H, c->xn, c->st);
 }
 
 // logits (n_rows, vocab) f32 for the rows listed in the rows section: the bf16 GEMV for one
@@ -602,6 +681,8 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->xperm = any_perm ? (bf16_t *)dalloc(T * max_in * 2) : NULL;
     c->deq = deq ? (bf16_t *)dalloc(deq * 2) : NULL;
     c->gemv_partial = part ? (float *)dalloc(part * 4) : NULL;
+    c->fuse_rows = fuse_rows(c);
+    c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
     c->attn_partial = (float *)dalloc((apart + CU_ATTN_TICKETS) * 4);
     // decode tickets; on c->st (a non-blocking stream does not wait for the legacy stream)
     if (c->attn_partial) CU_CHECK(cudaMemsetAsync(c->attn_partial, 0, CU_ATTN_TICKETS * 4, c->st));
@@ -673,7 +754,7 @@ static void cuda_free(void *ctx) {
         if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
     cuw_free(c);
     void *dev[] = {c->kv, c->d_i32, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q, c->attn, c->gu,
-                   c->act, c->xperm, c->deq, c->gemv_partial, c->attn_partial, c->hs, c->logits, c->samp_scratch,
+                   c->act, c->xperm, c->deq, c->gemv_partial, c->ssq, c->attn_partial, c->hs, c->logits, c->samp_scratch,
                    c->d_lists, c->blas_ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     cudaFreeHost(c->h_i32);

@@ -72,6 +72,8 @@ struct cuda_ctx {
     float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
     bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
     size_t attn_partial_floats, gemv_partial_floats;
+    int fuse_rows;               // steps of at most this many tokens run the fused layer (forward)
+    float *ssq;                  // fused layer: (fuse_rows, hidden / 64) residual tile sums of squares
     // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
     int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
     size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;

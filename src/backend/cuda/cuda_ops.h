@@ -139,6 +139,49 @@ void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M,
                      bf16_t *y, int ldy, float *partial, cudaStream_t st);
 void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
                   int ldy, float *partial, cudaStream_t st);
+// Fused forms of the same GEMV for the decode layers (few rows), which remove the norm,
+// SwiGLU and RoPE kernels from a layer. Input side: with `norm`, the input is the RMSNorm of
+// the residual stream, formed while staging (x->x and x->ldx are ignored, x->perm applies,
+// x->swiglu must be false):
+//   x[m][i] = bf16(resid[m][i] * rsqrt(sum_t ssq[m][t] / in + eps) * w[i])
+// exactly as cu_add_rmsnorm forms it, where ssq (M, in / 64) holds the sums of squares of the
+// residual's 64-column tiles that a CU_GEMV_RESID GEMV left (summed in fixed order).
+struct cu_gemv_norm {
+    const float *resid;  // (M, in) f32, 16-byte aligned
+    const bf16_t *w;     // (in), 16-byte aligned
+    const float *ssq;    // (M, in / 64)
+    float eps;
+};
+// Output side (s = the K splits summed in split order + bias, r = bf16(s)):
+//   CU_GEMV_STORE   y[m][n] = r (what cu_gptq_gemv_ex does)
+//   CU_GEMV_RESID   resid[m][n] += r (resid (M, out) f32), then ssq[m][t] (M, out / 64) = the sum
+//                   of the new resid^2 over tile t's 64 columns: the residual add of
+//                   cu_add_rmsnorm, leaving what a `norm` input needs; out % 64 == 0
+//   CU_GEMV_SWIGLU  columns j and out/2 + j are gate and up: y[m][j] = bf16(silu(r_j) *
+//                   r_{out/2+j}) for j < out/2 (as cu_swiglu); out/2 % 64 == 0
+//   CU_GEMV_ROPE    the columns are q | k | v heads of rope.hd: the work of cu_qkv_rope_store
+//                   (rope.bias added to r, rotate-half RoPE at each token's position, q to
+//                   rope.q (M, n_heads * hd), k and v into the paged cache); hd % 64 == 0
+enum { CU_GEMV_STORE = 0, CU_GEMV_RESID = 1, CU_GEMV_SWIGLU = 2, CU_GEMV_ROPE = 3 };
+struct cu_gemv_rope {
+    struct cu_step s;    // row m of the GEMV is token m of the step
+    int n_heads, n_kv, hd, block_size, kv_type;
+    float theta;
+    const float *bias;   // (out) or NULL, added after rounding (as the rope kernel does)
+    void *k_cache, *v_cache;
+    bf16_t *q;
+};
+struct cu_gemv_out {
+    int kind;            // CU_GEMV_*
+    bf16_t *y;           // STORE, SWIGLU
+    int ldy;
+    float *resid, *ssq;  // RESID
+    struct cu_gemv_rope rope;  // ROPE
+};
+// Whether cu_gptq_gemv_fused takes this output kind and input form for the linear.
+bool cu_gemv_fused_supported(const struct cu_gptq *l, int kind, bool norm, int rope_hd);
+void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv_in *x, const struct cu_gemv_norm *norm,
+                        int M, const float *bias, const struct cu_gemv_out *out, float *partial, cudaStream_t st);
 // ---- dense bf16 GEMV (dense_gemv.cu) ----
 // y (M, ldy) = x (M, in) bf16 . W^T (+ bias f32, may be NULL) for 1 <= M <= CU_DENSE_GEMV_MAX_ROWS;
 // W (out, in) bf16 row-major, in % 8 == 0, 16-byte aligned rows; y bf16, or f32 when f32_out.

@@ -20,11 +20,14 @@
 // cuda_ops_bench timeline) records when each block reached each phase.
 //
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
+#include <string.h>
+
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/cuda_ops.h"
+#include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
 
@@ -150,11 +153,12 @@ struct tc_args {
     const uint32_t *sz;  // [out/16][n_groups][16]
     int in, out, gs, ng, kr;
     gx x;
+    struct cu_gemv_norm norm;  // input: the normed residual when norm.resid != NULL
     const float *bias;
-    bf16 *y;
-    int ldy;
+    struct cu_gemv_out o;      // output form (CU_GEMV_*)
+    int gtiles;          // column tiles summed by one block (one ticket): 1, 2 (SwiGLU) or hd / 64 (RoPE)
     float *partial;      // [splits][M][out]
-    unsigned *ticket;    // one per column tile
+    unsigned *ticket;    // one per group of gtiles column tiles
     int flags;           // CU_GPTQ_*
     uint64_t *trace;     // cu_gptq_trace: [block][8] timestamps, or NULL
 };
@@ -177,15 +181,54 @@ __device__ __forceinline__ void tc_stamp(const tc_args &p, int k) {
 // stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
 // 8j + 4 + t, j = 0..3) are the 8 consecutive words 8t..8t+7: two 16-byte loads per tile.
 // xsum[m][tile] = the tile's 64 inputs summed (bf16 values, fixed order).
+// Inputs k..k+7 of row m of the normed residual (1 / rms = inv), as cu_add_rmsnorm rounds them.
+__device__ __forceinline__ uint4 norm_load8(const tc_args &p, float inv, int m, int k) {
+    const float *row = p.norm.resid + (size_t)m * p.in;
+    const bf16 *w = (const bf16 *)p.norm.w;
+    __align__(16) bf16 v[8];
+    if (!p.x.perm) {
+        const float4 a = *(const float4 *)(row + k), b = *(const float4 *)(row + k + 4);
+        const uint4 wv = *(const uint4 *)(w + k);
+        const float r[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
+        const bf16 *w8 = (const bf16 *)&wv;
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = __float2bfloat16(r[j] * inv * __bfloat162float(w8[j]));
+    } else {
+#pragma unroll
+        for (int j = 0; j < 8; j++) {
+            const int src = p.x.perm[k + j];
+            v[j] = __float2bfloat16(row[src] * inv * __bfloat162float(w[src]));
+        }
+    }
+    return *(const uint4 *)v;
+}
+
+// 1 / rms of each row of the residual from the per-tile sums of squares (norm input), in
+// fixed order: lane l sums tiles l, l + 32, ..., then a butterfly over the warp.
+template <int M>
+__device__ __forceinline__ void norm_scales(const tc_args &p, float *inv) {
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nt = p.in / 64;
+    for (int m = w; m < M; m += TC_WARPS) {
+        float s = 0.f;
+        for (int t = lane; t < nt; t += 32) s += p.norm.ssq[m * nt + t];
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
+        if (lane == 0) inv[m] = rsqrtf(s / p.in + p.norm.eps);
+    }
+    __syncthreads();
+}
+
 template <int M>
 __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16 *xs, float *xsum) {
     const int units = M * (klen / 8), xstride_w = (p.kr + 8) / 2, tiles = p.kr / 64;
+    __shared__ float inv[M];
+    if (p.norm.resid) norm_scales<M>(p, inv);
     for (int base = 0; base < units; base += blockDim.x) {
         const int u = base + threadIdx.x;
         const int m = u / (klen / 8), c8 = u % (klen / 8), tile = c8 / 8, r = c8 % 8;
         float sum = 0.f;
         if (u < units) {
-            const uint4 v = gx_load8(p.x, p.in, m, k0 + c8 * 8);
+            const uint4 v = p.norm.resid ? norm_load8(p, inv[m], m, k0 + c8 * 8) : gx_load8(p.x, p.in, m, k0 + c8 * 8);
             uint32_t *dst = (uint32_t *)xs + m * xstride_w + tile * 32 + r;
             dst[0] = v.x;
             dst[8] = v.y;
@@ -200,6 +243,104 @@ __device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16
         sum += __shfl_xor_sync(0xffffffffu, sum, 2);
         sum += __shfl_xor_sync(0xffffffffu, sum, 4);
         if (u < units && r == 0) xsum[m * tiles + tile] = sum;
+    }
+}
+
+// ---- summing the K splits (the last block of a ticket group) ----
+
+// Ticket group of column tile `tile`: the tiles one block sums together.
+__device__ __forceinline__ int tc_group(const tc_args &p, int tile) {
+    if (p.o.kind == CU_GEMV_SWIGLU) return tile % (p.out / 2 / TC_COLS);  // gate tile j with up tile j
+    return tile / p.gtiles;                                              // RoPE: a head's tiles
+}
+
+// Column n of row m: the bias plus the K splits in split order (8 loads in flight).
+template <int M>
+__device__ __forceinline__ float tc_sum(const tc_args &p, int ks, int m, int n) {
+    float s = p.bias ? p.bias[n] : 0.f;
+    const float *pk = p.partial + (size_t)m * p.out + n;
+    for (int k0 = 0; k0 < ks; k0 += 8) {
+        float v[8];
+#pragma unroll
+        for (int j = 0; j < 8; j++) v[j] = k0 + j < ks ? __ldcg(pk + (size_t)(k0 + j) * M * p.out) : 0.f;
+#pragma unroll
+        for (int j = 0; j < 8; j++)
+            if (k0 + j < ks) s += v[j];
+    }
+    return s;
+}
+
+__device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16(v)); }
+
+template <int M>
+__device__ void merge_store(const tc_args &p, int ks, int tile) {
+    for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
+        const int m = e / TC_COLS, n = tile * TC_COLS + e % TC_COLS;
+        if (n < p.out) p.o.y[(size_t)m * p.o.ldy + n] = __float2bfloat16(tc_sum<M>(p, ks, m, n));
+    }
+}
+
+// resid += r over the tile, then each row's sum of squares of the tile (warp butterflies,
+// then the tile's two warp halves in order): fixed order, deterministic.
+template <int M>
+__device__ void merge_resid(const tc_args &p, int ks, int tile) {
+    __shared__ float half_sq[M][2];
+    const int lane = threadIdx.x & 31;
+    for (int e0 = 0; e0 < M * TC_COLS; e0 += blockDim.x) {
+        const int e = e0 + threadIdx.x, m = e / TC_COLS, n = tile * TC_COLS + e % TC_COLS;
+        if (m >= M) break;  // warp-uniform: a warp's 32 elements lie in one row
+        float *r = p.o.resid + (size_t)m * p.out + n;
+        const float v = *r + bf16_round(tc_sum<M>(p, ks, m, n));
+        *r = v;
+        float sq = v * v;
+#pragma unroll
+        for (int o = 16; o > 0; o >>= 1) sq += __shfl_xor_sync(0xffffffffu, sq, o);
+        if (lane == 0) half_sq[m][(e % TC_COLS) / 32] = sq;
+    }
+    __syncthreads();
+    if (threadIdx.x < M) p.o.ssq[threadIdx.x * (p.out / TC_COLS) + tile] = half_sq[threadIdx.x][0] + half_sq[threadIdx.x][1];
+}
+
+template <int M>
+__device__ void merge_swiglu(const tc_args &p, int ks, int grp) {
+    const int half = p.out / 2;
+    for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
+        const int m = e / TC_COLS, j = grp * TC_COLS + e % TC_COLS;
+        const float gt = bf16_round(tc_sum<M>(p, ks, m, j)), up = bf16_round(tc_sum<M>(p, ks, m, half + j));
+        p.o.y[(size_t)m * p.o.ldy + j] = __float2bfloat16(gt / (1.0f + __expf(-gt)) * up);
+    }
+}
+
+// Head `hh` (q | k | v): bias, RoPE on q and k at each row's position (the formula and float
+// precision of cu_qkv_rope_store), q to rope.q, k and v into the paged cache.
+template <int M>
+__device__ void merge_rope(const tc_args &p, int ks, int hh) {
+    const cu_gemv_rope &r = p.o.rope;
+    const int hd = r.hd, half = hd / 2;
+    for (int e = threadIdx.x; e < M * half; e += blockDim.x) {
+        const int m = e / half, d = e % half, n = hh * hd + d;
+        float a = bf16_round(tc_sum<M>(p, ks, m, n)), b = bf16_round(tc_sum<M>(p, ks, m, n + half));
+        if (r.bias) a += r.bias[n], b += r.bias[n + half];
+        const int pos = r.s.tok_pos[m], seq = r.s.tok_seq[m];
+        const int blk = r.s.block_tables[(size_t)seq * r.s.bt_stride + pos / r.block_size], slot = pos % r.block_size;
+        if (hh >= r.n_heads + r.n_kv) {  // v: straight into the cache
+            const int kvh = hh - r.n_heads - r.n_kv;
+            kv_store(r.v_cache, kv_index(blk, kvh, slot, d, r.n_kv, r.block_size, hd), r.kv_type, a);
+            kv_store(r.v_cache, kv_index(blk, kvh, slot, d + half, r.n_kv, r.block_size, hd), r.kv_type, b);
+            continue;
+        }
+        float sn, cs;
+        sincosf((float)pos * (1.0f / powf(r.theta, (float)(2 * d) / (float)hd)), &sn, &cs);
+        const float ra = a * cs - b * sn, rb = b * cs + a * sn;
+        if (hh < r.n_heads) {
+            bf16 *q = (bf16 *)r.q + ((size_t)m * r.n_heads + hh) * hd;
+            q[d] = __float2bfloat16(ra);
+            q[d + half] = __float2bfloat16(rb);
+        } else {
+            const int kvh = hh - r.n_heads;
+            kv_store(r.k_cache, kv_index(blk, kvh, slot, d, r.n_kv, r.block_size, hd), r.kv_type, ra);
+            kv_store(r.k_cache, kv_index(blk, kvh, slot, d + half, r.n_kv, r.block_size, hd), r.kv_type, rb);
+        }
     }
 }
 
@@ -367,7 +508,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
         asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
         tc_record(p, 6, smid);
     }
-    // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1).
+    // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1). One split
+    // with a plain store writes y here; otherwise partials, summed by the group's last block.
+    const bool direct = ks == 1 && p.o.kind == CU_GEMV_STORE;
     const int n_lo = strip * 16 + g;
     if (active)
 #pragma unroll
@@ -376,40 +519,32 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
             for (int i = 0; i < 4; i++) {
                 const int m = f * 8 + 2 * t + (i & 1), n = n_lo + (i >= 2 ? 8 : 0);
                 if (m >= M) continue;
-                if (ks == 1)
-                    p.y[(size_t)m * p.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
+                if (direct)
+                    p.o.y[(size_t)m * p.o.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
                 else
                     p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
             }
-    if (ks == 1 || (p.flags & CU_GPTQ_NO_REDUCE)) return;
+    if (direct || (p.flags & CU_GPTQ_NO_REDUCE)) return;
     // Release the block's partials (the barrier orders them before thread 0's fence, which is
-    // cumulative) and take a ticket; the last block acquires everyone's.
+    // cumulative) and take a ticket; the last block of the group acquires everyone's.
+    const int grp = tc_group(p, blockIdx.x);
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        const bool l = atomicAdd(&p.ticket[blockIdx.x], 1u) == (unsigned)ks - 1;
+        const bool l = atomicAdd(&p.ticket[grp], 1u) == (unsigned)(ks * p.gtiles) - 1;
         if (l) __threadfence();
         last = l;
     }
     __syncthreads();
     tc_stamp(p, 4);
     if (!last) return;
-    for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
-        const int m = e / TC_COLS, n = blockIdx.x * TC_COLS + e % TC_COLS;
-        if (n >= p.out) continue;
-        float s = p.bias ? p.bias[n] : 0.f;
-        const float *pk = p.partial + (size_t)m * p.out + n;
-        for (int k0 = 0; k0 < ks; k0 += 8) {  // 8 loads in flight, summed in split order
-            float v[8];
-#pragma unroll
-            for (int j = 0; j < 8; j++) v[j] = k0 + j < ks ? __ldcg(pk + (size_t)(k0 + j) * M * p.out) : 0.f;
-#pragma unroll
-            for (int j = 0; j < 8; j++)
-                if (k0 + j < ks) s += v[j];
-        }
-        p.y[(size_t)m * p.ldy + n] = __float2bfloat16(s);
+    switch (p.o.kind) {
+    case CU_GEMV_RESID: merge_resid<M>(p, ks, blockIdx.x); break;
+    case CU_GEMV_SWIGLU: merge_swiglu<M>(p, ks, grp); break;
+    case CU_GEMV_ROPE: merge_rope<M>(p, ks, grp); break;
+    default: merge_store<M>(p, ks, blockIdx.x); break;
     }
-    if (threadIdx.x == 0) p.ticket[blockIdx.x] = 0;
+    if (threadIdx.x == 0) p.ticket[grp] = 0;  // re-arm for the next launch / graph replay
     tc_stamp(p, 5);
 }
 
@@ -423,14 +558,33 @@ static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
     CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), tc_smem(M, a.kr, a.gs), st, a));
 }
 
-extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
-                                bf16_t *y, int ldy, float *partial, cudaStream_t st) {
+extern "C" bool cu_gemv_fused_supported(const struct cu_gptq *l, int kind, bool norm, int rope_hd) {
+    (void)norm;  // any input size: the norm takes the in / 64 tiles of ssq
+    if (!cu_gptq_tc_supported(l->in, l->out, l->group_size)) return false;
+    switch (kind) {
+    case CU_GEMV_STORE: return true;
+    case CU_GEMV_RESID: return l->out % TC_COLS == 0;
+    case CU_GEMV_SWIGLU: return l->out % (2 * TC_COLS) == 0;
+    case CU_GEMV_ROPE: return rope_hd > 0 && rope_hd % TC_COLS == 0 && l->out % rope_hd == 0;
+    default: return false;
+    }
+}
+
+static bool aligned16(const void *p) { return ((uintptr_t)p & 15) == 0; }
+
+extern "C" void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv_in *x, const struct cu_gemv_norm *norm,
+                                   int M, const float *bias, const struct cu_gemv_out *out, float *partial,
+                                   cudaStream_t st) {
     if (M <= 0) return;
-    if (M > CU_GEMV_MAX_ROWS || !cu_gptq_tc_supported(l->in, l->out, l->group_size)) {
-        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq gemv: unsupported shape");
+    const int kind = out->kind, hd = kind == CU_GEMV_ROPE ? out->rope.hd : 0;
+    if (M > CU_GEMV_MAX_ROWS || !cu_gemv_fused_supported(l, kind, norm != NULL, hd) ||
+        (norm && (x->swiglu || (!x->perm && (!aligned16(norm->resid) || !aligned16(norm->w))))) ||
+        (kind == CU_GEMV_ROPE && l->out != (out->rope.n_heads + 2 * out->rope.n_kv) * hd)) {
+        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq gemv: unsupported shape or fused form");
         return;
     }
     tc_args a;
+    memset(&a, 0, sizeof a);
     a.qw = (const uint4 *)l->qweight;
     a.sz = l->sz;
     a.in = l->in;
@@ -442,10 +596,11 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     a.x.ldx = x->ldx;
     a.x.perm = x->perm;
     a.x.swiglu = x->swiglu;
-    a.x.vec = !x->perm && x->ldx % 8 == 0 && (uintptr_t)x->x % 16 == 0;
+    a.x.vec = !norm && !x->perm && x->ldx % 8 == 0 && (uintptr_t)x->x % 16 == 0;
+    if (norm) a.norm = *norm;
     a.bias = bias;
-    a.y = (bf16 *)y;
-    a.ldy = ldy;
+    a.o = *out;
+    a.gtiles = kind == CU_GEMV_SWIGLU ? 2 : kind == CU_GEMV_ROPE ? hd / TC_COLS : 1;
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
     a.flags = g_flags;
@@ -469,6 +624,16 @@ extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in
     case 15: launch_tc<15>(a, ks, st); break;
     default: launch_tc<16>(a, ks, st); break;
     }
+}
+
+extern "C" void cu_gptq_gemv_ex(const struct cu_gptq *l, const struct cu_gemv_in *x, int M, const float *bias,
+                                bf16_t *y, int ldy, float *partial, cudaStream_t st) {
+    struct cu_gemv_out o;
+    memset(&o, 0, sizeof o);
+    o.kind = CU_GEMV_STORE;
+    o.y = y;
+    o.ldy = ldy;
+    cu_gptq_gemv_fused(l, x, NULL, M, bias, &o, partial, st);
 }
 
 extern "C" void cu_gptq_gemv(const struct cu_gptq *l, const bf16_t *x, int M, const float *bias, bf16_t *y,
