@@ -177,72 +177,98 @@ __device__ __forceinline__ void tc_stamp(const tc_args &p, int k) {
     tc_record(p, k, t);
 }
 
+// Stores unit (row m, inputs 8 * c8 ..) of the staging in B-operand order (see stage_x) and
+// returns the sum of its 8 bf16 values.
+__device__ __forceinline__ float stage_put(bf16 *xs, int xstride_w, int m, int c8, uint4 v) {
+    uint32_t *dst = (uint32_t *)xs + m * xstride_w + (c8 / 8) * 32 + c8 % 8;
+    dst[0] = v.x;
+    dst[8] = v.y;
+    dst[16] = v.z;
+    dst[24] = v.w;
+    const bf16 *h = (const bf16 *)&v;
+    float sum = 0.f;
+#pragma unroll
+    for (int j = 0; j < 8; j++) sum += __bfloat162float(h[j]);
+    return sum;
+}
+
+// xsum[m][tile] from the units' sums: a tile's 8 units are 8 consecutive lanes (units is a
+// multiple of 8), summed in fixed order.
+__device__ __forceinline__ void stage_sum(float *xsum, int tiles, bool valid, int m, int c8, float sum) {
+    sum += __shfl_xor_sync(0xffffffffu, sum, 1);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 2);
+    sum += __shfl_xor_sync(0xffffffffu, sum, 4);
+    if (valid && c8 % 8 == 0) xsum[m * tiles + c8 / 8] = sum;
+}
+
 // Staging: row m of the block's activations as bf16 pairs, each 64-input tile's 32 words
 // stored so that lane t's B operands for the tile's four k16 steps (words 8j + t and
 // 8j + 4 + t, j = 0..3) are the 8 consecutive words 8t..8t+7: two 16-byte loads per tile.
 // xsum[m][tile] = the tile's 64 inputs summed (bf16 values, fixed order).
-// Inputs k..k+7 of row m of the normed residual (1 / rms = inv), as cu_add_rmsnorm rounds them.
-__device__ __forceinline__ uint4 norm_load8(const tc_args &p, float inv, int m, int k) {
-    const float *row = p.norm.resid + (size_t)m * p.in;
-    const bf16 *w = (const bf16 *)p.norm.w;
+template <int M>
+__device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16 *xs, float *xsum) {
+    const int units = M * (klen / 8), xstride_w = (p.kr + 8) / 2, tiles = p.kr / 64;
+    for (int base = 0; base < units; base += blockDim.x) {
+        const int u = base + threadIdx.x, m = u / (klen / 8), c8 = u % (klen / 8);
+        const float sum = u < units ? stage_put(xs, xstride_w, m, c8, gx_load8(p.x, p.in, m, k0 + c8 * 8)) : 0.f;
+        stage_sum(xsum, tiles, u < units, m, c8, sum);
+    }
+}
+
+// 8 normed inputs bf16(r * inv * w), rounded as cu_add_rmsnorm rounds them.
+__device__ __forceinline__ uint4 norm8(const float *r, const bf16 *w, float inv) {
     __align__(16) bf16 v[8];
-    if (!p.x.perm) {
-        const float4 a = *(const float4 *)(row + k), b = *(const float4 *)(row + k + 4);
-        const uint4 wv = *(const uint4 *)(w + k);
-        const float r[8] = {a.x, a.y, a.z, a.w, b.x, b.y, b.z, b.w};
-        const bf16 *w8 = (const bf16 *)&wv;
 #pragma unroll
-        for (int j = 0; j < 8; j++) v[j] = __float2bfloat16(r[j] * inv * __bfloat162float(w8[j]));
+    for (int j = 0; j < 8; j++) v[j] = __float2bfloat16(r[j] * inv * __bfloat162float(w[j]));
+    return *(const uint4 *)v;
+}
+
+// Unit (row m, inputs k..k+7) of the norm input: the residual and norm weight loaded (through
+// the permutation when there is one) into r and w.
+__device__ __forceinline__ void norm_fetch(const tc_args &p, int m, int k, float *r, bf16 *w) {
+    const float *row = p.norm.resid + (size_t)m * p.in;
+    const bf16 *nw = (const bf16 *)p.norm.w;
+    if (!p.x.perm) {
+        *(float4 *)r = *(const float4 *)(row + k);
+        *(float4 *)(r + 4) = *(const float4 *)(row + k + 4);
+        *(uint4 *)w = *(const uint4 *)(nw + k);
     } else {
 #pragma unroll
         for (int j = 0; j < 8; j++) {
             const int src = p.x.perm[k + j];
-            v[j] = __float2bfloat16(row[src] * inv * __bfloat162float(w[src]));
+            r[j] = row[src];
+            w[j] = nw[src];
         }
     }
-    return *(const uint4 *)v;
 }
 
-// 1 / rms of each row of the residual from the per-tile sums of squares (norm input), in
-// fixed order: lane l sums tiles l, l + 32, ..., then a butterfly over the warp.
+// Staging of the norm input. Every warp forms 1 / rms of the rows itself from the residual's
+// tile sums of squares (lane l sums tiles l, l + 32, ..., then a butterfly: fixed order), so
+// no block barrier; the first pass's residual loads are in flight meanwhile.
 template <int M>
-__device__ __forceinline__ void norm_scales(const tc_args &p, float *inv) {
-    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31, nt = p.in / 64;
-    for (int m = w; m < M; m += TC_WARPS) {
+__device__ __forceinline__ void stage_norm(const tc_args &p, int k0, int klen, bf16 *xs, float *xsum) {
+    const int units = M * (klen / 8), xstride_w = (p.kr + 8) / 2, tiles = p.kr / 64, nt = p.in / 64;
+    const int w = threadIdx.x >> 5, lane = threadIdx.x & 31;
+    __shared__ float inv[TC_WARPS][M];
+    __align__(16) float r[8];
+    __align__(16) bf16 nw[8];
+    if ((int)threadIdx.x < units) norm_fetch(p, threadIdx.x / (klen / 8), k0 + threadIdx.x % (klen / 8) * 8, r, nw);
+    for (int m = 0; m < M; m++) {
         float s = 0.f;
         for (int t = lane; t < nt; t += 32) s += p.norm.ssq[m * nt + t];
 #pragma unroll
         for (int o = 16; o > 0; o >>= 1) s += __shfl_xor_sync(0xffffffffu, s, o);
-        if (lane == 0) inv[m] = rsqrtf(s / p.in + p.norm.eps);
+        if (lane == 0) inv[w][m] = rsqrtf(s / p.in + p.norm.eps);
     }
-    __syncthreads();
-}
-
-template <int M>
-__device__ __forceinline__ void stage_x(const tc_args &p, int k0, int klen, bf16 *xs, float *xsum) {
-    const int units = M * (klen / 8), xstride_w = (p.kr + 8) / 2, tiles = p.kr / 64;
-    __shared__ float inv[M];
-    if (p.norm.resid) norm_scales<M>(p, inv);
+    __syncwarp();
     for (int base = 0; base < units; base += blockDim.x) {
-        const int u = base + threadIdx.x;
-        const int m = u / (klen / 8), c8 = u % (klen / 8), tile = c8 / 8, r = c8 % 8;
+        const int u = base + threadIdx.x, m = u / (klen / 8), c8 = u % (klen / 8);
         float sum = 0.f;
         if (u < units) {
-            const uint4 v = p.norm.resid ? norm_load8(p, inv[m], m, k0 + c8 * 8) : gx_load8(p.x, p.in, m, k0 + c8 * 8);
-            uint32_t *dst = (uint32_t *)xs + m * xstride_w + tile * 32 + r;
-            dst[0] = v.x;
-            dst[8] = v.y;
-            dst[16] = v.z;
-            dst[24] = v.w;
-            const bf16 *h = (const bf16 *)&v;
-#pragma unroll
-            for (int j = 0; j < 8; j++) sum += __bfloat162float(h[j]);
+            if (base) norm_fetch(p, m, k0 + c8 * 8, r, nw);
+            sum = stage_put(xs, xstride_w, m, c8, norm8(r, nw, inv[w][m]));
         }
-        // a tile's 8 units are 8 consecutive lanes (units is a multiple of 8)
-        sum += __shfl_xor_sync(0xffffffffu, sum, 1);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 2);
-        sum += __shfl_xor_sync(0xffffffffu, sum, 4);
-        if (u < units && r == 0) xsum[m * tiles + tile] = sum;
+        stage_sum(xsum, tiles, u < units, m, c8, sum);
     }
 }
 
@@ -276,7 +302,7 @@ template <int M>
 __device__ void merge_store(const tc_args &p, int ks, int tile) {
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
         const int m = e / TC_COLS, n = tile * TC_COLS + e % TC_COLS;
-        if (n < p.out) p.o.y[(size_t)m * p.o.ldy + n] = __float2bfloat16(tc_sum<M>(p, ks, m, n));
+        if (n < p.out) ((bf16 *)p.o.y)[(size_t)m * p.o.ldy + n] = __float2bfloat16(tc_sum<M>(p, ks, m, n));
     }
 }
 
@@ -307,7 +333,7 @@ __device__ void merge_swiglu(const tc_args &p, int ks, int grp) {
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
         const int m = e / TC_COLS, j = grp * TC_COLS + e % TC_COLS;
         const float gt = bf16_round(tc_sum<M>(p, ks, m, j)), up = bf16_round(tc_sum<M>(p, ks, m, half + j));
-        p.o.y[(size_t)m * p.o.ldy + j] = __float2bfloat16(gt / (1.0f + __expf(-gt)) * up);
+        ((bf16 *)p.o.y)[(size_t)m * p.o.ldy + j] = __float2bfloat16(gt / (1.0f + __expf(-gt)) * up);
     }
 }
 
@@ -389,7 +415,10 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     load(0, qa);
     pdl_wait();
     tc_stamp(p, 1);
-    stage_x<M>(p, k0, klen, xs, xsum);
+    if (p.norm.resid)
+        stage_norm<M>(p, k0, klen, xs, xsum);
+    else
+        stage_x<M>(p, k0, klen, xs, xsum);
     cp_async_wait<0>();
     __syncthreads();
     tc_stamp(p, 2);
@@ -520,7 +549,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
                 const int m = f * 8 + 2 * t + (i & 1), n = n_lo + (i >= 2 ? 8 : 0);
                 if (m >= M) continue;
                 if (direct)
-                    p.o.y[(size_t)m * p.o.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
+                    ((bf16 *)p.o.y)[(size_t)m * p.o.ldy + n] = __float2bfloat16(acc[f][i] + (p.bias ? p.bias[n] : 0.f));
                 else
                     p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
             }
