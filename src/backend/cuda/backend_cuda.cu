@@ -681,14 +681,14 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->xperm = any_perm ? (bf16_t *)dalloc(T * max_in * 2) : NULL;
     c->deq = deq ? (bf16_t *)dalloc(deq * 2) : NULL;
     c->gemv_partial = part ? (float *)dalloc(part * 4) : NULL;
-    c->fuse_rows = fuse_rows(c);
-    c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
     c->attn_partial = (float *)dalloc((apart + CU_ATTN_TICKETS) * 4);
     // decode tickets; on c->st (a non-blocking stream does not wait for the legacy stream)
     if (c->attn_partial) CU_CHECK(cudaMemsetAsync(c->attn_partial, 0, CU_ATTN_TICKETS * 4, c->st));
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
     c->samp_scratch = (float *)dalloc(S * m->vocab * 4);
+    c->fuse_rows = fuse_rows(c);
+    c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->mark_idx = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->attn_partial_floats = apart;

@@ -570,7 +570,9 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     switch (p.o.kind) {
     case CU_GEMV_RESID: merge_resid<M>(p, ks, blockIdx.x); break;
     case CU_GEMV_SWIGLU: merge_swiglu<M>(p, ks, grp); break;
+#ifndef PAGODA_GEMV_NO_ROPE  // bisecting a slowdown (temporary)
     case CU_GEMV_ROPE: merge_rope<M>(p, ks, grp); break;
+#endif
     default: merge_store<M>(p, ks, blockIdx.x); break;
     }
     if (threadIdx.x == 0) p.ticket[grp] = 0;  // re-arm for the next launch / graph replay
