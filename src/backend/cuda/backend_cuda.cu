@@ -429,6 +429,94 @@ static int run_decode_graph(struct cuda_ctx *c, int bi, char *err) {
     return cu_take_error(err);
 }
 
+// ---- PAGODA_STEP_TIMING (struct cu_timing) ----
+
+static int timing_init(struct cuda_ctx *c) {
+    const char *e = getenv("PAGODA_STEP_TIMING");
+    if (!e || strcmp(e, "1")) return 0;
+    struct cu_timing *t = (struct cu_timing *)pg_calloc(1, sizeof *t);
+    c->timing = t;
+    t->n_sets = c->n_slots + 1;
+    t->sets = (struct cu_tset *)pg_calloc(t->n_sets, sizeof *t->sets);
+    for (int i = 0; i < t->n_sets; i++)
+        for (int k = 0; k < CU_TS_N; k++)
+            if (CU_CHECK(cudaEventCreate(&t->sets[i].ev[k]))) return -1;
+    return 0;
+}
+
+static struct cu_tset *timing_set(const struct cu_timing *t, long step) { return &t->sets[step % t->n_sets]; }
+
+// START of the step about to be executed.
+static void timing_start(struct cuda_ctx *c, int kind) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    struct cu_tset *s = timing_set(t, t->executed);
+    s->kind = kind;
+    s->follows = t->chain;
+    CU_CHECK(cudaEventRecord(s->ev[CU_TS_START], c->st));
+}
+
+static void timing_mark(struct cuda_ctx *c, int mark) {
+    if (c->timing) CU_CHECK(cudaEventRecord(timing_set(c->timing, c->timing->executed)->ev[mark], c->st));
+}
+
+// End of execute: a failed step leaves its set to the next one and breaks the chain of gaps.
+static void timing_end(struct cuda_ctx *c, bool ok) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    t->executed += ok;
+    t->chain = ok;
+}
+
+// Adds the elapsed time b - a; a failure only loses the sample (and is cleared, so that no
+// later launch check reports it).
+static bool timing_add(cudaEvent_t a, cudaEvent_t b, double *sum_ms) {
+    float ms;
+    if (cudaEventElapsedTime(&ms, a, b) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    *sum_ms += ms;
+    return true;
+}
+
+// The oldest step in flight was waited for: its COPIED mark has completed, hence all of its marks
+// and the previous step's (a failed step's elapsed times fail and are skipped).
+static void timing_collect(struct cuda_ctx *c) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    const struct cu_tset *s = timing_set(t, t->collected), *prev = timing_set(t, t->collected - 1 + t->n_sets);
+    t->collected++;
+    if (s->kind == CU_TK_UNCOUNTED) return;
+    struct cu_tsum *u = &t->sum[s->kind];
+    u->steps++;
+    timing_add(s->ev[CU_TS_START], s->ev[CU_TS_FORWARD], &u->upload_ms);
+    timing_add(s->ev[CU_TS_FORWARD], s->ev[CU_TS_SAMPLED], &u->forward_ms);
+    timing_add(s->ev[CU_TS_SAMPLED], s->ev[CU_TS_COPIED], &u->d2h_ms);
+    if (s->follows) u->gaps += timing_add(prev->ev[CU_TS_COPIED], s->ev[CU_TS_START], &u->gap_ms);
+}
+
+static void timing_free(struct cuda_ctx *c) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    static const char *const name[CU_TK_N] = {"eager", "graph"};
+    for (int k = 0; k < CU_TK_N; k++) {
+        const struct cu_tsum *u = &t->sum[k];
+        if (!u->steps) continue;
+        char gap[32] = "-";  // no step of this kind followed another one directly
+        if (u->gaps) snprintf(gap, sizeof gap, "%.1f", 1e3 * u->gap_ms / u->gaps);
+        fprintf(stderr, "cuda step timing: %s %ld steps, mean us: gap %s upload %.1f forward %.1f d2h %.1f\n", name[k],
+                u->steps, gap, 1e3 * u->upload_ms / u->steps, 1e3 * u->forward_ms / u->steps,
+                1e3 * u->d2h_ms / u->steps);
+    }
+    for (int i = 0; i < t->n_sets; i++)
+        for (int k = 0; k < CU_TS_N; k++)
+            if (t->sets[i].ev[k]) cudaEventDestroy(t->sets[i].ev[k]);
+    free(t->sets);
+    free(t);
+    c->timing = NULL;
+}
+
 // ---- execute / collect / logits ----
 
 static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
@@ -457,6 +545,7 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
         }
     }
     for (int r = b->n_seqs; bi >= 0 && r < p.n_rows; r++) mp[r] = -1;
+    timing_start(c, bi < 0 ? CU_TK_EAGER : c->graphs[bi] ? CU_TK_GRAPH : CU_TK_UNCOUNTED);
     upload_step(c, &p);
     struct cu_sample_lists L;
     bool full = false;
@@ -464,6 +553,7 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
     staging_mark(c);
     if (!rc) {
         feed_tokens(c, p.n_feed); // after the token upload, before the forward reads them
+        timing_mark(c, CU_TS_FORWARD);
         if (bi >= 0) {
             rc = run_decode_graph(c, bi, err);
         } else {
@@ -476,19 +566,24 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
     if (mp != map) free(mp);
     if (rc) {
         c->last = -1; // no step to feed from
+        timing_end(c, false);
         return -1;
     }
+    timing_mark(c, CU_TS_SAMPLED);
     // this step's outputs go to its own host slot now, before a later step overwrites d_out
     CU_CHECK(cudaMemcpyAsync(slot->h_out, c->d_out, sizeof(struct cu_sample_out) * p.n_rows, cudaMemcpyDeviceToHost,
                              c->st));
+    timing_mark(c, CU_TS_COPIED);
     CU_CHECK(cudaEventRecord(slot->done, c->st));
     slot->n_res = n_res;
     c->slot_n++;
     c->last = si;
     if (cu_take_error(err)) {
         c->last = -1;
+        timing_end(c, false);
         return -1;
     }
+    timing_end(c, true);
     return 0;
 }
 
@@ -503,6 +598,7 @@ static int cuda_collect(void *ctx, struct step_result *out, char *err) {
     c->slot_head = (c->slot_head + 1) % c->n_slots;
     c->slot_n--;
     CU_CHECK(cudaEventSynchronize(slot->done));
+    timing_collect(c);
     if (cu_take_error(err)) return -1;
     for (int i = 0; i < slot->n_res; i++) {
         const struct cu_sample_out *o = &slot->h_out[slot->res_row[i]];
@@ -518,6 +614,7 @@ static int cuda_collect(void *ctx, struct step_result *out, char *err) {
 static int cuda_logits(void *ctx, const struct step_batch *b, bool all_positions, float *out, char *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     struct packed p;
+    if (c->timing) c->timing->chain = false;  // the next step does not follow a timed one
     staging_wait(c);
     if (pack_step(c, b, true, 0, &p, err)) return -1;
     upload_step(c, &p);
@@ -669,6 +766,7 @@ static void cuda_free(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     if (!c) return;
     if (c->st) cudaStreamSynchronize(c->st);
+    timing_free(c);
     for (int i = 0; i < c->n_buckets; i++)
         if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
     cuw_free(c);
@@ -790,7 +888,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
     set_buckets(c);
     if (set_kv(c, 1) || dummy_step(c, err)) goto fail;
     c->last = -1; // the engine's first step has nothing to feed from
-    if (size_kv(c, err)) goto fail;
+    if (size_kv(c, err) || timing_init(c)) goto fail;  // timing after the dummy step: it is not counted
     *num_blocks = c->num_blocks;
     *out = c;
     return 0;

@@ -50,6 +50,33 @@ struct cu_slot {
     int n_res;                   // results to deliver at collect
 };
 
+// PAGODA_STEP_TIMING=1 (read at init): GPU timestamps around each executed step, summed when
+// it is collected and printed by cuda_free. Marks, in stream order: START before the first
+// upload, FORWARD after the uploads (inputs, sampling parameters, token feed) just before the
+// forward pass or the decode graph, SAMPLED after the argmax / sampler, COPIED after the D2H
+// copy of the results.
+enum { CU_TS_START, CU_TS_FORWARD, CU_TS_SAMPLED, CU_TS_COPIED, CU_TS_N };
+enum { CU_TK_UNCOUNTED = -1, CU_TK_EAGER, CU_TK_GRAPH, CU_TK_N };
+struct cu_tset {
+    cudaEvent_t ev[CU_TS_N];     // created with timing
+    int kind;                    // CU_TK_*: uncounted when the step captured its graph (host time)
+    bool follows;                // the previous set's step was the last work before it on the stream
+};
+struct cu_tsum {
+    long steps, gaps;            // gaps: steps that followed another timed step
+    double gap_ms, upload_ms, forward_ms, d2h_ms;
+};
+struct cu_timing {
+    // Step k (in execute order, = collect order) uses sets[k % n_sets]; n_sets = max_inflight
+    // + 1, so the previous step's COPIED mark (the gap's start) is not re-recorded before the
+    // step is collected.
+    struct cu_tset *sets;
+    int n_sets;
+    long executed, collected;
+    bool chain;                  // the last work enqueued on the stream was a timed step
+    struct cu_tsum sum[CU_TK_N];
+};
+
 struct cuda_ctx {
     struct model_config mc;
     struct backend_config bc;
@@ -94,6 +121,7 @@ struct cuda_ctx {
     // step's H2D copies, and the next pack waits for it before overwriting the staging.
     cudaEvent_t uploaded;
     bool upload_pending;
+    struct cu_timing *timing;    // NULL unless PAGODA_STEP_TIMING=1
 };
 
 // cuda_weights.cu
