@@ -204,6 +204,7 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
         sec(c, c->off_q0)[i] = T;
         sec(c, c->off_nnew)[i] = q->n_new;
         memcpy(sec(c, c->off_bt) + (size_t)i * c->bt_stride, q->block_table, sizeof(int32_t) * q->n_blocks);
+        c->bt_used[i] = q->n_blocks;
         if (q->n_new == 1) {
             sec(c, c->off_dec)[p->n_dec++] = i;
         } else {
@@ -224,6 +225,7 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
         sec(c, c->off_q0)[i] = T;
         sec(c, c->off_nnew)[i] = 1;
         sec(c, c->off_bt)[(size_t)i * c->bt_stride] = c->dummy_block;
+        c->bt_used[i] = 1;
         sec(c, c->off_dec)[p->n_dec++] = i;
         sec(c, c->off_rows)[p->n_rows++] = T;
         T++;
@@ -233,22 +235,51 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
     return 0;
 }
 
-static void upload_sec(struct cuda_ctx *c, size_t off, size_t n) {
-    if (n) CU_CHECK(cudaMemcpyAsync(c->d_i32 + off, c->h_i32 + off, n * 4, cudaMemcpyHostToDevice, c->st));
+// Copies run b of the pack (struct cuda_ctx, h_pack) to its place in d_i32; one block per run.
+// It never calls pdl_launch_dependents, so the kernel after it is launched only once every block
+// has exited, after its fence: the step's kernels may read the step inputs before their
+// pdl_wait (attn_decode reads the lengths and block tables there), which is safe only if the
+// inputs are in place before the step's first kernel starts.
+__global__ void k_scatter_step(const int32_t *pack, int32_t *dst) {
+    pdl_wait();  // pdl.cuh's contract (the copy of the pack before it orders it anyway)
+    const int32_t *h = pack + 3 * blockIdx.x;
+    const int32_t off = h[0], from = h[1], n = h[2];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[off + i] = pack[from + i];
+    __syncthreads();
+    if (threadIdx.x == 0) __threadfence();
 }
 
+// Appends the n words of h_i32 at off as a run of the pack (w: the pack's next free word).
+static void pack_run(struct cuda_ctx *c, int *n_runs, size_t *w, size_t off, size_t n) {
+    if (!n) return;
+    int32_t *h = c->h_pack + 3 * (size_t)(*n_runs)++;
+    h[0] = (int32_t)off;
+    h[1] = (int32_t)*w;
+    h[2] = (int32_t)n;
+    memcpy(c->h_pack + *w, c->h_i32 + off, n * 4);
+    *w += n;
+}
+
+// Input sections besides the block tables.
+#define STEP_SECTIONS 10
+
+// The step's inputs in one H2D copy and one scatter kernel: the used part of each section and
+// of each block-table row (its sequence's blocks). Words of d_i32 outside the runs keep older
+// values, which no kernel reads (block-table entries past a sequence's blocks, sections past
+// the step's counts).
 static void upload_step(struct cuda_ctx *c, const struct packed *p) {
-    upload_sec(c, c->off_tok, p->T);
-    upload_sec(c, c->off_seq, p->T);
-    upload_sec(c, c->off_pos, p->T);
-    upload_sec(c, c->off_len, p->n_seqs);
-    upload_sec(c, c->off_q0, p->n_seqs);
-    upload_sec(c, c->off_nnew, p->n_seqs);
-    upload_sec(c, c->off_bt, (size_t)p->n_seqs * c->bt_stride);
-    upload_sec(c, c->off_dec, p->n_dec);
-    upload_sec(c, c->off_tiles, 2 * (size_t)p->n_tiles);
-    upload_sec(c, c->off_rows, p->n_rows);
-    upload_sec(c, c->off_feed, 2 * (size_t)p->n_feed);
+    const size_t T = p->T, S = p->n_seqs;
+    const size_t secs[STEP_SECTIONS][2] = {
+        {c->off_tok, T},  {c->off_seq, T},  {c->off_pos, T}, {c->off_len, S}, {c->off_q0, S}, {c->off_nnew, S},
+        {c->off_dec, (size_t)p->n_dec}, {c->off_tiles, 2 * (size_t)p->n_tiles}, {c->off_rows, (size_t)p->n_rows},
+        {c->off_feed, 2 * (size_t)p->n_feed}};
+    int runs = p->n_seqs, n_runs = 0;  // every block-table row holds at least one block
+    for (int i = 0; i < STEP_SECTIONS; i++) runs += secs[i][1] > 0;
+    size_t w = 3 * (size_t)runs;
+    for (int i = 0; i < STEP_SECTIONS; i++) pack_run(c, &n_runs, &w, secs[i][0], secs[i][1]);
+    for (int i = 0; i < p->n_seqs; i++) pack_run(c, &n_runs, &w, c->off_bt + (size_t)i * c->bt_stride, c->bt_used[i]);
+    CU_CHECK(cudaMemcpyAsync(c->d_pack, c->h_pack, w * 4, cudaMemcpyHostToDevice, c->st));
+    CU_CHECK(pdl_launch(k_scatter_step, n_runs, 256, 0, c->st, c->d_pack, c->d_i32));
 }
 
 // Before packing a step into the pinned staging: the previous step's H2D copies from it
@@ -674,7 +705,14 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->off_rows = o; o += S;
     c->off_feed = o; o += 2 * S;
     c->n_i32 = o;
-    if (CU_CHECK(cudaHostAlloc((void **)&c->h_i32, o * 4, cudaHostAllocDefault)) ||
+    c->pack_words = 3 * (STEP_SECTIONS + S) + o;  // headers of the sections and of S block-table rows, the words
+    if (c->pack_words > 0x7fffffff) {  // the pack's headers are int32 word offsets
+        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "step inputs over 2^31 words (max_num_seqs x max_model_len)");
+        return -1;
+    }
+    c->h_i32 = (int32_t *)pg_calloc(o, sizeof(int32_t));
+    c->bt_used = (int32_t *)pg_calloc(S, sizeof(int32_t));
+    if (CU_CHECK(cudaHostAlloc((void **)&c->h_pack, c->pack_words * 4, cudaHostAllocDefault)) ||
         CU_CHECK(cudaHostAlloc((void **)&c->h_params, S * sizeof(struct cu_sample_params), cudaHostAllocDefault)))
         return -1;
     for (int i = 0; i < c->n_slots; i++) {
@@ -684,8 +722,10 @@ static int alloc_buffers(struct cuda_ctx *c) {
             return -1;
         sl->res_row = (int *)pg_calloc(S, sizeof(int));
     }
-    memset(c->h_i32, 0, o * 4);
     c->d_i32 = (int32_t *)dalloc(o * 4);
+    c->d_pack = (int32_t *)dalloc(c->pack_words * 4);
+    // zeroed once, so that block-table entries past a row's blocks always hold some block id
+    if (c->d_i32) CU_CHECK(cudaMemsetAsync(c->d_i32, 0, o * 4, c->st));
     c->d_params = (struct cu_sample_params *)dalloc(S * sizeof(struct cu_sample_params));
     c->d_out = (struct cu_sample_out *)dalloc(S * sizeof(struct cu_sample_out));
     c->resid = (float *)dalloc(T * H * 4);
@@ -770,11 +810,13 @@ static void cuda_free(void *ctx) {
     for (int i = 0; i < c->n_buckets; i++)
         if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
     cuw_free(c);
-    void *dev[] = {c->kv, c->d_i32, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q, c->attn, c->gu,
-                   c->act, c->xperm, c->deq, c->gemv_partial, c->attn_partial, c->hs, c->logits, c->samp_scratch,
-                   c->d_lists, c->blas_ws};
+    void *dev[] = {c->kv, c->d_i32, c->d_pack, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q,
+                   c->attn, c->gu, c->act, c->xperm, c->deq, c->gemv_partial, c->attn_partial, c->hs, c->logits,
+                   c->samp_scratch, c->d_lists, c->blas_ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    cudaFreeHost(c->h_i32);
+    free(c->h_i32);
+    free(c->bt_used);
+    cudaFreeHost(c->h_pack);
     cudaFreeHost(c->h_params);
     cudaFreeHost(c->h_lists);
     for (int i = 0; c->slots && i < c->n_slots; i++) {

@@ -99,10 +99,17 @@ struct cuda_ctx {
     float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
     bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
     size_t attn_partial_floats, gemv_partial_floats;
-    // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
+    // step inputs: device arrays (fixed addresses, graphs read them) and their host mirror,
+    // which pack_step fills
     int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
     size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;
     size_t off_feed;             // pipelining: (token index, previous step's d_out row) pairs
+    int32_t *bt_used;            // host [Smax]: block-table entries of each row in the step packed last
+    // The used part of every section travels in one copy (upload_step): pinned h_pack ->
+    // d_pack, then k_scatter_step puts each run at its offset in d_i32. Layout: n_runs headers
+    // of 3 words (word offset in d_i32, word offset in the pack, word count), then the runs.
+    int32_t *h_pack, *d_pack;    // pack_words each
+    size_t pack_words;
     struct cu_sample_params *d_params, *h_params;
     struct cu_sample_out *d_out; // written by every step's sampler / argmax (stream order)
     // sampling lists (grown on demand)
@@ -117,8 +124,9 @@ struct cuda_ctx {
     struct cu_slot *slots;
     int n_slots, slot_head, slot_n;
     int last;                    // slot of the step executed last (feeds read its rows), -1: none
-    // The pinned staging (h_i32, h_params, h_lists) is single: `uploaded` is recorded after a
-    // step's H2D copies, and the next pack waits for it before overwriting the staging.
+    // The pinned staging (h_pack, h_params, h_lists) is single: `uploaded` is recorded after a
+    // step's H2D copies, and the next pack waits for it before overwriting the staging. d_pack
+    // is single too: the next step's copy into it is stream-ordered after this step's scatter.
     cudaEvent_t uploaded;
     bool upload_pending;
     struct cu_timing *timing;    // NULL unless PAGODA_STEP_TIMING=1
