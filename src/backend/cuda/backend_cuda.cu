@@ -446,7 +446,7 @@ static int run_decode_graph(struct cuda_ctx *c, int bi, char *err) {
         if (CU_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal))) return cu_take_error(err);
         forward(c, B, B, B, 0);
         lm_head_rows(c, B);
-        cu_argmax(c->logits, B, c->mc.vocab, c->d_out, c->st);
+        cu_argmax_split(c->logits, B, c->mc.vocab, c->argmax_scratch, c->d_out, c->st);
         int bad = cu_take_error(err);
         if (CU_CHECK(cudaStreamEndCapture(c->st, &g)) || bad) {
             if (g) cudaGraphDestroy(g);
@@ -590,7 +590,7 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
         } else {
             forward(c, p.T, p.n_seqs, p.n_dec, p.n_tiles);
             lm_head_rows(c, p.n_rows);
-            if (!full) cu_argmax(c->logits, p.n_rows, c->mc.vocab, c->d_out, c->st);
+            if (!full) cu_argmax_split(c->logits, p.n_rows, c->mc.vocab, c->argmax_scratch, c->d_out, c->st);
         }
     }
     if (!rc && full) cu_sample(c->logits, p.n_rows, c->mc.vocab, c->d_params, &L, c->samp_scratch, c->d_out, c->st);
@@ -745,6 +745,9 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
     c->samp_scratch = (float *)dalloc(S * m->vocab * 4);
+    const size_t am_bytes = cu_argmax_scratch_bytes((int)S, m->vocab);
+    c->argmax_scratch = dalloc(am_bytes);
+    if (c->argmax_scratch) CU_CHECK(cudaMemsetAsync(c->argmax_scratch, 0, am_bytes, c->st));  // tickets
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->mark_idx = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->attn_partial_floats = apart;
@@ -812,7 +815,7 @@ static void cuda_free(void *ctx) {
     cuw_free(c);
     void *dev[] = {c->kv, c->d_i32, c->d_pack, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q,
                    c->attn, c->gu, c->act, c->xperm, c->deq, c->gemv_partial, c->attn_partial, c->hs, c->logits,
-                   c->samp_scratch, c->d_lists, c->blas_ws};
+                   c->samp_scratch, c->argmax_scratch, c->d_lists, c->blas_ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     free(c->h_i32);
     free(c->bt_used);

@@ -97,6 +97,7 @@ struct cuda_ctx {
     int Tmax, Smax, bt_stride, max_tiles, qkv_out, gu_out;
     // activations
     float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
+    void *argmax_scratch;        // cu_argmax_split's tickets (zeroed at allocation) and partials
     bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
     size_t attn_partial_floats, gemv_partial_floats;
     // step inputs: device arrays (fixed addresses, graphs read them) and their host mirror,
