@@ -516,12 +516,110 @@ static void test_sampling(void **state) {
     free(logits), free(proc), free(pr);
 }
 
+// ---- greedy argmax (cu_argmax, cu_argmax_split) against the host sampler ----
+#define AM_ROWS 8
+
+// Row r of the argmax cases (V logits): ties across chunks and within one, rows of only -inf
+// or mostly -inf, the maximum at the first and at the last id, large logits.
+static void argmax_row(float *x, int V, int r) {
+    for (int v = 0; v < V; v++) x[v] = 3 * frand();
+    switch (r) {
+    case 1: x[V / 3] = x[V - 2] = 10; break;  // different chunks: the lower id wins
+    case 2: x[700] = x[300] = 10; break;      // one chunk, two threads
+    case 3: for (int v = 0; v < V; v++) x[v] = -INFINITY; break;
+    case 4:
+        for (int v = 0; v < V; v++) x[v] = -INFINITY;
+        x[V - 1] = -5;
+        break;
+    case 5: for (int v = 0; v < V / 2 + 37; v++) x[v] = -INFINITY; break;  // whole -inf chunks, one mixed
+    case 6: x[0] = x[V - 1] = 10; break;
+    case 7:
+        for (int v = 0; v < V; v++) x[v] += 80;
+        x[V / 2] = 90;
+        break;
+    }
+}
+
+static void check_argmax(const char *what, int V, const struct cu_sample_out *g, const struct sample_output *h, int n) {
+    for (int r = 0; r < n; r++) {
+        printf("  %s V=%d row %d: gpu %d host %d, logprob %.5f host %.5f\n", what, V, r, g[r].token, h[r].token,
+               g[r].logprob, h[r].logprob);
+        assert_int_equal(g[r].token, h[r].token);
+        assert_int_equal(g[r].n_top, 0);
+        if (isnan(h[r].logprob))
+            assert_true(isnan(g[r].logprob));
+        else
+            assert_true(fabsf(g[r].logprob - h[r].logprob) < 1e-3f);
+    }
+}
+
+static void argmax_case(int V) {
+    float *x = pg_malloc(sizeof(float) * AM_ROWS * V), *ref = pg_malloc(sizeof(float) * V);
+    void *hs = pg_malloc(sampler_scratch_size(V));
+    struct sample_output h[AM_ROWS];
+    struct sampling_params sp;
+    memset(&sp, 0, sizeof sp);
+    sp.top_p = 1, sp.repetition_penalty = 1, sp.logprobs = 0;  // greedy, with the token's logprob
+    struct sample_input in;
+    memset(&in, 0, sizeof in);
+    in.params = &sp;
+    for (int r = 0; r < AM_ROWS; r++) {
+        argmax_row(x + (size_t)r * V, V, r);
+        memcpy(ref, x + (size_t)r * V, sizeof(float) * V);
+        sampler_sample(ref, V, &in, hs, &h[r]);
+    }
+    assert_int_equal(h[1].token, V / 3);  // the rows are what their comments say
+    assert_int_equal(h[3].token, 0);
+    assert_true(isnan(h[3].logprob));
+    float *dx = dup_to_dev(x, sizeof(float) * AM_ROWS * V);
+    struct cu_sample_out *dout = dmalloc(sizeof(struct cu_sample_out) * AM_ROWS);
+    struct cu_sample_out g[AM_ROWS], g2[AM_ROWS];
+    cu_argmax(dx, AM_ROWS, V, dout, 0);
+    to_host(g, dout, sizeof g);
+    check_argmax("argmax", V, g, h, AM_ROWS);
+
+    const size_t bytes = cu_argmax_scratch_bytes(AM_ROWS, V), row_words = cu_argmax_scratch_bytes(1, V) / 4;
+    void *scr = dmalloc(bytes);
+    assert_int_equal(cudaMemset(scr, 0, bytes), cudaSuccess);
+    cu_argmax_split(dx, AM_ROWS, V, scr, dout, 0);
+    to_host(g, dout, sizeof g);
+    check_argmax("argmax split", V, g, h, AM_ROWS);
+    // again on the same scratch (tickets re-armed), then over fewer rows: the same bits
+    cu_argmax_split(dx, AM_ROWS, V, scr, dout, 0);
+    to_host(g2, dout, sizeof g2);
+    for (int r = 0; r < AM_ROWS; r++) {
+        assert_int_equal(g2[r].token, g[r].token);
+        assert_memory_equal(&g2[r].logprob, &g[r].logprob, sizeof(float));
+    }
+    assert_int_equal(cudaMemset(dout, 0xff, sizeof(struct cu_sample_out) * AM_ROWS), cudaSuccess);
+    cu_argmax_split(dx, 3, V, scr, dout, 0);
+    to_host(g2, dout, sizeof g2);
+    for (int r = 0; r < 3; r++) {
+        assert_int_equal(g2[r].token, g[r].token);
+        assert_memory_equal(&g2[r].logprob, &g[r].logprob, sizeof(float));
+    }
+    assert_int_equal(g2[3].token, -1);  // rows past n untouched
+    uint32_t *tick = pg_malloc(bytes);
+    to_host(tick, scr, bytes);
+    for (int r = 0; r < AM_ROWS; r++) assert_int_equal(tick[r * row_words], 0);
+    cudaFree(dx), cudaFree(dout), cudaFree(scr);
+    free(x), free(ref), free(hs), free(tick);
+}
+
+static void test_argmax(void **state) {
+    (void)state;
+    argmax_case(1000);    // one chunk
+    argmax_case(5000);    // 5 chunks
+    argmax_case(152064);  // Qwen2.5: 128 chunks of 1188
+    argmax_case(300000);  // 128 chunks of 2344
+}
+
 // The device copy of pg_uniform must equal the host one: checked through row 2 above
 // (temperature 1, no truncation, a draw over the full vocab).
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_gptq), cmocka_unit_test(test_gptq_fused),
-                                       cmocka_unit_test(test_dense_gemv),
-                                       cmocka_unit_test(test_sampling)};
+                                       cmocka_unit_test(test_dense_gemv), cmocka_unit_test(test_sampling),
+                                       cmocka_unit_test(test_argmax)};
     return cmocka_run_group_tests(tests, NULL, NULL);
 }

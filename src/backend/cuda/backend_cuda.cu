@@ -283,6 +283,7 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
         sec(c, c->off_q0)[i] = T;
         sec(c, c->off_nnew)[i] = q->n_new;
         memcpy(sec(c, c->off_bt) + (size_t)i * c->bt_stride, q->block_table, sizeof(int32_t) * q->n_blocks);
+        c->bt_used[i] = q->n_blocks;
         if (q->n_new == 1) {
             sec(c, c->off_dec)[p->n_dec++] = i;
         } else {
@@ -303,6 +304,7 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
         sec(c, c->off_q0)[i] = T;
         sec(c, c->off_nnew)[i] = 1;
         sec(c, c->off_bt)[(size_t)i * c->bt_stride] = c->dummy_block;
+        c->bt_used[i] = 1;
         sec(c, c->off_dec)[p->n_dec++] = i;
         sec(c, c->off_rows)[p->n_rows++] = T;
         T++;
@@ -312,22 +314,51 @@ static int pack_step(struct cuda_ctx *c, const struct step_batch *b, bool all_se
     return 0;
 }
 
-static void upload_sec(struct cuda_ctx *c, size_t off, size_t n) {
-    if (n) CU_CHECK(cudaMemcpyAsync(c->d_i32 + off, c->h_i32 + off, n * 4, cudaMemcpyHostToDevice, c->st));
+// Copies run b of the pack (struct cuda_ctx, h_pack) to its place in d_i32; one block per run.
+// It never calls pdl_launch_dependents, so the kernel after it is launched only once every block
+// has exited, after its fence: the step's kernels may read the step inputs before their
+// pdl_wait (attn_decode reads the lengths and block tables there), which is safe only if the
+// inputs are in place before the step's first kernel starts.
+__global__ void k_scatter_step(const int32_t *pack, int32_t *dst) {
+    pdl_wait();  // pdl.cuh's contract (the copy of the pack before it orders it anyway)
+    const int32_t *h = pack + 3 * blockIdx.x;
+    const int32_t off = h[0], from = h[1], n = h[2];
+    for (int i = threadIdx.x; i < n; i += blockDim.x) dst[off + i] = pack[from + i];
+    __syncthreads();
+    if (threadIdx.x == 0) __threadfence();
 }
 
+// Appends the n words of h_i32 at off as a run of the pack (w: the pack's next free word).
+static void pack_run(struct cuda_ctx *c, int *n_runs, size_t *w, size_t off, size_t n) {
+    if (!n) return;
+    int32_t *h = c->h_pack + 3 * (size_t)(*n_runs)++;
+    h[0] = (int32_t)off;
+    h[1] = (int32_t)*w;
+    h[2] = (int32_t)n;
+    memcpy(c->h_pack + *w, c->h_i32 + off, n * 4);
+    *w += n;
+}
+
+// Input sections besides the block tables.
+#define STEP_SECTIONS 10
+
+// The step's inputs in one H2D copy and one scatter kernel: the used part of each section and
+// of each block-table row (its sequence's blocks). Words of d_i32 outside the runs keep older
+// values, which no kernel reads (block-table entries past a sequence's blocks, sections past
+// the step's counts).
 static void upload_step(struct cuda_ctx *c, const struct packed *p) {
-    upload_sec(c, c->off_tok, p->T);
-    upload_sec(c, c->off_seq, p->T);
-    upload_sec(c, c->off_pos, p->T);
-    upload_sec(c, c->off_len, p->n_seqs);
-    upload_sec(c, c->off_q0, p->n_seqs);
-    upload_sec(c, c->off_nnew, p->n_seqs);
-    upload_sec(c, c->off_bt, (size_t)p->n_seqs * c->bt_stride);
-    upload_sec(c, c->off_dec, p->n_dec);
-    upload_sec(c, c->off_tiles, 2 * (size_t)p->n_tiles);
-    upload_sec(c, c->off_rows, p->n_rows);
-    upload_sec(c, c->off_feed, 2 * (size_t)p->n_feed);
+    const size_t T = p->T, S = p->n_seqs;
+    const size_t secs[STEP_SECTIONS][2] = {
+        {c->off_tok, T},  {c->off_seq, T},  {c->off_pos, T}, {c->off_len, S}, {c->off_q0, S}, {c->off_nnew, S},
+        {c->off_dec, (size_t)p->n_dec}, {c->off_tiles, 2 * (size_t)p->n_tiles}, {c->off_rows, (size_t)p->n_rows},
+        {c->off_feed, 2 * (size_t)p->n_feed}};
+    int runs = p->n_seqs, n_runs = 0;  // every block-table row holds at least one block
+    for (int i = 0; i < STEP_SECTIONS; i++) runs += secs[i][1] > 0;
+    size_t w = 3 * (size_t)runs;
+    for (int i = 0; i < STEP_SECTIONS; i++) pack_run(c, &n_runs, &w, secs[i][0], secs[i][1]);
+    for (int i = 0; i < p->n_seqs; i++) pack_run(c, &n_runs, &w, c->off_bt + (size_t)i * c->bt_stride, c->bt_used[i]);
+    CU_CHECK(cudaMemcpyAsync(c->d_pack, c->h_pack, w * 4, cudaMemcpyHostToDevice, c->st));
+    CU_CHECK(pdl_launch(k_scatter_step, n_runs, 256, 0, c->st, c->d_pack, c->d_i32));
 }
 
 // Before packing a step into the pinned staging: the previous step's H2D copies from it
@@ -494,7 +525,7 @@ static int run_decode_graph(struct cuda_ctx *c, int bi, char *err) {
         if (CU_CHECK(cudaStreamBeginCapture(c->st, cudaStreamCaptureModeThreadLocal))) return cu_take_error(err);
         forward(c, B, B, B, 0);
         lm_head_rows(c, B);
-        cu_argmax(c->logits, B, c->mc.vocab, c->d_out, c->st);
+        cu_argmax_split(c->logits, B, c->mc.vocab, c->argmax_scratch, c->d_out, c->st);
         int bad = cu_take_error(err);
         if (CU_CHECK(cudaStreamEndCapture(c->st, &g)) || bad) {
             if (g) cudaGraphDestroy(g);
@@ -506,6 +537,94 @@ static int run_decode_graph(struct cuda_ctx *c, int bi, char *err) {
     }
     CU_CHECK(cudaGraphLaunch(c->graphs[bi], c->st));
     return cu_take_error(err);
+}
+
+// ---- PAGODA_STEP_TIMING (struct cu_timing) ----
+
+static int timing_init(struct cuda_ctx *c) {
+    const char *e = getenv("PAGODA_STEP_TIMING");
+    if (!e || strcmp(e, "1")) return 0;
+    struct cu_timing *t = (struct cu_timing *)pg_calloc(1, sizeof *t);
+    c->timing = t;
+    t->n_sets = c->n_slots + 1;
+    t->sets = (struct cu_tset *)pg_calloc(t->n_sets, sizeof *t->sets);
+    for (int i = 0; i < t->n_sets; i++)
+        for (int k = 0; k < CU_TS_N; k++)
+            if (CU_CHECK(cudaEventCreate(&t->sets[i].ev[k]))) return -1;
+    return 0;
+}
+
+static struct cu_tset *timing_set(const struct cu_timing *t, long step) { return &t->sets[step % t->n_sets]; }
+
+// START of the step about to be executed.
+static void timing_start(struct cuda_ctx *c, int kind) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    struct cu_tset *s = timing_set(t, t->executed);
+    s->kind = kind;
+    s->follows = t->chain;
+    CU_CHECK(cudaEventRecord(s->ev[CU_TS_START], c->st));
+}
+
+static void timing_mark(struct cuda_ctx *c, int mark) {
+    if (c->timing) CU_CHECK(cudaEventRecord(timing_set(c->timing, c->timing->executed)->ev[mark], c->st));
+}
+
+// End of execute: a failed step leaves its set to the next one and breaks the chain of gaps.
+static void timing_end(struct cuda_ctx *c, bool ok) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    t->executed += ok;
+    t->chain = ok;
+}
+
+// Adds the elapsed time b - a; a failure only loses the sample (and is cleared, so that no
+// later launch check reports it).
+static bool timing_add(cudaEvent_t a, cudaEvent_t b, double *sum_ms) {
+    float ms;
+    if (cudaEventElapsedTime(&ms, a, b) != cudaSuccess) {
+        cudaGetLastError();
+        return false;
+    }
+    *sum_ms += ms;
+    return true;
+}
+
+// The oldest step in flight was waited for: its COPIED mark has completed, hence all of its marks
+// and the previous step's (a failed step's elapsed times fail and are skipped).
+static void timing_collect(struct cuda_ctx *c) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    const struct cu_tset *s = timing_set(t, t->collected), *prev = timing_set(t, t->collected - 1 + t->n_sets);
+    t->collected++;
+    if (s->kind == CU_TK_UNCOUNTED) return;
+    struct cu_tsum *u = &t->sum[s->kind];
+    u->steps++;
+    timing_add(s->ev[CU_TS_START], s->ev[CU_TS_FORWARD], &u->upload_ms);
+    timing_add(s->ev[CU_TS_FORWARD], s->ev[CU_TS_SAMPLED], &u->forward_ms);
+    timing_add(s->ev[CU_TS_SAMPLED], s->ev[CU_TS_COPIED], &u->d2h_ms);
+    if (s->follows) u->gaps += timing_add(prev->ev[CU_TS_COPIED], s->ev[CU_TS_START], &u->gap_ms);
+}
+
+static void timing_free(struct cuda_ctx *c) {
+    struct cu_timing *t = c->timing;
+    if (!t) return;
+    static const char *const name[CU_TK_N] = {"eager", "graph"};
+    for (int k = 0; k < CU_TK_N; k++) {
+        const struct cu_tsum *u = &t->sum[k];
+        if (!u->steps) continue;
+        char gap[32] = "-";  // no step of this kind followed another one directly
+        if (u->gaps) snprintf(gap, sizeof gap, "%.1f", 1e3 * u->gap_ms / u->gaps);
+        fprintf(stderr, "cuda step timing: %s %ld steps, mean us: gap %s upload %.1f forward %.1f d2h %.1f\n", name[k],
+                u->steps, gap, 1e3 * u->upload_ms / u->steps, 1e3 * u->forward_ms / u->steps,
+                1e3 * u->d2h_ms / u->steps);
+    }
+    for (int i = 0; i < t->n_sets; i++)
+        for (int k = 0; k < CU_TS_N; k++)
+            if (t->sets[i].ev[k]) cudaEventDestroy(t->sets[i].ev[k]);
+    free(t->sets);
+    free(t);
+    c->timing = NULL;
 }
 
 // ---- execute / collect / logits ----
@@ -536,6 +655,7 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
         }
     }
     for (int r = b->n_seqs; bi >= 0 && r < p.n_rows; r++) mp[r] = -1;
+    timing_start(c, bi < 0 ? CU_TK_EAGER : c->graphs[bi] ? CU_TK_GRAPH : CU_TK_UNCOUNTED);
     upload_step(c, &p);
     struct cu_sample_lists L;
     bool full = false;
@@ -543,31 +663,37 @@ static int cuda_execute(void *ctx, const struct step_batch *b, char *err) {
     staging_mark(c);
     if (!rc) {
         feed_tokens(c, p.n_feed); // after the token upload, before the forward reads them
+        timing_mark(c, CU_TS_FORWARD);
         if (bi >= 0) {
             rc = run_decode_graph(c, bi, err);
         } else {
             forward(c, p.T, p.n_seqs, p.n_dec, p.n_tiles);
             lm_head_rows(c, p.n_rows);
-            if (!full) cu_argmax(c->logits, p.n_rows, c->mc.vocab, c->d_out, c->st);
+            if (!full) cu_argmax_split(c->logits, p.n_rows, c->mc.vocab, c->argmax_scratch, c->d_out, c->st);
         }
     }
     if (!rc && full) cu_sample(c->logits, p.n_rows, c->mc.vocab, c->d_params, &L, c->samp_scratch, c->d_out, c->st);
     if (mp != map) free(mp);
     if (rc) {
         c->last = -1; // no step to feed from
+        timing_end(c, false);
         return -1;
     }
+    timing_mark(c, CU_TS_SAMPLED);
     // this step's outputs go to its own host slot now, before a later step overwrites d_out
     CU_CHECK(cudaMemcpyAsync(slot->h_out, c->d_out, sizeof(struct cu_sample_out) * p.n_rows, cudaMemcpyDeviceToHost,
                              c->st));
+    timing_mark(c, CU_TS_COPIED);
     CU_CHECK(cudaEventRecord(slot->done, c->st));
     slot->n_res = n_res;
     c->slot_n++;
     c->last = si;
     if (cu_take_error(err)) {
         c->last = -1;
+        timing_end(c, false);
         return -1;
     }
+    timing_end(c, true);
     return 0;
 }
 
@@ -582,6 +708,7 @@ static int cuda_collect(void *ctx, struct step_result *out, char *err) {
     c->slot_head = (c->slot_head + 1) % c->n_slots;
     c->slot_n--;
     CU_CHECK(cudaEventSynchronize(slot->done));
+    timing_collect(c);
     if (cu_take_error(err)) return -1;
     for (int i = 0; i < slot->n_res; i++) {
         const struct cu_sample_out *o = &slot->h_out[slot->res_row[i]];
@@ -597,6 +724,7 @@ static int cuda_collect(void *ctx, struct step_result *out, char *err) {
 static int cuda_logits(void *ctx, const struct step_batch *b, bool all_positions, float *out, char *err) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     struct packed p;
+    if (c->timing) c->timing->chain = false;  // the next step does not follow a timed one
     staging_wait(c);
     if (pack_step(c, b, true, 0, &p, err)) return -1;
     upload_step(c, &p);
@@ -656,7 +784,14 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->off_rows = o; o += S;
     c->off_feed = o; o += 2 * S;
     c->n_i32 = o;
-    if (CU_CHECK(cudaHostAlloc((void **)&c->h_i32, o * 4, cudaHostAllocDefault)) ||
+    c->pack_words = 3 * (STEP_SECTIONS + S) + o;  // headers of the sections and of S block-table rows, the words
+    if (c->pack_words > 0x7fffffff) {  // the pack's headers are int32 word offsets
+        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "step inputs over 2^31 words (max_num_seqs x max_model_len)");
+        return -1;
+    }
+    c->h_i32 = (int32_t *)pg_calloc(o, sizeof(int32_t));
+    c->bt_used = (int32_t *)pg_calloc(S, sizeof(int32_t));
+    if (CU_CHECK(cudaHostAlloc((void **)&c->h_pack, c->pack_words * 4, cudaHostAllocDefault)) ||
         CU_CHECK(cudaHostAlloc((void **)&c->h_params, S * sizeof(struct cu_sample_params), cudaHostAllocDefault)))
         return -1;
     for (int i = 0; i < c->n_slots; i++) {
@@ -666,8 +801,10 @@ static int alloc_buffers(struct cuda_ctx *c) {
             return -1;
         sl->res_row = (int *)pg_calloc(S, sizeof(int));
     }
-    memset(c->h_i32, 0, o * 4);
     c->d_i32 = (int32_t *)dalloc(o * 4);
+    c->d_pack = (int32_t *)dalloc(c->pack_words * 4);
+    // zeroed once, so that block-table entries past a row's blocks always hold some block id
+    if (c->d_i32) CU_CHECK(cudaMemsetAsync(c->d_i32, 0, o * 4, c->st));
     c->d_params = (struct cu_sample_params *)dalloc(S * sizeof(struct cu_sample_params));
     c->d_out = (struct cu_sample_out *)dalloc(S * sizeof(struct cu_sample_out));
     c->resid = (float *)dalloc(T * H * 4);
@@ -687,6 +824,9 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->hs = (bf16_t *)dalloc(S * H * 2);
     c->logits = (float *)dalloc(S * m->vocab * 4);
     c->samp_scratch = (float *)dalloc(S * m->vocab * 4);
+    const size_t am_bytes = cu_argmax_scratch_bytes((int)S, m->vocab);
+    c->argmax_scratch = dalloc(am_bytes);
+    if (c->argmax_scratch) CU_CHECK(cudaMemsetAsync(c->argmax_scratch, 0, am_bytes, c->st));  // tickets
     c->fuse_rows = fuse_rows(c);
     c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
@@ -750,14 +890,17 @@ static void cuda_free(void *ctx) {
     struct cuda_ctx *c = (struct cuda_ctx *)ctx;
     if (!c) return;
     if (c->st) cudaStreamSynchronize(c->st);
+    timing_free(c);
     for (int i = 0; i < c->n_buckets; i++)
         if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
     cuw_free(c);
-    void *dev[] = {c->kv, c->d_i32, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q, c->attn, c->gu,
-                   c->act, c->xperm, c->deq, c->gemv_partial, c->ssq, c->attn_partial, c->hs, c->logits, c->samp_scratch,
-                   c->d_lists, c->blas_ws};
+    void *dev[] = {c->kv, c->d_i32, c->d_pack, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q,
+                   c->attn, c->gu, c->act, c->xperm, c->deq, c->gemv_partial, c->ssq, c->attn_partial, c->hs, c->logits,
+                   c->samp_scratch, c->argmax_scratch, c->d_lists, c->blas_ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
-    cudaFreeHost(c->h_i32);
+    free(c->h_i32);
+    free(c->bt_used);
+    cudaFreeHost(c->h_pack);
     cudaFreeHost(c->h_params);
     cudaFreeHost(c->h_lists);
     for (int i = 0; c->slots && i < c->n_slots; i++) {
@@ -871,7 +1014,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
     set_buckets(c);
     if (set_kv(c, 1) || dummy_step(c, err)) goto fail;
     c->last = -1; // the engine's first step has nothing to feed from
-    if (size_kv(c, err)) goto fail;
+    if (size_kv(c, err) || timing_init(c)) goto fail;  // timing after the dummy step: it is not counted
     *num_blocks = c->num_blocks;
     *out = c;
     return 0;

@@ -50,6 +50,33 @@ struct cu_slot {
     int n_res;                   // results to deliver at collect
 };
 
+// PAGODA_STEP_TIMING=1 (read at init): GPU timestamps around each executed step, summed when
+// it is collected and printed by cuda_free. Marks, in stream order: START before the first
+// upload, FORWARD after the uploads (inputs, sampling parameters, token feed) just before the
+// forward pass or the decode graph, SAMPLED after the argmax / sampler, COPIED after the D2H
+// copy of the results.
+enum { CU_TS_START, CU_TS_FORWARD, CU_TS_SAMPLED, CU_TS_COPIED, CU_TS_N };
+enum { CU_TK_UNCOUNTED = -1, CU_TK_EAGER, CU_TK_GRAPH, CU_TK_N };
+struct cu_tset {
+    cudaEvent_t ev[CU_TS_N];     // created with timing
+    int kind;                    // CU_TK_*: uncounted when the step captured its graph (host time)
+    bool follows;                // the previous set's step was the last work before it on the stream
+};
+struct cu_tsum {
+    long steps, gaps;            // gaps: steps that followed another timed step
+    double gap_ms, upload_ms, forward_ms, d2h_ms;
+};
+struct cu_timing {
+    // Step k (in execute order, = collect order) uses sets[k % n_sets]; n_sets = max_inflight
+    // + 1, so the previous step's COPIED mark (the gap's start) is not re-recorded before the
+    // step is collected.
+    struct cu_tset *sets;
+    int n_sets;
+    long executed, collected;
+    bool chain;                  // the last work enqueued on the stream was a timed step
+    struct cu_tsum sum[CU_TK_N];
+};
+
 struct cuda_ctx {
     struct model_config mc;
     struct backend_config bc;
@@ -70,14 +97,22 @@ struct cuda_ctx {
     int Tmax, Smax, bt_stride, max_tiles, qkv_out, gu_out;
     // activations
     float *resid, *attn_partial, *gemv_partial, *logits, *samp_scratch;
+    void *argmax_scratch;        // cu_argmax_split's tickets (zeroed at allocation) and partials
     bf16_t *xn, *qkv, *q, *attn, *delta, *gu, *act, *xperm, *deq, *hs;
     size_t attn_partial_floats, gemv_partial_floats;
     int fuse_rows;               // steps of at most this many tokens run the fused layer (forward)
     float *ssq;                  // fused layer: (fuse_rows, hidden / 64) residual tile sums of squares
-    // step inputs: device arrays (fixed addresses, graphs read them) and their pinned mirror
+    // step inputs: device arrays (fixed addresses, graphs read them) and their host mirror,
+    // which pack_step fills
     int32_t *d_i32, *h_i32;      // sections below, each at a fixed offset
     size_t off_tok, off_seq, off_pos, off_len, off_q0, off_nnew, off_bt, off_dec, off_tiles, off_rows, n_i32;
     size_t off_feed;             // pipelining: (token index, previous step's d_out row) pairs
+    int32_t *bt_used;            // host [Smax]: block-table entries of each row in the step packed last
+    // The used part of every section travels in one copy (upload_step): pinned h_pack ->
+    // d_pack, then k_scatter_step puts each run at its offset in d_i32. Layout: n_runs headers
+    // of 3 words (word offset in d_i32, word offset in the pack, word count), then the runs.
+    int32_t *h_pack, *d_pack;    // pack_words each
+    size_t pack_words;
     struct cu_sample_params *d_params, *h_params;
     struct cu_sample_out *d_out; // written by every step's sampler / argmax (stream order)
     // sampling lists (grown on demand)
@@ -92,10 +127,12 @@ struct cuda_ctx {
     struct cu_slot *slots;
     int n_slots, slot_head, slot_n;
     int last;                    // slot of the step executed last (feeds read its rows), -1: none
-    // The pinned staging (h_i32, h_params, h_lists) is single: `uploaded` is recorded after a
-    // step's H2D copies, and the next pack waits for it before overwriting the staging.
+    // The pinned staging (h_pack, h_params, h_lists) is single: `uploaded` is recorded after a
+    // step's H2D copies, and the next pack waits for it before overwriting the staging. d_pack
+    // is single too: the next step's copy into it is stream-ordered after this step's scatter.
     cudaEvent_t uploaded;
     bool upload_pending;
+    struct cu_timing *timing;    // NULL unless PAGODA_STEP_TIMING=1
 };
 
 // cuda_weights.cu

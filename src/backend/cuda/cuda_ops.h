@@ -224,8 +224,16 @@ struct cu_sample_out {
 void cu_sample(float *logits, int n, int vocab, const struct cu_sample_params *p,
                const struct cu_sample_lists *lists, float *scratch, struct cu_sample_out *out,
                cudaStream_t st);
-// Greedy only (argmax; ties to the lower id), for graphs: out[i].token, logprob filled.
+// Greedy only, for graphs: out[i].token = the argmax of row i (ties to the lower id; a row of
+// only -inf gives 0), out[i].logprob = its log softmax (NaN for a row of only -inf, as the host
+// sampler's), n_top = 0. cu_argmax: one block per row. cu_argmax_split: each row spread over up
+// to 128 blocks of at least 1024 logits, the row's last block merging their partials in a fixed
+// order (deterministic); scratch: cu_argmax_scratch_bytes(n, vocab) bytes serve up to n rows of
+// this vocab, zero before the first call (the kernel leaves it zero, so graphs replay).
 void cu_argmax(const float *logits, int n, int vocab, struct cu_sample_out *out, cudaStream_t st);
+size_t cu_argmax_scratch_bytes(int n, int vocab);
+void cu_argmax_split(const float *logits, int n, int vocab, void *scratch, struct cu_sample_out *out,
+                     cudaStream_t st);
 
 // ---- measurements (cuda_util.cu) ----
 // Device-to-device copy bandwidth (bytes read + written per second) and cuBLAS bf16 GEMM

@@ -232,33 +232,99 @@ extern "C" void cu_sample(float *logits, int n, int vocab, const struct cu_sampl
     CU_CHECK(pdl_launch(k_sample, n, SB, 0, st, logits, vocab, p, scratch, out));
 }
 
-__global__ void __launch_bounds__(SB) k_argmax(const float *logits, int vocab, struct cu_sample_out *outs) {
+// ---- greedy argmax ----
+// Each block reduces a chunk of a row: m = its largest logit, idx = the lowest id holding it,
+// z = sum of exp(x - m). A row of one chunk is finished by its block; otherwise each block
+// stores its partial and takes a ticket, and the row's last block merges the partials:
+// M = max m, token = the lowest idx among the chunks holding M (chunks are in id order),
+// Z = sum of z * exp(m - M) (a fixed reduction order: deterministic), logprob = -log(Z).
+#define AM_SPLIT_THREADS 256
+#define AM_MAX_CHUNKS 128   // blocks per row when split (<= AM_SPLIT_THREADS: one thread per chunk in the merge)
+#define AM_MIN_CHUNK 1024   // fewest logits per block
+
+static int am_chunks(int vocab) {
+    int c = (vocab + AM_MIN_CHUNK - 1) / AM_MIN_CHUNK;
+    return c < 1 ? 1 : c > AM_MAX_CHUNKS ? AM_MAX_CHUNKS : c;
+}
+
+// grid (chunks, rows), chunk logits per block. scratch (chunks > 1), per row: slot 0's first
+// word is the row's ticket, slot 1 + c chunk c's partial (m, z, idx as float bits, unused).
+__global__ void __launch_bounds__(SB) k_argmax(const float *logits, int vocab, int chunk, float4 *scratch,
+                                               struct cu_sample_out *outs) {
     __shared__ float red[32], redv[32];
     __shared__ int redi[32];
+    __shared__ bool last;
     pdl_launch_dependents();
     pdl_wait();
-    const float *row = logits + (size_t)blockIdx.x * vocab;
+    const int row = blockIdx.y, nc = gridDim.x;
+    const float *lg = logits + (size_t)row * vocab;
+    const int v0 = blockIdx.x * chunk, v1 = min(vocab, v0 + chunk);
     float mx = -INFINITY;
     int mi = 0x7fffffff;
-    for (int v = threadIdx.x; v < vocab; v += blockDim.x)
-        if (row[v] > mx || (row[v] == mx && v < mi)) {
-            mx = row[v];
+#pragma unroll 4  // four loads in flight
+    for (int v = v0 + threadIdx.x; v < v1; v += blockDim.x) {
+        const float x = lg[v];
+        if (x > mx || (x == mx && v < mi)) {  // -inf ties too: a row of only -inf gives id 0
+            mx = x;
             mi = v;
         }
-    float M;
-    int amax;
-    bargmax(mx, mi, redv, redi, &M, &amax);
+    }
+    float m;
+    int idx;
+    bargmax(mx, mi, redv, redi, &m, &idx);
+    // A chunk of only -inf (m = -inf) sums exp(x) instead (0; NaN if it holds a NaN) and its
+    // weight exp(m - M) is 0, so it adds to Z what exp(x - M) adds in one sum over the row; when
+    // the whole row is -inf, M = -inf makes the weight, Z and the logprob NaN, as the host
+    // sampler's -inf - (-inf).
+    const float ref = m > -INFINITY ? m : 0.f;
     float z = 0;
-    for (int v = threadIdx.x; v < vocab; v += blockDim.x) z += __expf(row[v] - M);
-    float Z = bsum(z, red);
+    for (int v = v0 + threadIdx.x; v < v1; v += blockDim.x) z += __expf(lg[v] - ref);
+    z = bsum(z, red);
+    float pm = -INFINITY, pz = 0;  // the merge's input: thread c holds chunk c
+    int pi = 0x7fffffff;
+    if (nc == 1) {
+        if (threadIdx.x == 0) pm = m, pz = z, pi = idx;
+    } else {
+        float4 *slots = scratch + (size_t)row * (nc + 1);
+        unsigned *ticket = (unsigned *)slots;
+        if (threadIdx.x == 0) {  // release the partial, take a ticket; the last block acquires all
+            slots[1 + blockIdx.x] = make_float4(m, z, __int_as_float(idx), 0.f);
+            __threadfence();
+            const bool l = atomicAdd(ticket, 1u) == (unsigned)nc - 1;
+            if (l) __threadfence();
+            last = l;
+        }
+        __syncthreads();
+        if (!last) return;
+        if (threadIdx.x < nc) {
+            const float4 p = __ldcg(slots + 1 + threadIdx.x);
+            pm = p.x, pz = p.y, pi = __float_as_int(p.z);
+        }
+        if (threadIdx.x == 0) *ticket = 0;  // re-armed for the next launch (graph replays)
+    }
+    float M;
+    int tok;
+    bargmax(pm, pi, redv, redi, &M, &tok);
+    const float Z = bsum(threadIdx.x < nc ? pz * __expf(pm - M) : 0.f, red);
     if (threadIdx.x == 0) {
-        outs[blockIdx.x].token = amax;
-        outs[blockIdx.x].logprob = -logf(Z);
-        outs[blockIdx.x].n_top = 0;
+        outs[row].token = tok;
+        outs[row].logprob = -logf(Z);
+        outs[row].n_top = 0;
     }
 }
 
 extern "C" void cu_argmax(const float *logits, int n, int vocab, struct cu_sample_out *out, cudaStream_t st) {
     if (n <= 0) return;
-    CU_CHECK(pdl_launch(k_argmax, n, SB, 0, st, logits, vocab, out));
+    CU_CHECK(pdl_launch(k_argmax, dim3(1, n), SB, 0, st, logits, vocab, vocab, (float4 *)NULL, out));
+}
+
+extern "C" size_t cu_argmax_scratch_bytes(int n, int vocab) {
+    return (size_t)n * (am_chunks(vocab) + 1) * sizeof(float4);
+}
+
+extern "C" void cu_argmax_split(const float *logits, int n, int vocab, void *scratch, struct cu_sample_out *out,
+                                cudaStream_t st) {
+    if (n <= 0) return;
+    const int nc = am_chunks(vocab), chunk = (vocab + nc - 1) / nc;
+    CU_CHECK(pdl_launch(k_argmax, dim3(nc, n), AM_SPLIT_THREADS, 0, st, logits, vocab, chunk, (float4 *)scratch, out));
 }
