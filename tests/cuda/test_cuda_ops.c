@@ -330,6 +330,70 @@ static void test_attn_decode_paged(void **state) {
     cu_attn_decode_tune(0);
 }
 
+// cu_attn_trace over one decode launch (sequences of 17 and 512 keys, `splits` splits asked,
+// `launched` in the grid): every block stamps its start and wait; blocks with keys (a prefix
+// of the splits: at least 64 keys each) each later phase in order, and one of them (with
+// more than one split holding keys) the merge; the others nothing more. Nothing lands past
+// the launch's slot. The output still matches the reference.
+static void run_trace_case(int splits, int launched) {
+    const int nh = 40, nkv = 8, hd = 128, n = 2, len[2] = {17, 512}, nn[2] = {1, 1};
+    struct pg_setup s;
+    setup_init(&s, n, len, nn, nh, nkv, hd, CU_KV_BF16);
+    struct attn_io a;
+    attn_io_init(&a, &s);
+    const int32_t seqs[2] = {1, 0};
+    void *dseqs = dup_to_dev(seqs, sizeof seqs);
+    float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)n * nh * splits * (hd + 2)));
+    assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
+    const int blocks = launched * nkv * n;
+    const size_t tr_bytes = sizeof(uint64_t) * 2 * blocks * 8;  // this launch's slot and the next
+    uint64_t *dtr = dmalloc(tr_bytes), *tr = pg_malloc(tr_bytes);
+    assert_int_equal(cudaMemset(dtr, 0, tr_bytes), cudaSuccess);
+    cu_attn_decode_tune(0);
+    cu_attn_trace(dtr, blocks);
+    cu_attn_decode(a.dq, &a.ds.st, dseqs, n, nh, nkv, hd, 16, CU_KV_BF16, a.dk, a.dv, splits, part, a.dout, 0);
+    cu_attn_trace(NULL, 0);
+    uint16_t *out = pg_malloc(a.qn * 2);
+    to_host(out, a.dout, a.qn * 2);
+    to_host(tr, dtr, tr_bytes);
+    char name[96];
+    snprintf(name, sizeof name, "attn decode traced, splits%d (%d launched)", splits, launched);
+    CHECK_ERR(name, rel_err_bf16(out, a.ref, a.qn), 8e-3);
+    for (int i = 0; i < n; i++) {
+        const int L = len[seqs[i]];
+        int chunk = ((L + launched - 1) / launched + 31) / 32 * 32;
+        if (chunk < 64) chunk = 64;
+        const int ns = (L + chunk - 1) / chunk;
+        for (int kvh = 0; kvh < nkv; kvh++) {
+            int merged = 0;
+            for (int sp = 0; sp < launched; sp++) {
+                const uint64_t *t = tr + ((size_t)(i * nkv + kvh) * launched + sp) * 8;
+                assert_true(t[0] != 0 && t[1] >= t[0]);
+                if (sp >= ns) {
+                    for (int k = 2; k < 6; k++) assert_true(t[k] == 0);
+                    continue;
+                }
+                assert_true(t[2] >= t[1] && t[3] >= t[2] && t[4] >= t[3]);
+                if (t[5]) {
+                    assert_true(t[5] >= t[4]);
+                    merged++;
+                }
+            }
+            assert_int_equal(merged, ns > 1);
+        }
+    }
+    for (size_t k = (size_t)blocks * 8; k < (size_t)2 * blocks * 8; k++) assert_true(tr[k] == 0);
+    attn_io_free(&a);
+    setup_free(&s);
+    cudaFree(dseqs), cudaFree(part), cudaFree(dtr);
+    free(out), free(tr);
+}
+
+static void test_attn_trace(void **state) {
+    (void)state;
+    run_trace_case(32, 32);
+}
+
 static void test_attn_prefill(void **state) {
     (void)state;
     run_attn_case(40, 8, 128, CU_KV_BF16, true, 0);
@@ -414,7 +478,7 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed_rmsnorm), cmocka_unit_test(test_swiglu_bias_gather),
         cmocka_unit_test(test_rope_store),    cmocka_unit_test(test_attn_decode),
-        cmocka_unit_test(test_attn_decode_paged),
+        cmocka_unit_test(test_attn_decode_paged), cmocka_unit_test(test_attn_trace),
         cmocka_unit_test(test_attn_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

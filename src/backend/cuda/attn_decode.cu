@@ -19,6 +19,8 @@
 // fewer splits than the grid offers (the spare blocks exit after pdl_wait). 64 (two of the
 // four warps busy) beat 128 and 32 at context 512 inside the 14B layer graph on the H200
 // (bench/results/2026-11-28-decode-latency-h200.md).
+// dec_stamp (cu_attn_trace, for cuda_ops_bench timeline) records when each block reached each
+// phase.
 #include <math.h>
 #include <stdlib.h>
 #include <cuda_bf16.h>
@@ -43,7 +45,25 @@ struct dec_args {
     unsigned *tickets;
     float *partial;
     bf16 *out;
+    uint64_t *trace;  // cu_attn_trace: [block][8] values, or NULL
 };
+
+// cu_attn_trace: thread 0 of each block records in slot k of the block's 8 the global timer at
+// its start (0), after pdl_wait (1), once its warp's first K tile is in shared memory (2),
+// after its warp's key loop (3), once the block's partial is written and its ticket taken (4;
+// one split: once the output is written) and, in the block that merges the splits, at the end
+// (5); slot 6 = the SM it ran on. Blocks without keys record only 0, 1 and 6. Blocks are
+// numbered (sequence, kv head, split), split fastest.
+__device__ __forceinline__ void dec_record(const dec_args &a, int k, uint64_t v) {
+    if (a.trace && threadIdx.x == 0)
+        a.trace[(((size_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * 8 + k] = v;
+}
+__device__ __forceinline__ void dec_stamp(const dec_args &a, int k) {
+    if (!a.trace || threadIdx.x != 0) return;
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    dec_record(a, k, t);
+}
 
 // N (even) elements packed in 32-bit words (bf16: 2 per word, fp8: 4 per word, low first) as floats.
 template <bool FP8, int N>
@@ -230,6 +250,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     float *ps = qs + G * HD;                                                    // [warp][key][DEC_PSTRIDE]
     uint8_t *tiles = (uint8_t *)(ps + DEC_WARPS * DEC_TILE * DEC_PSTRIDE);      // per warp: K [32][RSK], V [32][RB]
     pdl_launch_dependents();
+    dec_stamp(a, 0);
     const int sp = blockIdx.x, kvh = blockIdx.y, i = blockIdx.z, n_heads = G * a.n_kv;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int seq = a.seqs[i], L = a.s.seq_len[seq], t = a.s.seq_q0[seq];
@@ -243,6 +264,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     int tk = sp * chunk + w * DEC_TILE;  // this warp's first tile
     long long off = tk + lane < j1 ? row_off<RB>(bt, tk + lane, kvh, a.n_kv, a.bs) : 0;
     pdl_wait();
+    dec_stamp(a, 1);
+    if (a.trace) {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        dec_record(a, 6, smid);
+    }
     if (sp >= ns) {
         if (L <= 0 && sp == 0)  // no keys (not a decode case): zeros, as the split merge would give
             for (int e = threadIdx.x; e < G * HD; e += blockDim.x)
@@ -268,6 +295,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
         m[g] = -INFINITY, l[g] = 0;
 #pragma unroll
         for (int dd = 0; dd < DPL; dd++) acc[g][dd] = 0;
+    }
+    if (a.trace && w == 0) {  // the loop's first wait, early (a test inside the loop cost registers)
+        cp_async_wait<1>();
+        __syncwarp();
+        dec_stamp(a, 2);
     }
     for (; tk < j1; tk += DEC_WARPS * DEC_TILE) {
         const int nv = min(DEC_TILE, j1 - tk), tn = tk + DEC_WARPS * DEC_TILE;
@@ -331,10 +363,14 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
         for (int g = 0; g < G; g++) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+    dec_stamp(a, 3);
     float *sm = (float *)tiles;  // reused once every warp is done with its tiles
-    if (!finish_block<HD, G>(a, m, l, acc, sm, i, kvh, sp, t, ns)) return;
+    const bool last = finish_block<HD, G>(a, m, l, acc, sm, i, kvh, sp, t, ns);
+    dec_stamp(a, 4);
+    if (!last) return;
     merge_splits<HD, G>(a, sm + DEC_WARPS * G * HD, i, kvh, t, ns);
     if (threadIdx.x == 0) a.tickets[(size_t)i * a.n_kv + kvh] = 0;  // re-arm for the next launch / replay
+    dec_stamp(a, 5);
 }
 
 template <int HD, int G, bool FP8>
@@ -366,6 +402,14 @@ static int min_chunk_of(int keys) { return keys <= 0 ? DEC_MIN_CHUNK : (keys + D
 static int g_min_chunk = -1;  // -1: not set yet
 extern "C" void cu_attn_decode_tune(int min_keys_per_split) { g_min_chunk = min_chunk_of(min_keys_per_split); }
 
+static uint64_t *g_trace;
+static int g_trace_slot, g_trace_blocks;
+extern "C" void cu_attn_trace(uint64_t *buf, int blocks_per_launch) {
+    g_trace = buf;
+    g_trace_slot = 0;
+    g_trace_blocks = blocks_per_launch;
+}
+
 extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                                int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                                const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st) {
@@ -380,9 +424,14 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
         const char *e = getenv("PAGODA_ATTN_MIN_KEYS");
         g_min_chunk = min_chunk_of(e ? atoi(e) : 0);
     }
-    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
-                  (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out};
     const dim3 grid(n_splits, n_kv, n);
+    uint64_t *trace = NULL;
+    if (g_trace) {  // a launch larger than the slot takes its slot unrecorded
+        const size_t slot = (size_t)g_trace_slot++ * g_trace_blocks * 8;
+        if ((size_t)grid.x * grid.y * grid.z <= (size_t)g_trace_blocks) trace = g_trace + slot;
+    }
+    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
+                  (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out, trace};
     const bool fp8 = kv_type != CU_KV_BF16;
     if (hd == 128)
         fp8 ? launch_g<128, true>(G, a, grid, st) : launch_g<128, false>(G, a, grid, st);

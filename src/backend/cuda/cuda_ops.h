@@ -117,6 +117,11 @@ void cu_gptq_tune(int block_bytes, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per
 // block (gptq.cu, tc_stamp) at buf + (k * blocks_per_launch + block) * 8; NULL stops it.
 void cu_gptq_trace(uint64_t *buf, int blocks_per_launch);
+// Benchmark hook: while buf is set, the k-th decode attention launched from now on records 8
+// values per block (attn_decode.cu, dec_stamp) at buf + (k * blocks_per_launch + block) * 8,
+// block = (i * n_kv + kv head) * splits + split for the i-th listed sequence (a launch of more
+// blocks records nothing); NULL stops it. Not thread-safe.
+void cu_attn_trace(uint64_t *buf, int blocks_per_launch);
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
 // with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
 // cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels
