@@ -498,8 +498,9 @@ static int timeline(struct bench *b, int M) {
     return 0;
 }
 
-// The layer graph's variants (int4 GEMV settings, attention splits, attention through the
-// prefill kernel) and each op's price inside it.
+// The layer graph's variants (int4 GEMV settings, attention splits, the attention's split
+// merge by ticket or through a cluster, attention through the prefill kernel) and each op's
+// price inside it.
 static void layer_tables(struct bench *b) {
     printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 2 | M = 4 | M = 8 |\n"
            "|---|---|---|---|---|\n");
@@ -514,6 +515,13 @@ static void layer_tables(struct bench *b) {
         printf("| attn_decode >= %d keys per split | %.1f | | | %.1f |\n", mk, time_layer(b, 1, -1), time_layer(b, 8, -1));
     }
     cu_attn_decode_tune(0);
+    for (int c = 0; c <= 1; c++) {  // the split merge by ticket, then through a cluster (<= 8 splits)
+        cu_attn_decode_cluster(c);
+        printf("| attn_decode split merge %s | %.1f | %.1f | %.1f | %.1f |\n",
+               c ? "through a cluster (<= 8 splits)" : "by ticket (global partials)", time_layer(b, 1, -1),
+               time_layer(b, 2, -1), time_layer(b, 4, -1), time_layer(b, 8, -1));
+    }
+    cu_attn_decode_cluster(-1);
     b->attn_pf = true;
     printf("| attention through the prefill kernel | %.1f | | | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 8, -1));
     b->attn_pf = false;
@@ -621,6 +629,10 @@ int main(int argc, char **argv) {
         }
         cu_attn_decode_tune(0);
         row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
+        cu_attn_decode_cluster(1);  // the split merge through a cluster (<= 8 splits)
+        row(&b, "attn_decode ctx 512", "cluster merge", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 4096", "cluster merge", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
+        cu_attn_decode_cluster(-1);
         row(&b, "attn_decode ctx 512", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 512}, NULL);
         row(&b, "attn_decode ctx 4096", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 4096}, NULL);
     }

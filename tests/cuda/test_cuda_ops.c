@@ -333,9 +333,9 @@ static void test_attn_decode_paged(void **state) {
 // cu_attn_trace over one decode launch (sequences of 17 and 512 keys, `splits` splits asked,
 // `launched` in the grid): every block stamps its start and wait; blocks with keys (a prefix
 // of the splits: at least 64 keys each) each later phase in order, and one of them (with
-// more than one split holding keys) the merge; the others nothing more. Nothing lands past
-// the launch's slot. The output still matches the reference.
-static void run_trace_case(int splits, int launched) {
+// more than one split holding keys; split 0 when the cluster merges) the merge; the others
+// nothing more. Nothing lands past the launch's slot. The output still matches the reference.
+static void run_trace_case(int splits, int launched, bool cluster) {
     const int nh = 40, nkv = 8, hd = 128, n = 2, len[2] = {17, 512}, nn[2] = {1, 1};
     struct pg_setup s;
     setup_init(&s, n, len, nn, nh, nkv, hd, CU_KV_BF16);
@@ -376,6 +376,7 @@ static void run_trace_case(int splits, int launched) {
                 assert_true(t[2] >= t[1] && t[3] >= t[2] && t[4] >= t[3]);
                 if (t[5]) {
                     assert_true(t[5] >= t[4]);
+                    if (cluster) assert_int_equal(sp, 0);
                     merged++;
                 }
             }
@@ -391,7 +392,28 @@ static void run_trace_case(int splits, int launched) {
 
 static void test_attn_trace(void **state) {
     (void)state;
-    run_trace_case(32, 32);
+    run_trace_case(32, 32, false);
+}
+
+// The decode attention tests again with the split merge through a thread block cluster
+// (cu_attn_decode_cluster: at most 8 splits launched, one cluster per (sequence, kv head),
+// states merged through distributed shared memory; one split keeps the plain kernel), so
+// cluster sizes 2..8 with splits without keys. Before sm_90 the hook is ignored and they
+// repeat the ticket path.
+static void test_attn_decode_cluster(void **state) {
+    int major = 0;
+    assert_int_equal(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+    if (major < 9) print_message("no thread block clusters before sm_90: the ticket path again\n");
+    cu_attn_decode_cluster(1);
+    test_attn_decode(state);
+    test_attn_decode_paged(state);
+    run_trace_case(32, major >= 9 ? 8 : 32, major >= 9);
+    run_trace_case(5, 5, major >= 9);
+}
+static int cluster_hook_reset(void **state) {
+    (void)state;
+    cu_attn_decode_cluster(-1);
+    return 0;
 }
 
 static void test_attn_prefill(void **state) {
@@ -479,6 +501,7 @@ int main(void) {
         cmocka_unit_test(test_embed_rmsnorm), cmocka_unit_test(test_swiglu_bias_gather),
         cmocka_unit_test(test_rope_store),    cmocka_unit_test(test_attn_decode),
         cmocka_unit_test(test_attn_decode_paged), cmocka_unit_test(test_attn_trace),
+        cmocka_unit_test_teardown(test_attn_decode_cluster, cluster_hook_reset),
         cmocka_unit_test(test_attn_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
