@@ -372,13 +372,15 @@ static int cmp_u64(const void *a, const void *b) {
 
 // The GEMVs' block stamps (cu_gptq_trace) of the last replay, against the CUPTI end of the
 // kernel before each GEMV (both the GPU's global timer in ns): per GEMV of layers 2..NLAYER-1
-// (averaged), the first / median / last block at each stamp, us after that end.
+// (averaged), the first / median / last block at each stamp, us after that end. The
+// attention's row (attn_trace_row) follows in the same table; columns 3-6 name the GEMV's
+// stamp / the attention's.
 static void trace_report(const struct bench *b, const uint64_t *tr, const struct tl_rec *e) {
-    static const char *stamp[6] = {"block start", "wait returned", "inputs staged", "tiles done", "ticket taken",
-                                   "splits summed"};
+    static const char *stamp[6] = {"block start", "wait returned", "inputs staged / first K tile", "tiles / keys done",
+                                   "ticket taken", "splits summed / merged"};
     const int *gemv_op = b->fused ? fused_gemv : unfused_gemv, nop = n_ops(b);
-    printf("\n### Inside each GEMV: block stamps, us after the previous kernel's end (first / median / last "
-           "block)\n\n| GEMV | blocks | SMs | CUPTI start | ");
+    printf("\n### Inside each GEMV and the attention: block stamps, us after the previous kernel's end (first / "
+           "median / last block)\n\n| kernel | blocks | SMs | CUPTI start | ");
     for (int k = 0; k < 6; k++) printf("%s | ", stamp[k]);
     printf("CUPTI end |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     uint64_t *v = malloc(sizeof(uint64_t) * TR_BLOCKS);
@@ -411,18 +413,67 @@ static void trace_report(const struct bench *b, const uint64_t *tr, const struct
     free(v);
 }
 
+// ---- timeline: the attention's row of the stamp table ----
+// The decode attention's block stamps (cu_attn_trace, one launch per layer) of the last replay,
+// as trace_report's GEMV rows: us after the end of the kernel before it (qkv_rope_store, or the qkv GEMV in the fused layer);
+// blocks also counts those with keys (the others stamp only their start and wait). Then what
+// its columns mean.
+static void attn_trace_row(const struct bench *b, const uint64_t *tr, const struct tl_rec *e) {
+    const int nop = n_ops(b), op = b->fused ? 1 : 3;  // the attention's place in the layer
+    double st[6][3] = {{0}}, nb = 0, nk = 0, nsm = 0, cs = 0, ce = 0;
+    int cnt = 0;
+    uint64_t *v = malloc(sizeof(uint64_t) * TR_BLOCKS);
+    for (int l = 1; l < NLAYER - 1; l++, cnt++) {
+        const uint64_t *t = tr + (size_t)l * TR_BLOCKS * 8;
+        const struct tl_rec *prev = &e[l * nop + op - 1], *cur = prev + 1;
+        const double E = (double)prev->end;
+        int n = 0;
+        while (n < TR_BLOCKS && t[(size_t)n * 8]) n++;
+        bool sm[1024] = {false};
+        for (int i = 0; i < n; i++) {
+            sm[t[(size_t)i * 8 + 6] & 1023] = true;
+            nk += t[(size_t)i * 8 + 2] != 0;
+        }
+        for (int i = 0; i < 1024; i++) nsm += sm[i];
+        nb += n, cs += (double)cur->start - E, ce += (double)cur->end - E;
+        for (int k = 0; k < 6; k++) {
+            int m = 0;
+            for (int i = 0; i < n; i++)
+                if (t[(size_t)i * 8 + k]) v[m++] = t[(size_t)i * 8 + k];
+            if (!m) continue;
+            qsort(v, m, sizeof(uint64_t), cmp_u64);
+            st[k][0] += (double)v[0] - E, st[k][1] += (double)v[m / 2] - E, st[k][2] += (double)v[m - 1] - E;
+        }
+    }
+    printf("| attn_decode | %.0f (%.0f with keys) | %.0f | %.2f | ", nb / cnt, nk / cnt, nsm / cnt, cs / cnt / 1e3);
+    for (int k = 0; k < 6; k++) printf("%.2f / %.2f / %.2f | ", st[k][0] / cnt / 1e3, st[k][1] / cnt / 1e3, st[k][2] / cnt / 1e3);
+    printf("%.2f |\n", ce / cnt / 1e3);
+    free(v);
+    const char *cl = getenv("PAGODA_ATTN_CLUSTER");
+    printf("\nattn_decode row (split merge %s): first K tile = warp 0's first 32 keys in shared memory; keys done = "
+           "warp 0's key loop done; ticket taken = the block's partial written and its ticket taken (one split with "
+           "keys: the output written; cluster merge: past the first cluster barrier, every split's state visible); "
+           "splits merged = the merging block (cluster merge: rank 0) wrote the output.\n",
+           cl && atoi(cl) > 0 ? "through a cluster, PAGODA_ATTN_CLUSTER" : "by ticket");
+}
+
 // Replays the NLAYER-layer graph (L2 flushed before each) under CUPTI and prints, per op of
 // a layer (layers 2..NLAYER-1, all replays): mean run time (start to end, which for a kernel
 // launched with PDL includes its wait) and mean advance (its end minus the previous
-// kernel's end: what it adds to the step); then the GEMV block stamps (trace_report).
+// kernel's end: what it adds to the step); then the GEMV block stamps (trace_report) and the
+// attention's (attn_trace_row).
 static int timeline(struct bench *b, int M) {
     const int reps = 10, nop = n_ops(b), per = nop * NLAYER;
     cudaGraph_t g;
     const size_t tr_bytes = (size_t)4 * NLAYER * TR_BLOCKS * 8 * sizeof(uint64_t);
     uint64_t *dtr = dfill(tr_bytes, 0);
+    const size_t atr_bytes = (size_t)NLAYER * TR_BLOCKS * 8 * sizeof(uint64_t);  // attention stamps
+    uint64_t *datr = dfill(atr_bytes, 0);
     cu_gptq_trace(dtr, TR_BLOCKS);
+    cu_attn_trace(datr, TR_BLOCKS);
     cudaGraphExec_t ge = layer_graph(b, M, -1, &g);
     cu_gptq_trace(NULL, 0);
+    cu_attn_trace(NULL, 0);
     ck(cudaGraphLaunch(ge, b->st), "graph");
     ck(cudaStreamSynchronize(b->st), "sync");
     if (cuptiActivityRegisterCallbacks(tl_buf_req, tl_buf_done) != CUPTI_SUCCESS ||
@@ -433,12 +484,16 @@ static int timeline(struct bench *b, int M) {
     for (int r = 0; r < reps; r++) {
         flush_l2(b);
         if (r == reps - 1) ck(cudaMemsetAsync(dtr, 0, tr_bytes, b->st), "memset");
+        if (r == reps - 1) ck(cudaMemsetAsync(datr, 0, atr_bytes, b->st), "memset");
         ck(cudaGraphLaunch(ge, b->st), "graph");
         ck(cudaStreamSynchronize(b->st), "sync");
     }
     uint64_t *tr = malloc(tr_bytes);
     ck(cudaMemcpy(tr, dtr, tr_bytes, cudaMemcpyDeviceToHost), "trace copy");
     cudaFree(dtr);
+    uint64_t *atr = malloc(atr_bytes);
+    ck(cudaMemcpy(atr, datr, atr_bytes, cudaMemcpyDeviceToHost), "trace copy");
+    cudaFree(datr);
     cuptiActivityFlushAll(1);
     cuptiActivityDisable(CUPTI_ACTIVITY_KIND_CONCURRENT_KERNEL);
     cudaGraphExecDestroy(ge);
@@ -452,7 +507,7 @@ static int timeline(struct bench *b, int M) {
            M, NLAYER, reps);
     if (n != reps * per) {
         printf("expected %d graph kernels, CUPTI gave %d\n", reps * per, n);
-        free(k), free(tr);
+        free(k), free(tr), free(atr);
         return 1;
     }
     double run[8] = {0}, adv[8] = {0}, total = 0;
@@ -476,12 +531,14 @@ static int timeline(struct bench *b, int M) {
     }
     printf("| sum | | | %.1f |\n", sum / 1e3);
     trace_report(b, tr, k + (reps - 1) * per);
-    free(k), free(tr);
+    attn_trace_row(b, atr, k + (reps - 1) * per);
+    free(k), free(tr), free(atr);
     return 0;
 }
 
-// The layer graph's variants (int4 GEMV settings, attention splits, attention through the
-// prefill kernel) and each op's price inside it.
+// The layer graph's variants (int4 GEMV settings, attention splits, the attention's split
+// merge by ticket or through a cluster, attention through the prefill kernel) and each op's
+// price inside it.
 static void layer_tables(struct bench *b) {
     printf("\n### Variants of the layer graph, us per layer\n\n| variant | M = 1 | M = 2 | M = 4 | M = 8 |\n"
            "|---|---|---|---|---|\n");
@@ -500,6 +557,13 @@ static void layer_tables(struct bench *b) {
         printf("| attn_decode >= %d keys per split | %.1f | | | %.1f |\n", mk, time_layer(b, 1, -1), time_layer(b, 8, -1));
     }
     cu_attn_decode_tune(0);
+    for (int c = 0; c <= 1; c++) {  // the split merge by ticket, then through a cluster (<= 8 splits)
+        cu_attn_decode_cluster(c);
+        printf("| attn_decode split merge %s | %.1f | %.1f | %.1f | %.1f |\n",
+               c ? "through a cluster (<= 8 splits)" : "by ticket (global partials)", time_layer(b, 1, -1),
+               time_layer(b, 2, -1), time_layer(b, 4, -1), time_layer(b, 8, -1));
+    }
+    cu_attn_decode_cluster(-1);
     b->attn_pf = true;
     printf("| attention through the prefill kernel | %.1f | | | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 8, -1));
     b->attn_pf = false;
@@ -616,6 +680,10 @@ int main(int argc, char **argv) {
         }
         cu_attn_decode_tune(0);
         row(&b, "attn_decode ctx 4096", "", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
+        cu_attn_decode_cluster(1);  // the split merge through a cluster (<= 8 splits)
+        row(&b, "attn_decode ctx 512", "cluster merge", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 4096", "cluster merge", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
+        cu_attn_decode_cluster(-1);
         row(&b, "attn_decode ctx 512", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 512}, NULL);
         row(&b, "attn_decode ctx 4096", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 4096}, NULL);
     }

@@ -330,6 +330,92 @@ static void test_attn_decode_paged(void **state) {
     cu_attn_decode_tune(0);
 }
 
+// cu_attn_trace over one decode launch (sequences of 17 and 512 keys, `splits` splits asked,
+// `launched` in the grid): every block stamps its start and wait; blocks with keys (a prefix
+// of the splits: at least 64 keys each) each later phase in order, and one of them (with
+// more than one split holding keys; split 0 when the cluster merges) the merge; the others
+// nothing more. Nothing lands past the launch's slot. The output still matches the reference.
+static void run_trace_case(int splits, int launched, bool cluster) {
+    const int nh = 40, nkv = 8, hd = 128, n = 2, len[2] = {17, 512}, nn[2] = {1, 1};
+    struct pg_setup s;
+    setup_init(&s, n, len, nn, nh, nkv, hd, CU_KV_BF16);
+    struct attn_io a;
+    attn_io_init(&a, &s);
+    const int32_t seqs[2] = {1, 0};
+    void *dseqs = dup_to_dev(seqs, sizeof seqs);
+    float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)n * nh * splits * (hd + 2)));
+    assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
+    const int blocks = launched * nkv * n;
+    const size_t tr_bytes = sizeof(uint64_t) * 2 * blocks * 8;  // this launch's slot and the next
+    uint64_t *dtr = dmalloc(tr_bytes), *tr = pg_malloc(tr_bytes);
+    assert_int_equal(cudaMemset(dtr, 0, tr_bytes), cudaSuccess);
+    cu_attn_decode_tune(0);
+    cu_attn_trace(dtr, blocks);
+    cu_attn_decode(a.dq, &a.ds.st, dseqs, n, nh, nkv, hd, 16, CU_KV_BF16, a.dk, a.dv, splits, part, a.dout, 0);
+    cu_attn_trace(NULL, 0);
+    uint16_t *out = pg_malloc(a.qn * 2);
+    to_host(out, a.dout, a.qn * 2);
+    to_host(tr, dtr, tr_bytes);
+    char name[96];
+    snprintf(name, sizeof name, "attn decode traced, splits%d (%d launched)", splits, launched);
+    CHECK_ERR(name, rel_err_bf16(out, a.ref, a.qn), 8e-3);
+    for (int i = 0; i < n; i++) {
+        const int L = len[seqs[i]];
+        int chunk = ((L + launched - 1) / launched + 31) / 32 * 32;
+        if (chunk < 64) chunk = 64;
+        const int ns = (L + chunk - 1) / chunk;
+        for (int kvh = 0; kvh < nkv; kvh++) {
+            int merged = 0;
+            for (int sp = 0; sp < launched; sp++) {
+                const uint64_t *t = tr + ((size_t)(i * nkv + kvh) * launched + sp) * 8;
+                assert_true(t[0] != 0 && t[1] >= t[0]);
+                if (sp >= ns) {
+                    for (int k = 2; k < 6; k++) assert_true(t[k] == 0);
+                    continue;
+                }
+                assert_true(t[2] >= t[1] && t[3] >= t[2] && t[4] >= t[3]);
+                if (t[5]) {
+                    assert_true(t[5] >= t[4]);
+                    if (cluster) assert_int_equal(sp, 0);
+                    merged++;
+                }
+            }
+            assert_int_equal(merged, ns > 1);
+        }
+    }
+    for (size_t k = (size_t)blocks * 8; k < (size_t)2 * blocks * 8; k++) assert_true(tr[k] == 0);
+    attn_io_free(&a);
+    setup_free(&s);
+    cudaFree(dseqs), cudaFree(part), cudaFree(dtr);
+    free(out), free(tr);
+}
+
+static void test_attn_trace(void **state) {
+    (void)state;
+    run_trace_case(32, 32, false);
+}
+
+// The decode attention tests again with the split merge through a thread block cluster
+// (cu_attn_decode_cluster: at most 8 splits launched, one cluster per (sequence, kv head),
+// states merged through distributed shared memory; one split keeps the plain kernel), so
+// cluster sizes 2..8 with splits without keys. Before sm_90 the hook is ignored and they
+// repeat the ticket path.
+static void test_attn_decode_cluster(void **state) {
+    int major = 0;
+    assert_int_equal(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0), cudaSuccess);
+    if (major < 9) print_message("no thread block clusters before sm_90: the ticket path again\n");
+    cu_attn_decode_cluster(1);
+    test_attn_decode(state);
+    test_attn_decode_paged(state);
+    run_trace_case(32, major >= 9 ? 8 : 32, major >= 9);
+    run_trace_case(5, 5, major >= 9);
+}
+static int cluster_hook_reset(void **state) {
+    (void)state;
+    cu_attn_decode_cluster(-1);
+    return 0;
+}
+
 static void test_attn_prefill(void **state) {
     (void)state;
     run_attn_case(40, 8, 128, CU_KV_BF16, true, 0);
@@ -414,7 +500,8 @@ int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed_rmsnorm), cmocka_unit_test(test_swiglu_bias_gather),
         cmocka_unit_test(test_rope_store),    cmocka_unit_test(test_attn_decode),
-        cmocka_unit_test(test_attn_decode_paged),
+        cmocka_unit_test(test_attn_decode_paged), cmocka_unit_test(test_attn_trace),
+        cmocka_unit_test_teardown(test_attn_decode_cluster, cluster_hook_reset),
         cmocka_unit_test(test_attn_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -13,12 +13,18 @@
 //    writes a partial (max, sum, weighted values) and the last block of its (sequence, kv
 //    head) (atomic ticket + fences) merges the splits in split order (deterministic, timing
 //    independent), writes the output and re-arms the ticket (graph replays).
+//  - Or, with PAGODA_ATTN_CLUSTER (sm_90+, at most 8 splits), the splits of a (sequence, kv
+//    head) are one thread block cluster: each block leaves its state in its own shared memory
+//    and block 0 of the cluster merges them through distributed shared memory, in split order
+//    (cluster_merge): no global partials, tickets or fences.
 // Launched with programmatic dependent launch: the block-table lookups of the first tile
 // happen before pdl_wait(); q, the cache and the scratch are touched only after it.
 // Keys per split: a multiple of the tile, at least DEC_MIN_CHUNK, so short sequences use
 // fewer splits than the grid offers (the spare blocks exit after pdl_wait). 64 (two of the
 // four warps busy) beat 128 and 32 at context 512 inside the 14B layer graph on the H200
 // (bench/results/2026-11-28-decode-latency-h200.md).
+// dec_stamp (cu_attn_trace, for cuda_ops_bench timeline) records when each block reached each
+// phase.
 #include <math.h>
 #include <stdlib.h>
 #include <cuda_bf16.h>
@@ -43,7 +49,26 @@ struct dec_args {
     unsigned *tickets;
     float *partial;
     bf16 *out;
+    uint64_t *trace;  // cu_attn_trace: [block][8] values, or NULL
 };
+
+// cu_attn_trace: thread 0 of each block records in slot k of the block's 8 the global timer at
+// its start (0), after pdl_wait (1), once its warp's first K tile is in shared memory (2),
+// after its warp's key loop (3), once the block's partial is written and its ticket taken (4;
+// one split: once the output is written; cluster merge: past the first cluster barrier) and,
+// in the block that merges the splits (cluster merge: block 0), at the end (5); slot 6 = the
+// SM it ran on. Blocks without keys record only 0, 1 and 6. Blocks are numbered (sequence, kv
+// head, split), split fastest.
+__device__ __forceinline__ void dec_record(const dec_args &a, int k, uint64_t v) {
+    if (a.trace && threadIdx.x == 0)
+        a.trace[(((size_t)blockIdx.z * gridDim.y + blockIdx.y) * gridDim.x + blockIdx.x) * 8 + k] = v;
+}
+__device__ __forceinline__ void dec_stamp(const dec_args &a, int k) {
+    if (!a.trace || threadIdx.x != 0) return;
+    uint64_t t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    dec_record(a, k, t);
+}
 
 // N (even) elements packed in 32-bit words (bf16: 2 per word, fp8: 4 per word, low first) as floats.
 template <bool FP8, int N>
@@ -134,9 +159,46 @@ struct dec_shape {
     static constexpr int ES = FP8 ? 1 : 2, RB = HD * ES, RSK = RB + 16;  // K rows padded: no bank conflicts
     static constexpr int WARP_BYTES = DEC_TILE * (RSK + RB);
     static constexpr size_t SMEM = (size_t)G * HD * 4 + DEC_WARPS * DEC_TILE * DEC_PSTRIDE * 4 + DEC_WARPS * WARP_BYTES;
-    // The tile buffers later hold the warps' states and the split weights.
+    // The tile buffers later hold the warps' states and the split weights, or (cluster merge)
+    // the warps' states and the block's (acc [G][HD], then (m, l) [G]).
     static_assert((DEC_WARPS * G * HD + 3 * G * DEC_MAX_SPLITS) * 4 <= DEC_WARPS * WARP_BYTES, "merge space");
+    static_assert((DEC_WARPS * G * HD + G * HD + 2 * G) * 4 <= DEC_WARPS * WARP_BYTES, "cluster state space");
 };
+
+// Thread block clusters (sm_90+; no-ops below, where the cluster kernel is never launched).
+// Every thread of every block of the cluster passes the barrier; arrive releases the
+// thread's earlier shared-memory writes, wait acquires everyone's.
+__device__ __forceinline__ void cluster_sync(void) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("barrier.cluster.arrive.release.aligned;\n"
+                 "barrier.cluster.wait.acquire.aligned;\n" ::: "memory");
+#endif
+}
+// The shared::cluster address of p (this block's shared memory) in block `rank` of the cluster.
+__device__ __forceinline__ uint32_t cluster_map(const void *p, int rank) {
+    uint32_t r = 0;
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("mapa.shared::cluster.u32 %0, %1, %2;\n" : "=r"(r) : "r"(smem_u32(p)), "r"(rank));
+#endif
+    return r;
+}
+__device__ __forceinline__ float2 ld_cluster_f2(uint32_t addr) {
+    float2 v = make_float2(0.f, 0.f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v2.f32 {%0, %1}, [%2];\n" : "=f"(v.x), "=f"(v.y) : "r"(addr) : "memory");
+#endif
+    return v;
+}
+__device__ __forceinline__ float4 ld_cluster_f4(uint32_t addr) {
+    float4 v = make_float4(0.f, 0.f, 0.f, 0.f);
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ >= 900
+    asm volatile("ld.shared::cluster.v4.f32 {%0, %1, %2, %3}, [%4];\n"
+                 : "=f"(v.x), "=f"(v.y), "=f"(v.z), "=f"(v.w)
+                 : "r"(addr)
+                 : "memory");
+#endif
+    return v;
+}
 
 // Merges the block's partials of all splits (last block only) into the output.
 template <int HD, int G>
@@ -174,11 +236,12 @@ __device__ void merge_splits(const dec_args &a, float *sm, int i, int kvh, int t
     }
 }
 
-// Merges the warps' states (m, l per head, acc per dim) and writes the output (one split) or
-// this split's partial; returns whether this block must merge the splits (it came last).
-template <int HD, int G>
+// Merges the warps' states (m, l per head, acc per dim) and writes the output (one split),
+// the block's state into its shared memory (CL: st, for cluster_merge) or this split's
+// partial; returns whether this block must merge the splits (ticket: it came last).
+template <int HD, int G, bool CL>
 __device__ __forceinline__ bool finish_block(const dec_args &a, const float *m, const float *l, const float (*acc)[HD / 32],
-                             float *sm, int i, int kvh, int sp, int t, int ns) {
+                             float *sm, float *st, int i, int kvh, int sp, int t, int ns) {
     constexpr int DPL = HD / 32;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, n_heads = G * a.n_kv;
     __shared__ float sm_m[DEC_WARPS][G], sm_l[DEC_WARPS][G];
@@ -205,13 +268,16 @@ __device__ __forceinline__ bool finish_block(const dec_args &a, const float *m, 
         }
         if (ns == 1) {
             a.out[((size_t)t * n_heads + kvh * G) * HD + e] = __float2bfloat16(Ls > 0 ? A / Ls : 0.f);
+        } else if (CL) {
+            st[e] = A;
+            if (d == 0) ((float2 *)(st + G * HD))[g] = make_float2(M, Ls);
         } else {
             float *pp = a.partial + (((size_t)i * n_heads + kvh * G + g) * a.n_splits + sp) * (HD + 2);
             if (d == 0) pp[0] = M, pp[1] = Ls;
             pp[2 + d] = A;
         }
     }
-    if (ns == 1) return false;
+    if (ns == 1 || CL) return false;
     __threadfence();
     __syncthreads();
     if (threadIdx.x == 0) last = atomicAdd(&a.tickets[(size_t)i * a.n_kv + kvh], 1u) == (unsigned)ns - 1;
@@ -221,8 +287,69 @@ __device__ __forceinline__ bool finish_block(const dec_args &a, const float *m, 
     return true;
 }
 
-template <int HD, int G, bool FP8>
+// The split merge through a cluster: the cluster is the n_splits blocks of one (sequence, kv
+// head), block rank = split. Every block of the cluster comes here, keys or not (the barrier
+// counts them all). Blocks with keys have left their state in st (finish_block); after the
+// barrier block 0 reads those of the ns splits with keys (the others would add m = -inf,
+// l = acc = 0, i.e. nothing) through distributed shared memory in split order
+// (deterministic) and writes the output; the second barrier keeps the other blocks, and so
+// their shared memory, alive until it has read them.
+template <int HD, int G>
+__device__ __forceinline__ void cluster_merge(const dec_args &a, const float *st, int kvh, int sp, int t, int ns) {
+    constexpr int Q = HD / 4;  // float4 per head
+    cluster_sync();
+    if (sp < ns) dec_stamp(a, 4);
+    if (sp == 0) {
+        bf16 *out = a.out + ((size_t)t * G * a.n_kv + kvh * G) * HD;
+        if (ns > 1) {
+            uint32_t base[8];  // st in block k (gridDim.x = n_splits <= 8)
+#pragma unroll
+            for (int k = 0; k < 8; k++) base[k] = cluster_map(st, k < ns ? k : 0);
+            for (int e = threadIdx.x; e < G * Q; e += blockDim.x) {
+                const int g = e / Q;
+                float2 ml[8];
+                float4 v[8];
+#pragma unroll
+                for (int k = 0; k < 8; k++) {  // all loads in flight before the math
+                    ml[k] = k < ns ? ld_cluster_f2(base[k] + (G * HD + 2 * g) * 4) : make_float2(-INFINITY, 0.f);
+                    v[k] = k < ns ? ld_cluster_f4(base[k] + e * 16) : make_float4(0.f, 0.f, 0.f, 0.f);
+                }
+                float M = -INFINITY, Ls = 0;
+#pragma unroll
+                for (int k = 0; k < 8; k++) M = fmaxf(M, ml[k].x);  // finite: split 0 has keys
+                float4 A = make_float4(0.f, 0.f, 0.f, 0.f);
+#pragma unroll
+                for (int k = 0; k < 8; k++) {
+                    if (k >= ns) break;
+                    const float f = exp2f(ml[k].x - M);
+                    Ls = fmaf(ml[k].y, f, Ls);
+                    A.x = fmaf(v[k].x, f, A.x), A.y = fmaf(v[k].y, f, A.y);
+                    A.z = fmaf(v[k].z, f, A.z), A.w = fmaf(v[k].w, f, A.w);
+                }
+                const float inv = Ls > 0 ? 1.f / Ls : 0.f;
+                __nv_bfloat162 lo = __floats2bfloat162_rn(A.x * inv, A.y * inv),
+                               hi = __floats2bfloat162_rn(A.z * inv, A.w * inv);
+                uint2 u;
+                u.x = *(const uint32_t *)&lo, u.y = *(const uint32_t *)&hi;
+                *(uint2 *)(out + 4 * e) = u;
+            }
+            dec_stamp(a, 5);
+        } else if (ns == 0) {  // no keys (not a decode case): zeros, as the ticket path writes
+            for (int e = threadIdx.x; e < G * HD; e += blockDim.x) out[e] = __float2bfloat16(0.f);
+        }  // ns == 1: finish_block wrote the output
+    }
+    cluster_sync();
+}
+
+// CL: the split merge through a cluster (cluster_merge); launched on sm_90+ only.
+template <int HD, int G, bool FP8, bool CL>
 __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a) {
+#if defined(__CUDA_ARCH__) && __CUDA_ARCH__ < 900
+    if (CL) {  // no clusters before sm_90: never launched there (and not compiled)
+        __trap();
+        return;
+    }
+#endif
     typedef dec_shape<HD, G, FP8> S;
     constexpr int DPL = HD / 32, RB = S::RB, RSK = S::RSK;
     extern __shared__ __align__(16) uint8_t smem[];
@@ -230,6 +357,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     float *ps = qs + G * HD;                                                    // [warp][key][DEC_PSTRIDE]
     uint8_t *tiles = (uint8_t *)(ps + DEC_WARPS * DEC_TILE * DEC_PSTRIDE);      // per warp: K [32][RSK], V [32][RB]
     pdl_launch_dependents();
+    dec_stamp(a, 0);
     const int sp = blockIdx.x, kvh = blockIdx.y, i = blockIdx.z, n_heads = G * a.n_kv;
     const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
     const int seq = a.seqs[i], L = a.s.seq_len[seq], t = a.s.seq_q0[seq];
@@ -243,6 +371,18 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     int tk = sp * chunk + w * DEC_TILE;  // this warp's first tile
     long long off = tk + lane < j1 ? row_off<RB>(bt, tk + lane, kvh, a.n_kv, a.bs) : 0;
     pdl_wait();
+    dec_stamp(a, 1);
+    if (a.trace) {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        dec_record(a, 6, smid);
+    }
+    // Cluster merge: this block's state, after the warps' in the tile buffers (finish_block).
+    auto cl_state = [&]() { return (float *)tiles + DEC_WARPS * G * HD; };
+    if (CL && sp >= ns) {  // ns = 0 is the same here (sp == 0 only when no split has keys) and
+        cluster_merge<HD, G>(a, cl_state(), kvh, sp, t, 0);  // compiles out the merge
+        return;
+    }
     if (sp >= ns) {
         if (L <= 0 && sp == 0)  // no keys (not a decode case): zeros, as the split merge would give
             for (int e = threadIdx.x; e < G * HD; e += blockDim.x)
@@ -268,6 +408,11 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
         m[g] = -INFINITY, l[g] = 0;
 #pragma unroll
         for (int dd = 0; dd < DPL; dd++) acc[g][dd] = 0;
+    }
+    if (a.trace && w == 0) {  // the loop's first wait, early (a test inside the loop cost registers)
+        cp_async_wait<1>();
+        __syncwarp();
+        dec_stamp(a, 2);
     }
     for (; tk < j1; tk += DEC_WARPS * DEC_TILE) {
         const int nv = min(DEC_TILE, j1 - tk), tn = tk + DEC_WARPS * DEC_TILE;
@@ -331,31 +476,44 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     for (int o = 16; o > 0; o >>= 1)
 #pragma unroll
         for (int g = 0; g < G; g++) l[g] += __shfl_xor_sync(0xffffffffu, l[g], o);
+    dec_stamp(a, 3);
     float *sm = (float *)tiles;  // reused once every warp is done with its tiles
-    if (!finish_block<HD, G>(a, m, l, acc, sm, i, kvh, sp, t, ns)) return;
+    const bool last = finish_block<HD, G, CL>(a, m, l, acc, sm, cl_state(), i, kvh, sp, t, ns);
+    if (CL) {
+        cluster_merge<HD, G>(a, cl_state(), kvh, sp, t, ns);
+        return;
+    }
+    dec_stamp(a, 4);
+    if (!last) return;
     merge_splits<HD, G>(a, sm + DEC_WARPS * G * HD, i, kvh, t, ns);
     if (threadIdx.x == 0) a.tickets[(size_t)i * a.n_kv + kvh] = 0;  // re-arm for the next launch / replay
+    dec_stamp(a, 5);
 }
 
+// cluster: the split merge through a cluster of grid.x (<= 8, portable) blocks. At most 8
+// blocks of 128 threads and at most 74 KiB of shared memory each (hd 128, G = 8) fit in any
+// GPC of an H100/H200 (16+ SMs, 3 such blocks per SM), so no occupancy query is needed.
 template <int HD, int G, bool FP8>
-static void launch(const dec_args &a, dim3 grid, cudaStream_t st) {
-    void (*kern)(const dec_args) = k_attn_decode<HD, G, FP8>;
+static void launch(const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
+    void (*kern)(const dec_args) = cluster ? k_attn_decode<HD, G, FP8, true> : k_attn_decode<HD, G, FP8, false>;
     const size_t sm = dec_shape<HD, G, FP8>::SMEM;
     CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-    cu_note(pdl_launch(kern, grid, dim3(DEC_WARPS * 32), sm, st, a), __FILE__, __LINE__, "attn_decode");
+    const dim3 block(DEC_WARPS * 32);
+    cu_note(cluster ? pdl_launch_cluster(kern, grid, grid.x, block, sm, st, a) : pdl_launch(kern, grid, block, sm, st, a),
+            __FILE__, __LINE__, "attn_decode");
 }
 
 template <int HD, bool FP8>
-static void launch_g(int G, const dec_args &a, dim3 grid, cudaStream_t st) {
+static void launch_g(int G, const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
     switch (G) {
-    case 1: launch<HD, 1, FP8>(a, grid, st); break;
-    case 2: launch<HD, 2, FP8>(a, grid, st); break;
-    case 3: launch<HD, 3, FP8>(a, grid, st); break;
-    case 4: launch<HD, 4, FP8>(a, grid, st); break;
-    case 5: launch<HD, 5, FP8>(a, grid, st); break;
-    case 6: launch<HD, 6, FP8>(a, grid, st); break;
-    case 7: launch<HD, 7, FP8>(a, grid, st); break;
-    default: launch<HD, 8, FP8>(a, grid, st); break;
+    case 1: launch<HD, 1, FP8>(a, grid, cluster, st); break;
+    case 2: launch<HD, 2, FP8>(a, grid, cluster, st); break;
+    case 3: launch<HD, 3, FP8>(a, grid, cluster, st); break;
+    case 4: launch<HD, 4, FP8>(a, grid, cluster, st); break;
+    case 5: launch<HD, 5, FP8>(a, grid, cluster, st); break;
+    case 6: launch<HD, 6, FP8>(a, grid, cluster, st); break;
+    case 7: launch<HD, 7, FP8>(a, grid, cluster, st); break;
+    default: launch<HD, 8, FP8>(a, grid, cluster, st); break;
     }
 }
 
@@ -365,6 +523,35 @@ static void launch_g(int G, const dec_args &a, dim3 grid, cudaStream_t st) {
 static int min_chunk_of(int keys) { return keys <= 0 ? DEC_MIN_CHUNK : (keys + DEC_TILE - 1) / DEC_TILE * DEC_TILE; }
 static int g_min_chunk = -1;  // -1: not set yet
 extern "C" void cu_attn_decode_tune(int min_keys_per_split) { g_min_chunk = min_chunk_of(min_keys_per_split); }
+
+// The split merge through a cluster: PAGODA_ATTN_CLUSTER (> 0: on; read at the first launch)
+// or the benchmark hook (1 on, 0 off, -1: the environment's again), whichever came last. Taken
+// only where the device launches clusters (sm_90+; one answer per device, up to 16).
+#define DEC_CLUSTER_MAX 8  // portable cluster size: more would need NonPortableClusterSizeAllowed
+static int g_cluster = -1;  // -1: not read yet
+extern "C" void cu_attn_decode_cluster(int on) { g_cluster = on < 0 ? -1 : on > 0; }
+static int g_cluster_dev[16];  // 0 unknown, 1 no clusters, 2 clusters
+static bool cluster_path(void) {
+    if (g_cluster < 0) {
+        const char *e = getenv("PAGODA_ATTN_CLUSTER");
+        g_cluster = e && atoi(e) > 0;
+    }
+    int dev = 0;
+    if (!g_cluster || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return false;
+    if (!g_cluster_dev[dev]) {
+        int v = 0;
+        g_cluster_dev[dev] = cudaDeviceGetAttribute(&v, cudaDevAttrClusterLaunch, dev) == cudaSuccess && v ? 2 : 1;
+    }
+    return g_cluster_dev[dev] == 2;
+}
+
+static uint64_t *g_trace;
+static int g_trace_slot, g_trace_blocks;
+extern "C" void cu_attn_trace(uint64_t *buf, int blocks_per_launch) {
+    g_trace = buf;
+    g_trace_slot = 0;
+    g_trace_blocks = blocks_per_launch;
+}
 
 extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                                int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
@@ -380,12 +567,21 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
         const char *e = getenv("PAGODA_ATTN_MIN_KEYS");
         g_min_chunk = min_chunk_of(e ? atoi(e) : 0);
     }
-    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
-                  (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out};
+    // Cluster merge: at most 8 splits (each takes more keys; the chunk rule is unchanged); with
+    // one left there is nothing to merge and the plain kernel runs.
+    const bool cluster = cluster_path() && n_splits > 1;
+    if (cluster && n_splits > DEC_CLUSTER_MAX) n_splits = DEC_CLUSTER_MAX;
     const dim3 grid(n_splits, n_kv, n);
+    uint64_t *trace = NULL;
+    if (g_trace) {  // a launch larger than the slot takes its slot unrecorded
+        const size_t slot = (size_t)g_trace_slot++ * g_trace_blocks * 8;
+        if ((size_t)grid.x * grid.y * grid.z <= (size_t)g_trace_blocks) trace = g_trace + slot;
+    }
+    dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
+                  (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out, trace};
     const bool fp8 = kv_type != CU_KV_BF16;
     if (hd == 128)
-        fp8 ? launch_g<128, true>(G, a, grid, st) : launch_g<128, false>(G, a, grid, st);
+        fp8 ? launch_g<128, true>(G, a, grid, cluster, st) : launch_g<128, false>(G, a, grid, cluster, st);
     else
-        fp8 ? launch_g<64, true>(G, a, grid, st) : launch_g<64, false>(G, a, grid, st);
+        fp8 ? launch_g<64, true>(G, a, grid, cluster, st) : launch_g<64, false>(G, a, grid, cluster, st);
 }

@@ -84,6 +84,11 @@ void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const st
 #define CU_ATTN_TICKETS 16384
 // Benchmark hook: the fewest keys per split (rounded up to 32; 0 = default 64). Not thread-safe.
 void cu_attn_decode_tune(int min_keys_per_split);
+// The split merge through a thread block cluster (distributed shared memory, no partials or
+// tickets; sm_90+, elsewhere ignored): at most 8 of the n_splits are launched, as one cluster
+// per (sequence, kv head). PAGODA_ATTN_CLUSTER > 0 (read at the first launch) turns it on;
+// this hook overrides it: 1 on, 0 off, -1 the environment's setting again. Not thread-safe.
+void cu_attn_decode_cluster(int on);
 void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                     const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st);
@@ -117,6 +122,11 @@ void cu_gptq_tune(int block_bytes, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per
 // block (gptq.cu, tc_stamp) at buf + (k * blocks_per_launch + block) * 8; NULL stops it.
 void cu_gptq_trace(uint64_t *buf, int blocks_per_launch);
+// Benchmark hook: while buf is set, the k-th decode attention launched from now on records 8
+// values per block (attn_decode.cu, dec_stamp) at buf + (k * blocks_per_launch + block) * 8,
+// block = (i * n_kv + kv head) * splits + split for the i-th listed sequence (a launch of more
+// blocks records nothing); NULL stops it. Not thread-safe.
+void cu_attn_trace(uint64_t *buf, int blocks_per_launch);
 // The GEMV scratch `partial` (cu_gemv_partial_floats(l, M) floats, the max over layers) starts
 // with CU_GEMV_COUNTERS tickets that must be zero before the first GEMV: call
 // cu_gemv_scratch_reset after allocating it (and at will, e.g. once per step; the kernels

@@ -52,3 +52,27 @@ static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block
     cfg.numAttrs = cu_pdl_enabled() ? 1 : 0;
     return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
 }
+
+// pdl_launch with the grid in clusters of cluster_x x 1 x 1 blocks (sm_90+: the caller checks
+// that the device launches clusters, cudaDevAttrClusterLaunch; grid.x a multiple of
+// cluster_x, at most 8 without cudaFuncAttributeNonPortableClusterSizeAllowed). Both launch
+// attributes together are allowed; a cluster launch is captured into graphs like any other.
+template <typename... P, typename... A>
+static inline cudaError_t pdl_launch_cluster(void (*kernel)(P...), dim3 grid, unsigned cluster_x, dim3 block,
+                                             size_t smem, cudaStream_t st, A... args) {
+    cudaLaunchAttribute attr[2];
+    attr[0].id = cudaLaunchAttributeClusterDimension;
+    attr[0].val.clusterDim.x = cluster_x;
+    attr[0].val.clusterDim.y = 1;
+    attr[0].val.clusterDim.z = 1;
+    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[1].val.programmaticStreamSerializationAllowed = 1;
+    cudaLaunchConfig_t cfg = {};
+    cfg.gridDim = grid;
+    cfg.blockDim = block;
+    cfg.dynamicSmemBytes = smem;
+    cfg.stream = st;
+    cfg.attrs = attr;
+    cfg.numAttrs = cu_pdl_enabled() ? 2 : 1;
+    return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
+}
