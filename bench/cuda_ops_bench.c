@@ -207,12 +207,14 @@ static void layers(struct bench *b, int M, int skip) {
 static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
                                   "o GEMV", "add_rmsnorm", "gate|up GEMV", "down GEMV (swiglu)"};
 
-// The fused layer (backend_cuda.cu forward, steps of few tokens): five kernels, the GEMVs
-// forming the norm, residual add, SwiGLU and RoPE + KV store (cu_gptq_gemv_fused). Every
-// layer takes its first norm from the previous layer's tile sums of squares.
+// The fused layer (backend_cuda.cu forward, steps of few tokens): six kernels, the GEMVs
+// forming the qkv input's norm, RoPE + KV store, SwiGLU and the residual add
+// (cu_gptq_gemv_fused). Every layer takes its first norm from the previous layer's tile sums
+// of squares.
 static void fused_layers(struct bench *b, int M, int skip) {
     struct cu_gemv_norm nrm = {b->resid, b->normw, b->ssq, 1e-6f};
-    struct cu_gemv_in none = {NULL, H, NULL, false}, at = {b->attn, NH * HD, NULL, false}, act = {b->x, I, NULL, false};
+    struct cu_gemv_in none = {NULL, H, NULL, false}, at = {b->attn, NH * HD, NULL, false}, xn = {b->xn, H, NULL, false},
+                      act = {b->x, I, NULL, false};
     struct cu_gemv_out rope, res, glu;
     memset(&rope, 0, sizeof rope), memset(&res, 0, sizeof res), memset(&glu, 0, sizeof glu);
     rope.kind = CU_GEMV_ROPE;
@@ -225,17 +227,18 @@ static void fused_layers(struct bench *b, int M, int skip) {
         if (skip != 1)
             cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
                            b->apart, b->attn, b->st);
-        if (skip != 2) cu_gptq_gemv_fused(&q[1], &at, NULL, M, NULL, &res, b->partial, b->st);
-        if (skip != 3) cu_gptq_gemv_fused(&q[2], &none, &nrm, M, NULL, &glu, b->partial, b->st);
-        if (skip != 4) cu_gptq_gemv_fused(&q[3], &act, NULL, M, NULL, &res, b->partial, b->st);
+        if (skip != 2) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
+        if (skip != 3) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+        if (skip != 4) cu_gptq_gemv_fused(&q[2], &xn, NULL, M, NULL, &glu, b->partial, b->st);
+        if (skip != 5) cu_gptq_gemv_fused(&q[3], &act, NULL, M, NULL, &res, b->partial, b->st);
     }
 }
-static const char *fused_op[5] = {"qkv GEMV (norm in, RoPE out)", "attn_decode", "o GEMV (residual out)",
-                                  "gate|up GEMV (norm in, SwiGLU out)", "down GEMV (residual out)"};
+static const char *fused_op[6] = {"qkv GEMV (norm in, RoPE out)", "attn_decode", "o GEMV", "add_rmsnorm",
+                                  "gate|up GEMV (SwiGLU out)", "down GEMV (residual out)"};
 // The layer's ops for the timeline: count, names, and which are GEMVs (their index in the layer).
-static int n_ops(const struct bench *b) { return b->fused ? 5 : 8; }
+static int n_ops(const struct bench *b) { return b->fused ? 6 : 8; }
 static const char *op_name(const struct bench *b, int o) { return b->fused ? fused_op[o] : layer_op[o]; }
-static const int unfused_gemv[4] = {1, 4, 6, 7}, fused_gemv[4] = {0, 2, 3, 4};
+static const int unfused_gemv[4] = {1, 4, 6, 7}, fused_gemv[4] = {0, 2, 4, 5};
 
 // The NLAYER-layer graph at context 512 (see layers), instantiated; *g for cudaGraphDestroy.
 static cudaGraphExec_t layer_graph(struct bench *b, int M, int skip, cudaGraph_t *g) {
@@ -454,7 +457,7 @@ static void attn_trace_row(const struct bench *b, const uint64_t *tr, const stru
            "warp 0's key loop done; ticket taken = the block's partial written and its ticket taken (one split with "
            "keys: the output written; cluster merge: past the first cluster barrier, every split's state visible); "
            "splits merged = the merging block (cluster merge: rank 0) wrote the output.\n",
-           cl && atoi(cl) > 0 ? "through a cluster, PAGODA_ATTN_CLUSTER" : "by ticket");
+           !(cl && atoi(cl) <= 0) ? "through a cluster (the default)" : "by ticket, PAGODA_ATTN_CLUSTER=0");
 }
 
 // Replays the NLAYER-layer graph (L2 flushed before each) under CUPTI and prints, per op of
@@ -549,7 +552,7 @@ static void layer_tables(struct bench *b) {
     }
     cu_gptq_tune(0, -1);
     b->fused = true;
-    printf("| fused layer (5 kernels) | %.1f | %.1f | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 2, -1),
+    printf("| fused layer (6 kernels) | %.1f | %.1f | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 2, -1),
            time_layer(b, 4, -1), time_layer(b, 8, -1));
     b->fused = false;
     for (int mk = 32; mk <= 128; mk *= 4) {
@@ -578,7 +581,7 @@ static void layer_tables(struct bench *b) {
     b->fused = true;
     const double fu = time_layer(b, 1, -1);
     printf("| (none, fused layer) | %.1f | |\n", fu);
-    for (int k = 0; k < 5; k++) {
+    for (int k = 0; k < 6; k++) {
         const double t = time_layer(b, 1, k);
         printf("| %s | %.1f | %.1f |\n", fused_op[k], t, fu - t);
     }

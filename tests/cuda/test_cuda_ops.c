@@ -415,6 +415,13 @@ static int cluster_hook_reset(void **state) {
     cu_attn_decode_cluster(-1);
     return 0;
 }
+// The cluster merge is the default where the device has clusters: the plain decode tests run
+// the ticket merge explicitly (the end-to-end tests run the default).
+static int ticket_hook(void **state) {
+    (void)state;
+    cu_attn_decode_cluster(0);
+    return 0;
+}
 
 static void test_attn_prefill(void **state) {
     (void)state;
@@ -499,8 +506,10 @@ static void test_rope_store(void **state) {
 int main(void) {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_embed_rmsnorm), cmocka_unit_test(test_swiglu_bias_gather),
-        cmocka_unit_test(test_rope_store),    cmocka_unit_test(test_attn_decode),
-        cmocka_unit_test(test_attn_decode_paged), cmocka_unit_test(test_attn_trace),
+        cmocka_unit_test(test_rope_store),
+        cmocka_unit_test_setup_teardown(test_attn_decode, ticket_hook, cluster_hook_reset),
+        cmocka_unit_test_setup_teardown(test_attn_decode_paged, ticket_hook, cluster_hook_reset),
+        cmocka_unit_test_setup_teardown(test_attn_trace, ticket_hook, cluster_hook_reset),
         cmocka_unit_test_teardown(test_attn_decode_cluster, cluster_hook_reset),
         cmocka_unit_test(test_attn_prefill),
     };

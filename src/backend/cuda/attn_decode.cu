@@ -13,7 +13,7 @@
 //    writes a partial (max, sum, weighted values) and the last block of its (sequence, kv
 //    head) (atomic ticket + fences) merges the splits in split order (deterministic, timing
 //    independent), writes the output and re-arms the ticket (graph replays).
-//  - Or, with PAGODA_ATTN_CLUSTER (sm_90+, at most 8 splits), the splits of a (sequence, kv
+//  - Or, by default on sm_90+ (at most 8 splits; PAGODA_ATTN_CLUSTER=0: tickets), the splits of a (sequence, kv
 //    head) are one thread block cluster: each block leaves its state in its own shared memory
 //    and block 0 of the cluster merges them through distributed shared memory, in split order
 //    (cluster_merge): no global partials, tickets or fences.
@@ -524,9 +524,11 @@ static int min_chunk_of(int keys) { return keys <= 0 ? DEC_MIN_CHUNK : (keys + D
 static int g_min_chunk = -1;  // -1: not set yet
 extern "C" void cu_attn_decode_tune(int min_keys_per_split) { g_min_chunk = min_chunk_of(min_keys_per_split); }
 
-// The split merge through a cluster: PAGODA_ATTN_CLUSTER (> 0: on; read at the first launch)
-// or the benchmark hook (1 on, 0 off, -1: the environment's again), whichever came last. Taken
-// only where the device launches clusters (sm_90+; one answer per device, up to 16).
+// The split merge through a cluster, on by default: PAGODA_ATTN_CLUSTER=0 (read at the first
+// launch) turns it off, the benchmark hook (1 on, 0 off, -1: the environment's again) sets it,
+// whichever came last. Taken only where the device launches clusters (sm_90+; one answer per
+// device, up to 16). The 14B layer graph at 512 keys: 79.6 vs 81.6 us per layer at batch 1,
+// 135.5 vs 143.3 at batch 8 (bench/results/2026-11-29-fused-layer-h200.md).
 #define DEC_CLUSTER_MAX 8  // portable cluster size: more would need NonPortableClusterSizeAllowed
 static int g_cluster = -1;  // -1: not read yet
 extern "C" void cu_attn_decode_cluster(int on) { g_cluster = on < 0 ? -1 : on > 0; }
@@ -534,7 +536,7 @@ static int g_cluster_dev[16];  // 0 unknown, 1 no clusters, 2 clusters
 static bool cluster_path(void) {
     if (g_cluster < 0) {
         const char *e = getenv("PAGODA_ATTN_CLUSTER");
-        g_cluster = e && atoi(e) > 0;
+        g_cluster = !(e && atoi(e) <= 0);
     }
     int dev = 0;
     if (!g_cluster || cudaGetDevice(&dev) != cudaSuccess || dev < 0 || dev >= 16) return false;

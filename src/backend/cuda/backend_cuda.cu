@@ -100,13 +100,16 @@ static int decode_splits(const struct cuda_ctx *c, int n) {
     return s < 1 ? 1 : s > 32 ? 32 : s;
 }
 
-// Steps of at most c->fuse_rows tokens run the fused decode layer: five kernels instead of
-// eight, the int4 GEMVs forming the RMSNorm while staging their input and the residual add,
-// SwiGLU, RoPE and the KV store while summing their K splits (cu_gptq_gemv_fused):
-//   qkv (norm in, RoPE + KV store out), attention, o (residual out), gate|up (norm in,
-//   SwiGLU out), down (residual out)
-// The residual outputs leave per-tile sums of squares in c->ssq for the next norm input;
-// layer 0's first norm (after the embedding) and the final norm stay kernels.
+// Steps of at most c->fuse_rows tokens run the fused decode layer, six kernels instead of
+// eight (cu_gptq_gemv_fused):
+//   qkv GEMV (RMSNorm formed while staging its input; RoPE and the KV store while summing
+//   its K splits), attention, o GEMV, add_rmsnorm, gate|up GEMV (SwiGLU while summing),
+//   down GEMV (residual add while summing, leaving per-tile sums of squares in c->ssq for the
+//   next layer's qkv input)
+// The gate|up GEMV takes the add_rmsnorm kernel's output rather than forming the norm itself:
+// its 3.3 waves of blocks each paid the norm staging (the layer graph measured 29.9 vs 26.5
+// us for it, more than the kernel saved; bench/results/2026-11-29-fused-layer-h200.md).
+// Layer 0's first norm (after the embedding) and the final norm stay kernels.
 static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_step *s, char *kc, char *vc) {
     const struct model_config *m = &c->mc;
     const struct dlayer *L = &c->layers[l];
@@ -128,7 +131,6 @@ static void fused_layer_out(struct cuda_ctx *c, int l, int T) {
     const struct dlayer *L = &c->layers[l];
     const struct dlin *gu = &L->gu.part[0];
     const int H = m->hidden, I = m->intermediate;
-    struct cu_gemv_norm nrm = {c->resid, L->ffn_norm, c->ssq, m->rms_eps};
     struct cu_gemv_out res, act;
     memset(&res, 0, sizeof res);
     memset(&act, 0, sizeof act);
@@ -138,10 +140,10 @@ static void fused_layer_out(struct cuda_ctx *c, int l, int T) {
     act.kind = CU_GEMV_SWIGLU;
     act.y = c->act;
     act.ldy = I;
-    struct cu_gemv_in xo = {c->attn, L->o.in, L->o.perm, false}, xg = {NULL, H, gu->perm, false},
-                      xd = {c->act, I, L->down.perm, false};
-    cu_gptq_gemv_fused(&L->o.q, &xo, NULL, T, L->o.bias, &res, c->gemv_partial, c->st);
-    cu_gptq_gemv_fused(&gu->q, &xg, &nrm, T, gu->bias, &act, c->gemv_partial, c->st);
+    struct cu_gemv_in xg = {c->xn, H, gu->perm, false}, xd = {c->act, I, L->down.perm, false};
+    run_lin(c, &L->o, c->attn, T, c->delta, H, false);
+    cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
+    cu_gptq_gemv_fused(&gu->q, &xg, NULL, T, gu->bias, &act, c->gemv_partial, c->st);
     cu_gptq_gemv_fused(&L->down.q, &xd, NULL, T, L->down.bias, &res, c->gemv_partial, c->st);
 }
 
@@ -162,8 +164,7 @@ static int fuse_rows(const struct cuda_ctx *c) {
             if (lin[k]->wt && rows > GEMV_MAX_ROWS_CACHED) rows = GEMV_MAX_ROWS_CACHED;
         }
         if (!cu_gemv_fused_supported(&lin[0]->q, CU_GEMV_ROPE, true, m->head_dim) ||
-            !cu_gemv_fused_supported(&lin[1]->q, CU_GEMV_RESID, false, 0) ||
-            !cu_gemv_fused_supported(&lin[2]->q, CU_GEMV_SWIGLU, true, 0) ||
+            !cu_gemv_fused_supported(&lin[2]->q, CU_GEMV_SWIGLU, false, 0) ||
             !cu_gemv_fused_supported(&lin[3]->q, CU_GEMV_RESID, false, 0) || lin[2]->q.out != 2 * m->intermediate)
             return 0;
     }
@@ -361,11 +362,25 @@ static void upload_step(struct cuda_ctx *c, const struct packed *p) {
     CU_CHECK(pdl_launch(k_scatter_step, n_runs, 256, 0, c->st, c->d_pack, c->d_i32));
 }
 
+// Waits for a step's event by polling it. A blocking wait (cudaEventBlockingSync) puts the
+// thread to sleep and its wake-up left the GPU idle 160-220 us between batch-1 decode steps
+// on the H200 machine (PAGODA_STEP_TIMING "gap", 2026-11-28, bench/results); polling costs
+// one core while a step is in flight, which the engine thread spends waiting anyway.
+static cudaError_t wait_event(cudaEvent_t e) {
+    cudaError_t r;
+    while ((r = cudaEventQuery(e)) == cudaErrorNotReady) {
+#if defined(__x86_64__) || defined(__i386__)
+        __builtin_ia32_pause();
+#endif
+    }
+    return r;
+}
+
 // Before packing a step into the pinned staging: the previous step's H2D copies from it
 // must have run (they may still be queued behind earlier steps in flight).
 static void staging_wait(struct cuda_ctx *c) {
     if (!c->upload_pending) return;
-    CU_CHECK(cudaEventSynchronize(c->uploaded));
+    CU_CHECK(wait_event(c->uploaded));
     c->upload_pending = false;
 }
 
@@ -707,7 +722,7 @@ static int cuda_collect(void *ctx, struct step_result *out, char *err) {
     struct cu_slot *slot = &c->slots[c->slot_head];
     c->slot_head = (c->slot_head + 1) % c->n_slots;
     c->slot_n--;
-    CU_CHECK(cudaEventSynchronize(slot->done));
+    CU_CHECK(wait_event(slot->done));
     timing_collect(c);
     if (cu_take_error(err)) return -1;
     for (int i = 0; i < slot->n_res; i++) {
@@ -797,7 +812,7 @@ static int alloc_buffers(struct cuda_ctx *c) {
     for (int i = 0; i < c->n_slots; i++) {
         struct cu_slot *sl = &c->slots[i];
         if (CU_CHECK(cudaHostAlloc((void **)&sl->h_out, S * sizeof(struct cu_sample_out), cudaHostAllocDefault)) ||
-            CU_CHECK(cudaEventCreateWithFlags(&sl->done, cudaEventBlockingSync | cudaEventDisableTiming)))
+            CU_CHECK(cudaEventCreateWithFlags(&sl->done, cudaEventDisableTiming)))
             return -1;
         sl->res_row = (int *)pg_calloc(S, sizeof(int));
     }
@@ -999,7 +1014,7 @@ static int cuda_init(void **out, const struct model_weights *w, const struct bac
     cudaDeviceProp prop;
     if (CU_CHECK(cudaSetDevice(cfg->device_id)) || CU_CHECK(cudaGetDeviceProperties(&prop, cfg->device_id)) ||
         CU_CHECK(cudaStreamCreateWithFlags(&c->st, cudaStreamNonBlocking)) ||
-        CU_CHECK(cudaEventCreateWithFlags(&c->uploaded, cudaEventBlockingSync | cudaEventDisableTiming)))
+        CU_CHECK(cudaEventCreateWithFlags(&c->uploaded, cudaEventDisableTiming)))
         goto fail;
     c->n_sm = prop.multiProcessorCount;
     if (BLAS_CHECK(cublasCreate(&c->blas)) || !(c->blas_ws = dalloc(64 << 20)) ||

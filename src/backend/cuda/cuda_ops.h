@@ -86,8 +86,9 @@ void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const st
 void cu_attn_decode_tune(int min_keys_per_split);
 // The split merge through a thread block cluster (distributed shared memory, no partials or
 // tickets; sm_90+, elsewhere ignored): at most 8 of the n_splits are launched, as one cluster
-// per (sequence, kv head). PAGODA_ATTN_CLUSTER > 0 (read at the first launch) turns it on;
-// this hook overrides it: 1 on, 0 off, -1 the environment's setting again. Not thread-safe.
+// per (sequence, kv head). On by default; PAGODA_ATTN_CLUSTER=0 (read at the first launch)
+// turns it off; this hook overrides it: 1 on, 0 off, -1 the environment's setting again. Not
+// thread-safe.
 void cu_attn_decode_cluster(int on);
 void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
