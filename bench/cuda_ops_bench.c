@@ -60,6 +60,7 @@ struct bench {
     bool attn_pf;    // layer graph: decode attention through cu_attn_prefill
     bool fused;      // layer graph: the fused layer (fused_layers)
     float *ssq;      // its residual tile sums of squares (MAXM, H / 64)
+    float *rope_cs;  // its RoPE table (cu_rope_table, MAXCTX positions)
     struct cu_step s;
     const int32_t *seqs;
 };
@@ -218,7 +219,7 @@ static void fused_layers(struct bench *b, int M, int skip) {
     struct cu_gemv_out rope, res, glu;
     memset(&rope, 0, sizeof rope), memset(&res, 0, sizeof res), memset(&glu, 0, sizeof glu);
     rope.kind = CU_GEMV_ROPE;
-    rope.rope = (struct cu_gemv_rope){b->s, NH, NKV, HD, BS, CU_KV_BF16, 1e6f, NULL, b->kc, b->vc, b->qb};
+    rope.rope = (struct cu_gemv_rope){b->s, NH, NKV, HD, BS, CU_KV_BF16, b->rope_cs, MAXCTX, NULL, b->kc, b->vc, b->qb};
     res.kind = CU_GEMV_RESID, res.resid = b->resid, res.ssq = b->ssq;
     glu.kind = CU_GEMV_SWIGLU, glu.y = b->x, glu.ldy = I;
     for (int l = 0; l < NLAYER; l++) {
@@ -331,6 +332,8 @@ static void setup(struct bench *b) {
     b->tiles = dfill(sizeof th, 0);
     ck(cudaMemcpy(b->tiles, th, sizeof th, cudaMemcpyHostToDevice), "tiles upload");
     b->ssq = dfill((size_t)MAXM * (H / 64) * 4, 0);  // last: the other buffers keep the addresses they had without it
+    b->rope_cs = dfill((size_t)MAXCTX * HD * 4, 0);
+    cu_rope_table(b->rope_cs, MAXCTX, HD, 1e6f, b->st);
 }
 
 

@@ -298,7 +298,9 @@ static void fused_rope_case(struct gq *g, int M, int nh, int nkv, int hd, int kv
     struct cu_gemv_out o;
     memset(&o, 0, sizeof o);
     o.kind = CU_GEMV_ROPE;
-    o.rope = (struct cu_gemv_rope){s, nh, nkv, hd, bs, kv_type, 1e6f, drb, kc[1], vc[1], dq[1]};
+    float *dcs = dmalloc(sizeof(float) * 512 * hd);  // positions below 512
+    cu_rope_table(dcs, 512, hd, 1e6f, 0);
+    o.rope = (struct cu_gemv_rope){s, nh, nkv, hd, bs, kv_type, dcs, 512, drb, kc[1], vc[1], dq[1]};
     cu_gptq_gemv_fused(&g->l, &a, NULL, M, g->db, &o, part, 0);
     const size_t nq = (size_t)M * nh * hd;
     uint16_t *q[2] = {pg_malloc(nq * 2), pg_malloc(nq * 2)};
@@ -325,7 +327,7 @@ static void fused_rope_case(struct gq *g, int M, int nh, int nkv, int hd, int kv
     assert_tickets_rearmed(part);
     for (int i = 0; i < 6; i++) cudaFree(buf[i]);
     for (int i = 0; i < 2; i++) cudaFree(kc[i]), cudaFree(vc[i]), cudaFree(dq[i]), free(q[i]), free(k[i]), free(v[i]);
-    cudaFree(dx), cudaFree(drb), cudaFree(dy), cudaFree(part);
+    cudaFree(dx), cudaFree(drb), cudaFree(dy), cudaFree(part), cudaFree(dcs);
     free(tok_seq), free(tok_pos), free(bt), free(x), free(rb), free(qd);
 }
 

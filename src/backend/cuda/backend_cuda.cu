@@ -121,7 +121,7 @@ static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_ste
     memset(&o, 0, sizeof o);
     o.kind = CU_GEMV_ROPE;
     o.rope = (struct cu_gemv_rope){*s, m->n_heads, m->n_kv_heads, m->head_dim, c->bc.block_size, c->kv_type,
-                                   m->rope_theta, L->qkv_bias, kc, vc, c->q};
+                                   c->rope_cs, c->bc.max_model_len, L->qkv_bias, kc, vc, c->q};
     if (l == 0) cu_add_rmsnorm(c->resid, NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
     cu_gptq_gemv_fused(&qkv->q, &x, l ? &nrm : NULL, T, qkv->bias, &o, c->gemv_partial, c->st);
 }
@@ -844,6 +844,8 @@ static int alloc_buffers(struct cuda_ctx *c) {
     if (c->argmax_scratch) CU_CHECK(cudaMemsetAsync(c->argmax_scratch, 0, am_bytes, c->st));  // tickets
     c->fuse_rows = fuse_rows(c);
     c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
+    c->rope_cs = c->fuse_rows ? (float *)dalloc((size_t)c->bc.max_model_len * m->head_dim * 4) : NULL;
+    if (c->rope_cs) cu_rope_table(c->rope_cs, c->bc.max_model_len, m->head_dim, m->rope_theta, c->st);
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->mark_idx = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->attn_partial_floats = apart;
@@ -910,7 +912,7 @@ static void cuda_free(void *ctx) {
         if (c->graphs[i]) cudaGraphExecDestroy(c->graphs[i]);
     cuw_free(c);
     void *dev[] = {c->kv, c->d_i32, c->d_pack, c->d_params, c->d_out, c->resid, c->xn, c->delta, c->qkv, c->q,
-                   c->attn, c->gu, c->act, c->xperm, c->deq, c->gemv_partial, c->ssq, c->attn_partial, c->hs, c->logits,
+                   c->attn, c->gu, c->act, c->xperm, c->deq, c->gemv_partial, c->ssq, c->rope_cs, c->attn_partial, c->hs, c->logits,
                    c->samp_scratch, c->argmax_scratch, c->d_lists, c->blas_ws};
     for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++) cudaFree(dev[i]);
     free(c->h_i32);

@@ -74,6 +74,10 @@ void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bias, const st
                        int n_heads, int n_kv, int hd, float theta, int block_size, int kv_type,
                        void *k_cache, void *v_cache, bf16_t *q_out, cudaStream_t st);
 
+// cos_sin[(pos * hd/2 + i) * 2 + {0, 1}] = cos, sin of pos / theta^(2i / hd) for pos < n_pos,
+// the very values cu_qkv_rope_store computes (same expressions, float precision).
+void cu_rope_table(float *cos_sin, int n_pos, int hd, float theta, cudaStream_t st);
+
 // ---- attention (attn_decode.cu, attn_prefill.cu) ----
 // out: (T, n_heads*hd) bf16. Decode handles sequences with n_new == 1 listed in `seqs`
 // (n of them) with split-K over up to `n_splits` (1..64) blocks per (sequence, kv head);
@@ -177,7 +181,8 @@ enum { CU_GEMV_STORE = 0, CU_GEMV_RESID = 1, CU_GEMV_SWIGLU = 2, CU_GEMV_ROPE = 
 struct cu_gemv_rope {
     struct cu_step s;    // row m of the GEMV is token m of the step
     int n_heads, n_kv, hd, block_size, kv_type;
-    float theta;
+    const float *cos_sin;  // cu_rope_table of n_pos positions (positions must be below n_pos)
+    int n_pos;
     const float *bias;   // (out) or NULL, added after rounding (as the rope kernel does)
     void *k_cache, *v_cache;
     bf16_t *q;

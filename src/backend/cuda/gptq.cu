@@ -273,10 +273,10 @@ __device__ __forceinline__ void stage_norm(const tc_args &p, int k0, int klen, b
 }
 
 // ---- summing the K splits (the last block of a ticket group) ----
-// The merges are out of line (__noinline__, reading the __grid_constant__ arguments in place):
-// inlined, their code (sincosf and powf in the RoPE form) sat inside the kernel and every
-// kernel of the layer graph ran slower (a build without the RoPE merge: 82.8 vs 84.4 us per
-// layer, same call).
+// The RoPE form reads cos / sin from a table (cu_rope_table) rather than calling sincosf and
+// powf: their code inside the kernel slowed every kernel of the layer graph (a build without
+// the RoPE merge: 82.8 vs 84.4 us per layer, same call), and out-of-line merges on
+// __grid_constant__ arguments were slower still (each merge +0.6 us).
 
 // Ticket group of column tile `tile`: the tiles one block sums together.
 __device__ __forceinline__ int tc_group(const tc_args &p, int tile) {
@@ -303,7 +303,7 @@ __device__ __forceinline__ float tc_sum(const tc_args &p, int ks, int m, int n) 
 __device__ __forceinline__ float bf16_round(float v) { return __bfloat162float(__float2bfloat16(v)); }
 
 template <int M>
-__device__ __noinline__ void merge_store(const tc_args &p, int ks, int tile) {
+__device__ __forceinline__ void merge_store(const tc_args &p, int ks, int tile) {
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
         const int m = e / TC_COLS, n = tile * TC_COLS + e % TC_COLS;
         if (n < p.out) ((bf16 *)p.o.y)[(size_t)m * p.o.ldy + n] = __float2bfloat16(tc_sum<M>(p, ks, m, n));
@@ -313,7 +313,7 @@ __device__ __noinline__ void merge_store(const tc_args &p, int ks, int tile) {
 // resid += r over the tile, then each row's sum of squares of the tile (warp butterflies,
 // then the tile's two warp halves in order): fixed order, deterministic.
 template <int M>
-__device__ __noinline__ void merge_resid(const tc_args &p, int ks, int tile) {
+__device__ __forceinline__ void merge_resid(const tc_args &p, int ks, int tile) {
     __shared__ float half_sq[M][2];
     const int lane = threadIdx.x & 31;
     for (int e0 = 0; e0 < M * TC_COLS; e0 += blockDim.x) {
@@ -332,7 +332,7 @@ __device__ __noinline__ void merge_resid(const tc_args &p, int ks, int tile) {
 }
 
 template <int M>
-__device__ __noinline__ void merge_swiglu(const tc_args &p, int ks, int grp) {
+__device__ __forceinline__ void merge_swiglu(const tc_args &p, int ks, int grp) {
     const int half = p.out / 2;
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
         const int m = e / TC_COLS, j = grp * TC_COLS + e % TC_COLS;
@@ -341,10 +341,10 @@ __device__ __noinline__ void merge_swiglu(const tc_args &p, int ks, int grp) {
     }
 }
 
-// Head `hh` (q | k | v): bias, RoPE on q and k at each row's position (the formula and float
-// precision of cu_qkv_rope_store), q to rope.q, k and v into the paged cache.
+// Head `hh` (q | k | v): bias, RoPE on q and k at each row's position (cos / sin from the
+// table, the values cu_qkv_rope_store computes), q to rope.q, k and v into the paged cache.
 template <int M>
-__device__ __noinline__ void merge_rope(const tc_args &p, int ks, int hh) {
+__device__ __forceinline__ void merge_rope(const tc_args &p, int ks, int hh) {
     const cu_gemv_rope &r = p.o.rope;
     const int hd = r.hd, half = hd / 2;
     for (int e = threadIdx.x; e < M * half; e += blockDim.x) {
@@ -359,9 +359,8 @@ __device__ __noinline__ void merge_rope(const tc_args &p, int ks, int hh) {
             kv_store(r.v_cache, kv_index(blk, kvh, slot, d + half, r.n_kv, r.block_size, hd), r.kv_type, b);
             continue;
         }
-        float sn, cs;
-        sincosf((float)pos * (1.0f / powf(r.theta, (float)(2 * d) / (float)hd)), &sn, &cs);
-        const float ra = a * cs - b * sn, rb = b * cs + a * sn;
+        const float2 f = *(const float2 *)(r.cos_sin + ((size_t)min(pos, r.n_pos - 1) * half + d) * 2);
+        const float cs = f.x, sn = f.y, ra = a * cs - b * sn, rb = b * cs + a * sn;
         if (hh < r.n_heads) {
             bf16 *q = (bf16 *)r.q + ((size_t)m * r.n_heads + hh) * hd;
             q[d] = __float2bfloat16(ra);
@@ -375,7 +374,7 @@ __device__ __noinline__ void merge_rope(const tc_args &p, int ks, int hh) {
 }
 
 template <int M>
-__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(const __grid_constant__ tc_args p) {
+__global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_args p) {
     constexpr int NB = (M + 7) / 8, U = TC_U;  // n8 fragments of activation rows; tiles per batch
     // [M][kr + 8] bf16 activations, xsum [M][kr / 64] f32, the scale/zero words
     extern __shared__ __align__(16) bf16 xs[];

@@ -94,3 +94,22 @@ extern "C" void cu_qkv_rope_store(const bf16_t *qkv, int ldqkv, const float *bia
     CU_CHECK(pdl_launch(k_qkv_rope_store, grid, ROPE_WARPS * 32, 0, st, (const bf16 *)qkv, ldqkv, bias, *s, n_heads,
                         n_kv, hd, theta, block_size, kv_type, k_cache, v_cache, (bf16 *)q_out));
 }
+
+__global__ void k_rope_table(float2 *cs, int n_pos, int hd, float theta) {
+    const int half = hd / 2;
+    const size_t n = (size_t)n_pos * half;
+    for (size_t e = blockIdx.x * (size_t)blockDim.x + threadIdx.x; e < n; e += (size_t)gridDim.x * blockDim.x) {
+        const int pos = (int)(e / half), i = (int)(e % half);
+        const float inv_freq = 1.0f / powf(theta, (float)(2 * i) / (float)hd);  // as k_qkv_rope_store
+        float sn, c;
+        sincosf((float)pos * inv_freq, &sn, &c);
+        cs[e] = make_float2(c, sn);
+    }
+}
+
+extern "C" void cu_rope_table(float *cos_sin, int n_pos, int hd, float theta, cudaStream_t st) {
+    if (n_pos <= 0 || hd <= 0) return;
+    const size_t n = (size_t)n_pos * (hd / 2), blocks = (n + 255) / 256;
+    k_rope_table<<<blocks > 65535 ? 65535 : (unsigned)blocks, 256, 0, st>>>((float2 *)cos_sin, n_pos, hd, theta);
+    CU_LAUNCHED("rope_table");
+}
