@@ -154,7 +154,7 @@ static int fuse_rows(const struct cuda_ctx *c) {
     const char *e = getenv("PAGODA_FUSE");
     if ((e && !strcmp(e, "0")) || !c->gemv_partial) return 0;
     const struct model_config *m = &c->mc;
-    int rows = CU_GEMV_MAX_ROWS;
+    int rows = CU_GEMV_FUSED_MAX_ROWS;
     for (int l = 0; l < m->n_layers; l++) {
         const struct dlayer *L = &c->layers[l];
         const struct dlin *lin[4] = {&L->qkv.part[0], &L->o, &L->gu.part[0], &L->down};

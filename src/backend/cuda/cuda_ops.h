@@ -194,6 +194,9 @@ struct cu_gemv_out {
     float *resid, *ssq;  // RESID
     struct cu_gemv_rope rope;  // ROPE
 };
+// Rows the fused forms take (any form but a plain input with a STORE output); the norm input
+// goes with the STORE and ROPE outputs only.
+#define CU_GEMV_FUSED_MAX_ROWS 8
 // Whether cu_gptq_gemv_fused takes this output kind and input form for the linear.
 bool cu_gemv_fused_supported(const struct cu_gptq *l, int kind, bool norm, int rope_hd);
 void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv_in *x, const struct cu_gemv_norm *norm,

@@ -279,9 +279,11 @@ __device__ __forceinline__ void stage_norm(const tc_args &p, int k0, int klen, b
 // __grid_constant__ arguments were slower still (each merge +0.6 us).
 
 // Ticket group of column tile `tile`: the tiles one block sums together.
+template <int KIND>
 __device__ __forceinline__ int tc_group(const tc_args &p, int tile) {
-    if (p.o.kind == CU_GEMV_SWIGLU) return tile % (p.out / 2 / TC_COLS);  // gate tile j with up tile j
-    return tile / p.gtiles;                                              // RoPE: a head's tiles
+    if (KIND == CU_GEMV_SWIGLU) return tile % (p.out / 2 / TC_COLS);  // gate tile j with up tile j
+    if (KIND == CU_GEMV_ROPE) return tile / p.gtiles;                 // a head's tiles
+    return tile;
 }
 
 // Column n of row m: the bias plus the K splits in split order (8 loads in flight).
@@ -373,8 +375,15 @@ __device__ __forceinline__ void merge_rope(const tc_args &p, int ks, int hh) {
     }
 }
 
-template <int M>
+// The kernel is compiled per form F = output kind (CU_GEMV_*) + TC_NORM when the input is the
+// normed residual, so each instance carries only its own staging and merge: with every form
+// in one kernel (runtime branches) each GEMV of the layer graph ran 0.3-1 us slower, the plain
+// one included (bench/results/2026-11-29-fused-layer-h200.md).
+#define TC_NORM 4
+template <int M, int F>
 __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_args p) {
+    constexpr int KIND = F & 3;
+    constexpr bool NORM = (F & TC_NORM) != 0;
     constexpr int NB = (M + 7) / 8, U = TC_U;  // n8 fragments of activation rows; tiles per batch
     // [M][kr + 8] bf16 activations, xsum [M][kr / 64] f32, the scale/zero words
     extern __shared__ __align__(16) bf16 xs[];
@@ -418,7 +427,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     load(0, qa);
     pdl_wait();
     tc_stamp(p, 1);
-    if (p.norm.resid)
+    if (NORM)
         stage_norm<M>(p, k0, klen, xs, xsum);
     else
         stage_x<M>(p, k0, klen, xs, xsum);
@@ -542,7 +551,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     }
     // acc[f][i]: column strip * 16 + g (+ 8 for i >= 2), row f * 8 + 2t + (i & 1). One split
     // with a plain store writes y here; otherwise partials, summed by the group's last block.
-    const bool direct = ks == 1 && p.o.kind == CU_GEMV_STORE;
+    const bool direct = ks == 1 && KIND == CU_GEMV_STORE;
     const int n_lo = strip * 16 + g;
     if (active)
 #pragma unroll
@@ -559,7 +568,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     if (direct || (p.flags & CU_GPTQ_NO_REDUCE)) return;
     // Release the block's partials (the barrier orders them before thread 0's fence, which is
     // cumulative) and take a ticket; the last block of the group acquires everyone's.
-    const int grp = tc_group(p, blockIdx.x);
+    const int grp = tc_group<KIND>(p, blockIdx.x);
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
@@ -570,12 +579,14 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     __syncthreads();
     tc_stamp(p, 4);
     if (!last) return;
-    switch (p.o.kind) {
-    case CU_GEMV_RESID: merge_resid<M>(p, ks, blockIdx.x); break;
-    case CU_GEMV_SWIGLU: merge_swiglu<M>(p, ks, grp); break;
-    case CU_GEMV_ROPE: merge_rope<M>(p, ks, grp); break;
-    default: merge_store<M>(p, ks, blockIdx.x); break;
-    }
+    if (KIND == CU_GEMV_RESID)
+        merge_resid<M>(p, ks, blockIdx.x);
+    else if (KIND == CU_GEMV_SWIGLU)
+        merge_swiglu<M>(p, ks, grp);
+    else if (KIND == CU_GEMV_ROPE)
+        merge_rope<M>(p, ks, grp);
+    else
+        merge_store<M>(p, ks, blockIdx.x);
     if (threadIdx.x == 0) p.ticket[grp] = 0;  // re-arm for the next launch / graph replay
     tc_stamp(p, 5);
 }
@@ -584,15 +595,32 @@ static size_t tc_smem(int M, int kr, int gs) {
     return (size_t)M * (kr + 8) * 2 + (size_t)tc_xsum_floats(M, kr) * 4 + (size_t)TC_WARPS * tc_ngb(kr, gs) * 64;
 }
 
-template <int M>
-static void launch_tc(const tc_args &a, int ks, cudaStream_t st) {
+template <int M, int F>
+static void launch_form(const tc_args &a, int ks, cudaStream_t st) {
     dim3 grid((a.out + TC_COLS - 1) / TC_COLS, ks);
-    CU_CHECK(pdl_launch(k_gptq_tc<M>, grid, dim3(TC_WARPS * 32), tc_smem(M, a.kr, a.gs), st, a));
+    CU_CHECK(pdl_launch(k_gptq_tc<M, F>, grid, dim3(TC_WARPS * 32), tc_smem(M, a.kr, a.gs), st, a));
+}
+
+// The forms that exist: the plain GEMV for every row count, the fused ones up to
+// CU_GEMV_FUSED_MAX_ROWS (the norm input with the plain and the RoPE outputs).
+template <int M>
+static void launch_tc(const tc_args &a, int ks, int form, cudaStream_t st) {
+    if constexpr (M <= CU_GEMV_FUSED_MAX_ROWS) {
+        switch (form) {
+        case CU_GEMV_RESID: launch_form<M, CU_GEMV_RESID>(a, ks, st); return;
+        case CU_GEMV_SWIGLU: launch_form<M, CU_GEMV_SWIGLU>(a, ks, st); return;
+        case CU_GEMV_ROPE: launch_form<M, CU_GEMV_ROPE>(a, ks, st); return;
+        case CU_GEMV_STORE | TC_NORM: launch_form<M, CU_GEMV_STORE | TC_NORM>(a, ks, st); return;
+        case CU_GEMV_ROPE | TC_NORM: launch_form<M, CU_GEMV_ROPE | TC_NORM>(a, ks, st); return;
+        default: break;
+        }
+    }
+    launch_form<M, CU_GEMV_STORE>(a, ks, st);
 }
 
 extern "C" bool cu_gemv_fused_supported(const struct cu_gptq *l, int kind, bool norm, int rope_hd) {
-    (void)norm;  // any input size: the norm takes the in / 64 tiles of ssq
     if (!cu_gptq_tc_supported(l->in, l->out, l->group_size)) return false;
+    if (norm && kind != CU_GEMV_STORE && kind != CU_GEMV_ROPE) return false;  // forms compiled (launch_tc)
     switch (kind) {
     case CU_GEMV_STORE: return true;
     case CU_GEMV_RESID: return l->out % TC_COLS == 0;
@@ -609,7 +637,8 @@ extern "C" void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv
                                    cudaStream_t st) {
     if (M <= 0) return;
     const int kind = out->kind, hd = kind == CU_GEMV_ROPE ? out->rope.hd : 0;
-    if (M > CU_GEMV_MAX_ROWS || !cu_gemv_fused_supported(l, kind, norm != NULL, hd) ||
+    if (M > (kind != CU_GEMV_STORE || norm ? CU_GEMV_FUSED_MAX_ROWS : CU_GEMV_MAX_ROWS) ||
+        !cu_gemv_fused_supported(l, kind, norm != NULL, hd) ||
         (norm && (x->swiglu || (!x->perm && (!aligned16(norm->resid) || !aligned16(norm->w))))) ||
         (kind == CU_GEMV_ROPE && l->out != (out->rope.n_heads + 2 * out->rope.n_kv) * hd)) {
         cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "gptq gemv: unsupported shape or fused form");
@@ -637,24 +666,24 @@ extern "C" void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv
     a.ticket = (unsigned *)partial;
     a.flags = g_flags;
     a.trace = g_trace ? g_trace + (size_t)g_trace_slot++ * g_trace_blocks * 8 : NULL;
-    const int ks = tc_splits(l, M);
+    const int ks = tc_splits(l, M), form = kind | (norm ? TC_NORM : 0);
     switch (M) {
-    case 1: launch_tc<1>(a, ks, st); break;
-    case 2: launch_tc<2>(a, ks, st); break;
-    case 3: launch_tc<3>(a, ks, st); break;
-    case 4: launch_tc<4>(a, ks, st); break;
-    case 5: launch_tc<5>(a, ks, st); break;
-    case 6: launch_tc<6>(a, ks, st); break;
-    case 7: launch_tc<7>(a, ks, st); break;
-    case 8: launch_tc<8>(a, ks, st); break;
-    case 9: launch_tc<9>(a, ks, st); break;
-    case 10: launch_tc<10>(a, ks, st); break;
-    case 11: launch_tc<11>(a, ks, st); break;
-    case 12: launch_tc<12>(a, ks, st); break;
-    case 13: launch_tc<13>(a, ks, st); break;
-    case 14: launch_tc<14>(a, ks, st); break;
-    case 15: launch_tc<15>(a, ks, st); break;
-    default: launch_tc<16>(a, ks, st); break;
+    case 1: launch_tc<1>(a, ks, form, st); break;
+    case 2: launch_tc<2>(a, ks, form, st); break;
+    case 3: launch_tc<3>(a, ks, form, st); break;
+    case 4: launch_tc<4>(a, ks, form, st); break;
+    case 5: launch_tc<5>(a, ks, form, st); break;
+    case 6: launch_tc<6>(a, ks, form, st); break;
+    case 7: launch_tc<7>(a, ks, form, st); break;
+    case 8: launch_tc<8>(a, ks, form, st); break;
+    case 9: launch_tc<9>(a, ks, form, st); break;
+    case 10: launch_tc<10>(a, ks, form, st); break;
+    case 11: launch_tc<11>(a, ks, form, st); break;
+    case 12: launch_tc<12>(a, ks, form, st); break;
+    case 13: launch_tc<13>(a, ks, form, st); break;
+    case 14: launch_tc<14>(a, ks, form, st); break;
+    case 15: launch_tc<15>(a, ks, form, st); break;
+    default: launch_tc<16>(a, ks, form, st); break;
     }
 }
 
