@@ -9,7 +9,7 @@
 // (old path vs new path) and compares it with the sum of its ops and the byte floor.
 // Weights and activations are constant fills (timing does not depend on values; the GPU
 // tests check correctness). Usage: cuda_ops_bench [reps]   (Markdown to stdout)
-// `cuda_ops_bench timeline [M] [fused]`: the start and end of every kernel of the layer graph as the
+// `cuda_ops_bench timeline [M] [fused|fused-rope]`: the start and end of every kernel of the layer graph as the
 // GPU ran it (CUPTI activity records, PDL overlap kept), per op: how long it ran and how far
 // it moved the chain's end (what the op costs the step).
 #include <stdio.h>
@@ -59,6 +59,7 @@ struct bench {
     int32_t *tiles;  // (seq i, query 0) per sequence: decode through the prefill kernel
     bool attn_pf;    // layer graph: decode attention through cu_attn_prefill
     bool fused;      // layer graph: the fused layer (fused_layers)
+    bool fuse_rope;  // ... with RoPE + KV store in the qkv GEMV (CU_GEMV_ROPE)
     float *ssq;      // its residual tile sums of squares (MAXM, H / 64)
     float *rope_cs;  // its RoPE table (cu_rope_table, MAXCTX positions)
     struct cu_step s;
@@ -208,38 +209,47 @@ static void layers(struct bench *b, int M, int skip) {
 static const char *layer_op[8] = {"add_rmsnorm", "qkv GEMV", "qkv_rope_store", "attn_decode",
                                   "o GEMV", "add_rmsnorm", "gate|up GEMV", "down GEMV (swiglu)"};
 
-// The fused layer (backend_cuda.cu forward, steps of few tokens): six kernels, the GEMVs
-// forming the qkv input's norm, RoPE + KV store, SwiGLU and the residual add
-// (cu_gptq_gemv_fused). Every layer takes its first norm from the previous layer's tile sums
-// of squares.
+// The fused layer (backend_cuda.cu forward, steps of few tokens): seven kernels, the GEMVs
+// forming the qkv input's norm, SwiGLU and the residual add (cu_gptq_gemv_fused); six with
+// fuse_rope (RoPE + KV store in the qkv GEMV too). Every layer takes its first norm from the
+// previous layer's tile sums of squares.
 static void fused_layers(struct bench *b, int M, int skip) {
     struct cu_gemv_norm nrm = {b->resid, b->normw, b->ssq, 1e-6f};
     struct cu_gemv_in none = {NULL, H, NULL, false}, at = {b->attn, NH * HD, NULL, false}, xn = {b->xn, H, NULL, false},
                       act = {b->x, I, NULL, false};
-    struct cu_gemv_out rope, res, glu;
-    memset(&rope, 0, sizeof rope), memset(&res, 0, sizeof res), memset(&glu, 0, sizeof glu);
+    struct cu_gemv_out rope, res, glu, qkv;
+    memset(&rope, 0, sizeof rope), memset(&res, 0, sizeof res), memset(&glu, 0, sizeof glu), memset(&qkv, 0, sizeof qkv);
+    qkv.kind = CU_GEMV_STORE, qkv.y = b->y, qkv.ldy = QKV;
     rope.kind = CU_GEMV_ROPE;
     rope.rope = (struct cu_gemv_rope){b->s, NH, NKV, HD, BS, CU_KV_BF16, b->rope_cs, MAXCTX, NULL, b->kc, b->vc, b->qb};
     res.kind = CU_GEMV_RESID, res.resid = b->resid, res.ssq = b->ssq;
     glu.kind = CU_GEMV_SWIGLU, glu.y = b->x, glu.ldy = I;
     for (int l = 0; l < NLAYER; l++) {
         const struct cu_gptq *q = b->lq[l];
-        if (skip != 0) cu_gptq_gemv_fused(&q[0], &none, &nrm, M, b->qkv_bias, &rope, b->partial, b->st);
-        if (skip != 1)
+        int k = 0;  // the op's index in the variant's list (fused_op / fused_rope_op), for `skip`
+        if (skip != k++)
+            cu_gptq_gemv_fused(&q[0], &none, &nrm, M, b->qkv_bias, b->fuse_rope ? &rope : &qkv, b->partial, b->st);
+        if (!b->fuse_rope && skip != k++)
+            cu_qkv_rope_store(b->y, QKV, NULL, &b->s, NH, NKV, HD, 1e6f, BS, CU_KV_BF16, b->kc, b->vc, b->qb, b->st);
+        if (skip != k++)
             cu_attn_decode(b->qb, &b->s, b->seqs, M, NH, NKV, HD, BS, CU_KV_BF16, b->kc, b->vc, splits_for(M),
                            b->apart, b->attn, b->st);
-        if (skip != 2) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
-        if (skip != 3) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
-        if (skip != 4) cu_gptq_gemv_fused(&q[2], &xn, NULL, M, NULL, &glu, b->partial, b->st);
-        if (skip != 5) cu_gptq_gemv_fused(&q[3], &act, NULL, M, NULL, &res, b->partial, b->st);
+        if (skip != k++) cu_gptq_gemv_ex(&q[1], &at, M, NULL, b->y, H, b->partial, b->st);
+        if (skip != k++) cu_add_rmsnorm(b->resid, b->y, H, b->normw, 1e-6f, M, H, b->xn, b->st);
+        if (skip != k++) cu_gptq_gemv_fused(&q[2], &xn, NULL, M, NULL, &glu, b->partial, b->st);
+        if (skip != k++) cu_gptq_gemv_fused(&q[3], &act, NULL, M, NULL, &res, b->partial, b->st);
     }
 }
-static const char *fused_op[6] = {"qkv GEMV (norm in, RoPE out)", "attn_decode", "o GEMV", "add_rmsnorm",
-                                  "gate|up GEMV (SwiGLU out)", "down GEMV (residual out)"};
+static const char *fused_op[7] = {"qkv GEMV (norm in)", "qkv_rope_store", "attn_decode", "o GEMV", "add_rmsnorm",
+                                  "gate|up GEMV (SwiGLU out)", "down GEMV (residual out)"},
+                  *fused_rope_op[6] = {"qkv GEMV (norm in, RoPE out)", "attn_decode", "o GEMV", "add_rmsnorm",
+                                       "gate|up GEMV (SwiGLU out)", "down GEMV (residual out)"};
 // The layer's ops for the timeline: count, names, and which are GEMVs (their index in the layer).
-static int n_ops(const struct bench *b) { return b->fused ? 6 : 8; }
-static const char *op_name(const struct bench *b, int o) { return b->fused ? fused_op[o] : layer_op[o]; }
-static const int unfused_gemv[4] = {1, 4, 6, 7}, fused_gemv[4] = {0, 2, 4, 5};
+static int n_ops(const struct bench *b) { return !b->fused ? 8 : b->fuse_rope ? 6 : 7; }
+static const char *op_name(const struct bench *b, int o) {
+    return !b->fused ? layer_op[o] : b->fuse_rope ? fused_rope_op[o] : fused_op[o];
+}
+static const int unfused_gemv[4] = {1, 4, 6, 7}, fused_gemv[4] = {0, 3, 5, 6}, fused_rope_gemv[4] = {0, 2, 4, 5};
 
 // The NLAYER-layer graph at context 512 (see layers), instantiated; *g for cudaGraphDestroy.
 static cudaGraphExec_t layer_graph(struct bench *b, int M, int skip, cudaGraph_t *g) {
@@ -384,7 +394,7 @@ static int cmp_u64(const void *a, const void *b) {
 static void trace_report(const struct bench *b, const uint64_t *tr, const struct tl_rec *e) {
     static const char *stamp[6] = {"block start", "wait returned", "inputs staged / first K tile", "tiles / keys done",
                                    "ticket taken", "splits summed / merged"};
-    const int *gemv_op = b->fused ? fused_gemv : unfused_gemv, nop = n_ops(b);
+    const int *gemv_op = !b->fused ? unfused_gemv : b->fuse_rope ? fused_rope_gemv : fused_gemv, nop = n_ops(b);
     printf("\n### Inside each GEMV and the attention: block stamps, us after the previous kernel's end (first / "
            "median / last block)\n\n| kernel | blocks | SMs | CUPTI start | ");
     for (int k = 0; k < 6; k++) printf("%s | ", stamp[k]);
@@ -425,7 +435,7 @@ static void trace_report(const struct bench *b, const uint64_t *tr, const struct
 // blocks also counts those with keys (the others stamp only their start and wait). Then what
 // its columns mean.
 static void attn_trace_row(const struct bench *b, const uint64_t *tr, const struct tl_rec *e) {
-    const int nop = n_ops(b), op = b->fused ? 1 : 3;  // the attention's place in the layer
+    const int nop = n_ops(b), op = !b->fused ? 3 : b->fuse_rope ? 1 : 2;  // the attention's place in the layer
     double st[6][3] = {{0}}, nb = 0, nk = 0, nsm = 0, cs = 0, ce = 0;
     int cnt = 0;
     uint64_t *v = malloc(sizeof(uint64_t) * TR_BLOCKS);
@@ -555,8 +565,12 @@ static void layer_tables(struct bench *b) {
     }
     cu_gptq_tune(0, -1);
     b->fused = true;
-    printf("| fused layer (6 kernels) | %.1f | %.1f | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 2, -1),
+    printf("| fused layer (7 kernels) | %.1f | %.1f | %.1f | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 2, -1),
            time_layer(b, 4, -1), time_layer(b, 8, -1));
+    b->fuse_rope = true;
+    printf("| fused layer, RoPE in the qkv GEMV (6 kernels) | %.1f | %.1f | %.1f | %.1f |\n", time_layer(b, 1, -1),
+           time_layer(b, 2, -1), time_layer(b, 4, -1), time_layer(b, 8, -1));
+    b->fuse_rope = false;
     b->fused = false;
     for (int mk = 32; mk <= 128; mk *= 4) {
         cu_attn_decode_tune(mk);
@@ -584,7 +598,7 @@ static void layer_tables(struct bench *b) {
     b->fused = true;
     const double fu = time_layer(b, 1, -1);
     printf("| (none, fused layer) | %.1f | |\n", fu);
-    for (int k = 0; k < 6; k++) {
+    for (int k = 0; k < 7; k++) {
         const double t = time_layer(b, 1, k);
         printf("| %s | %.1f | %.1f |\n", fused_op[k], t, fu - t);
     }
@@ -608,7 +622,8 @@ int main(int argc, char **argv) {
     }
     if (argc > 1 && !strcmp(argv[1], "timeline")) {
         setup(&b);
-        b.fused = argc > 3 && !strcmp(argv[3], "fused");
+        b.fused = argc > 3 && !strncmp(argv[3], "fused", 5);
+        b.fuse_rope = argc > 3 && !strcmp(argv[3], "fused-rope");
         return timeline(&b, argc > 2 ? atoi(argv[2]) : 1);
     }
     if (argc > 1 && !strcmp(argv[1], "profile")) {  // a few launches of each GEMV, for ncu

@@ -100,16 +100,17 @@ static int decode_splits(const struct cuda_ctx *c, int n) {
     return s < 1 ? 1 : s > 32 ? 32 : s;
 }
 
-// Steps of at most c->fuse_rows tokens run the fused decode layer, six kernels instead of
+// Steps of at most c->fuse_rows tokens run the fused decode layer, seven kernels instead of
 // eight (cu_gptq_gemv_fused):
-//   qkv GEMV (RMSNorm formed while staging its input; RoPE and the KV store while summing
-//   its K splits), attention, o GEMV, add_rmsnorm, gate|up GEMV (SwiGLU while summing),
-//   down GEMV (residual add while summing, leaving per-tile sums of squares in c->ssq for the
-//   next layer's qkv input)
-// The gate|up GEMV takes the add_rmsnorm kernel's output rather than forming the norm itself:
-// its 3.3 waves of blocks each paid the norm staging (the layer graph measured 29.9 vs 26.5
-// us for it, more than the kernel saved; bench/results/2026-11-29-fused-layer-h200.md).
-// Layer 0's first norm (after the embedding) and the final norm stay kernels.
+//   qkv GEMV (RMSNorm formed while staging its input), rope + KV store, attention, o GEMV,
+//   add_rmsnorm, gate|up GEMV (SwiGLU formed while summing its K splits), down GEMV
+//   (residual add while summing, leaving per-tile sums of squares in c->ssq for the next
+//   layer's qkv input)
+// Measured in the 14B layer graph at batch 1 (bench/results/2026-11-29-fused-layer-h200.md):
+// the gate|up GEMV forming the norm itself cost more than the kernel it saved (its 3.3 waves
+// of blocks each paid the staging: 29.9 vs 26.5 us); RoPE + KV store in the qkv GEMV's merge
+// (CU_GEMV_ROPE, PAGODA_FUSE_ROPE=1) saved the rope kernel but the attention after it ran
+// 2.7 us longer. Layer 0's first norm (after the embedding) and the final norm stay kernels.
 static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_step *s, char *kc, char *vc) {
     const struct model_config *m = &c->mc;
     const struct dlayer *L = &c->layers[l];
@@ -119,11 +120,20 @@ static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_ste
     struct cu_gemv_in x = {c->xn, H, qkv->perm, false};
     struct cu_gemv_out o;
     memset(&o, 0, sizeof o);
-    o.kind = CU_GEMV_ROPE;
-    o.rope = (struct cu_gemv_rope){*s, m->n_heads, m->n_kv_heads, m->head_dim, c->bc.block_size, c->kv_type,
-                                   c->rope_cs, c->bc.max_model_len, L->qkv_bias, kc, vc, c->q};
+    if (c->fuse_rope) {
+        o.kind = CU_GEMV_ROPE;
+        o.rope = (struct cu_gemv_rope){*s, m->n_heads, m->n_kv_heads, m->head_dim, c->bc.block_size, c->kv_type,
+                                       c->rope_cs, c->bc.max_model_len, L->qkv_bias, kc, vc, c->q};
+    } else {
+        o.kind = CU_GEMV_STORE;
+        o.y = c->qkv;
+        o.ldy = c->qkv_out;
+    }
     if (l == 0) cu_add_rmsnorm(c->resid, NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
     cu_gptq_gemv_fused(&qkv->q, &x, l ? &nrm : NULL, T, qkv->bias, &o, c->gemv_partial, c->st);
+    if (!c->fuse_rope)
+        cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, s, m->n_heads, m->n_kv_heads, m->head_dim, m->rope_theta,
+                          c->bc.block_size, c->kv_type, kc, vc, c->q, c->st);
 }
 
 static void fused_layer_out(struct cuda_ctx *c, int l, int T) {
@@ -164,6 +174,7 @@ static int fuse_rows(const struct cuda_ctx *c) {
             if (lin[k]->wt && rows > GEMV_MAX_ROWS_CACHED) rows = GEMV_MAX_ROWS_CACHED;
         }
         if (!cu_gemv_fused_supported(&lin[0]->q, CU_GEMV_ROPE, true, m->head_dim) ||
+            !cu_gemv_fused_supported(&lin[0]->q, CU_GEMV_STORE, true, 0) ||
             !cu_gemv_fused_supported(&lin[2]->q, CU_GEMV_SWIGLU, false, 0) ||
             !cu_gemv_fused_supported(&lin[3]->q, CU_GEMV_RESID, false, 0) || lin[2]->q.out != 2 * m->intermediate)
             return 0;
@@ -844,7 +855,9 @@ static int alloc_buffers(struct cuda_ctx *c) {
     if (c->argmax_scratch) CU_CHECK(cudaMemsetAsync(c->argmax_scratch, 0, am_bytes, c->st));  // tickets
     c->fuse_rows = fuse_rows(c);
     c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
-    c->rope_cs = c->fuse_rows ? (float *)dalloc((size_t)c->bc.max_model_len * m->head_dim * 4) : NULL;
+    const char *fr = getenv("PAGODA_FUSE_ROPE");
+    c->fuse_rope = c->fuse_rows && fr && !strcmp(fr, "1");
+    c->rope_cs = c->fuse_rope ? (float *)dalloc((size_t)c->bc.max_model_len * m->head_dim * 4) : NULL;
     if (c->rope_cs) cu_rope_table(c->rope_cs, c->bc.max_model_len, m->head_dim, m->rope_theta, c->st);
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
     c->mark_idx = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));
