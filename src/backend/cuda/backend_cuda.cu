@@ -100,17 +100,17 @@ static int decode_splits(const struct cuda_ctx *c, int n) {
     return s < 1 ? 1 : s > 32 ? 32 : s;
 }
 
-// Steps of at most c->fuse_rows tokens run the fused decode layer, seven kernels instead of
+// Steps of at most c->fuse_rows tokens run the fused decode layer, six kernels instead of
 // eight (cu_gptq_gemv_fused):
-//   qkv GEMV (RMSNorm formed while staging its input), rope + KV store, attention, o GEMV,
-//   add_rmsnorm, gate|up GEMV (SwiGLU formed while summing its K splits), down GEMV
-//   (residual add while summing, leaving per-tile sums of squares in c->ssq for the next
-//   layer's qkv input)
+//   qkv GEMV (RMSNorm formed while staging its input; RoPE and the KV store while summing
+//   its K splits), attention, o GEMV, add_rmsnorm, gate|up GEMV (SwiGLU formed while
+//   summing), down GEMV (residual add while summing, leaving per-tile sums of squares in
+//   c->ssq for the next layer's qkv input)
 // Measured in the 14B layer graph at batch 1 (bench/results/2026-11-29-fused-layer-h200.md):
-// the gate|up GEMV forming the norm itself cost more than the kernel it saved (its 3.3 waves
-// of blocks each paid the staging: 29.9 vs 26.5 us); RoPE + KV store in the qkv GEMV's merge
-// (CU_GEMV_ROPE, PAGODA_FUSE_ROPE=1) saved the rope kernel but the attention after it ran
-// 2.7 us longer. Layer 0's first norm (after the embedding) and the final norm stay kernels.
+// 77.9 us per layer against 79.1 with the rope kernel kept (PAGODA_FUSE_ROPE=0) and 81.0 for
+// the unfused layer of the session's start; the gate|up GEMV forming the norm itself cost
+// more than the kernel it saved (its 3.3 waves of blocks each paid the staging: 29.9 vs 26.5
+// us). Layer 0's first norm (after the embedding) and the final norm stay kernels.
 static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_step *s, char *kc, char *vc) {
     const struct model_config *m = &c->mc;
     const struct dlayer *L = &c->layers[l];
@@ -856,7 +856,7 @@ static int alloc_buffers(struct cuda_ctx *c) {
     c->fuse_rows = fuse_rows(c);
     c->ssq = c->fuse_rows ? (float *)dalloc((size_t)c->fuse_rows * (H / 64) * 4) : NULL;
     const char *fr = getenv("PAGODA_FUSE_ROPE");
-    c->fuse_rope = c->fuse_rows && fr && !strcmp(fr, "1");
+    c->fuse_rope = c->fuse_rows && !(fr && !strcmp(fr, "0"));
     c->rope_cs = c->fuse_rope ? (float *)dalloc((size_t)c->bc.max_model_len * m->head_dim * 4) : NULL;
     if (c->rope_cs) cu_rope_table(c->rope_cs, c->bc.max_model_len, m->head_dim, m->rope_theta, c->st);
     c->mark = (int32_t *)pg_calloc(m->vocab, sizeof(int32_t));

@@ -102,7 +102,7 @@ struct cuda_ctx {
     size_t attn_partial_floats, gemv_partial_floats;
     int fuse_rows;               // steps of at most this many tokens run the fused layer (forward)
     float *ssq;                  // fused layer: (fuse_rows, hidden / 64) residual tile sums of squares
-    bool fuse_rope;              // fused layer: RoPE + KV store in the qkv GEMV (PAGODA_FUSE_ROPE=1)
+    bool fuse_rope;              // fused layer: RoPE + KV store in the qkv GEMV (PAGODA_FUSE_ROPE=0: off)
     float *rope_cs;              // its cu_rope_table of max_model_len positions
     // step inputs: device arrays (fixed addresses, graphs read them) and their host mirror,
     // which pack_step fills
