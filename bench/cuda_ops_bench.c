@@ -386,6 +386,30 @@ static int cmp_u64(const void *a, const void *b) {
     return (x > y) - (x < y);
 }
 
+// One launch's block stamps t (8 values per block, zero = not stamped) against E (ns, the
+// previous kernel's end): adds the first / median / last block of each of the 6 stamps to st
+// (ns after E), and the blocks, SMs used and blocks that stamped slot 2 to *nb, *nsm, *n2.
+static void stamp_stats(const uint64_t *t, double E, double st[6][3], double *nb, double *nsm, double *n2,
+                        uint64_t *v) {
+    int n = 0;
+    while (n < TR_BLOCKS && t[(size_t)n * 8]) n++;
+    bool sm[1024] = {false};
+    for (int i = 0; i < n; i++) {
+        sm[t[(size_t)i * 8 + 6] & 1023] = true;
+        *n2 += t[(size_t)i * 8 + 2] != 0;
+    }
+    for (int i = 0; i < 1024; i++) *nsm += sm[i];
+    *nb += n;
+    for (int k = 0; k < 6; k++) {
+        int m = 0;
+        for (int i = 0; i < n; i++)
+            if (t[(size_t)i * 8 + k]) v[m++] = t[(size_t)i * 8 + k];
+        if (!m) continue;
+        qsort(v, m, sizeof(uint64_t), cmp_u64);
+        st[k][0] += (double)v[0] - E, st[k][1] += (double)v[m / 2] - E, st[k][2] += (double)v[m - 1] - E;
+    }
+}
+
 // The GEMVs' block stamps (cu_gptq_trace) of the last replay, against the CUPTI end of the
 // kernel before each GEMV (both the GPU's global timer in ns): per GEMV of layers 2..NLAYER-1
 // (averaged), the first / median / last block at each stamp, us after that end. The
@@ -401,26 +425,13 @@ static void trace_report(const struct bench *b, const uint64_t *tr, const struct
     printf("CUPTI end |\n|---|---|---|---|---|---|---|---|---|---|---|\n");
     uint64_t *v = malloc(sizeof(uint64_t) * TR_BLOCKS);
     for (int gi = 0; gi < 4; gi++) {
-        double st[6][3] = {{0}}, nb = 0, nsm = 0, cs = 0, ce = 0;
+        double st[6][3] = {{0}}, nb = 0, nsm = 0, n2 = 0, cs = 0, ce = 0;
         int cnt = 0;
         for (int l = 1; l < NLAYER - 1; l++, cnt++) {
-            const uint64_t *t = tr + (size_t)(l * 4 + gi) * TR_BLOCKS * 8;
             const struct tl_rec *prev = &e[l * nop + gemv_op[gi] - 1], *cur = prev + 1;
             const double E = (double)prev->end;
-            int n = 0;
-            while (n < TR_BLOCKS && t[(size_t)n * 8]) n++;
-            bool sm[1024] = {false};
-            for (int i = 0; i < n; i++) sm[t[(size_t)i * 8 + 6] & 1023] = true;
-            for (int i = 0; i < 1024; i++) nsm += sm[i];
-            nb += n, cs += (double)cur->start - E, ce += (double)cur->end - E;
-            for (int k = 0; k < 6; k++) {
-                int m = 0;
-                for (int i = 0; i < n; i++)
-                    if (t[(size_t)i * 8 + k]) v[m++] = t[(size_t)i * 8 + k];
-                if (!m) continue;
-                qsort(v, m, sizeof(uint64_t), cmp_u64);
-                st[k][0] += (double)v[0] - E, st[k][1] += (double)v[m / 2] - E, st[k][2] += (double)v[m - 1] - E;
-            }
+            stamp_stats(tr + (size_t)(l * 4 + gi) * TR_BLOCKS * 8, E, st, &nb, &nsm, &n2, v);
+            cs += (double)cur->start - E, ce += (double)cur->end - E;
         }
         printf("| %s | %.0f | %.0f | %.2f | ", op_name(b, gemv_op[gi]), nb / cnt, nsm / cnt, cs / cnt / 1e3);
         for (int k = 0; k < 6; k++) printf("%.2f / %.2f / %.2f | ", st[k][0] / cnt / 1e3, st[k][1] / cnt / 1e3, st[k][2] / cnt / 1e3);
@@ -440,26 +451,10 @@ static void attn_trace_row(const struct bench *b, const uint64_t *tr, const stru
     int cnt = 0;
     uint64_t *v = malloc(sizeof(uint64_t) * TR_BLOCKS);
     for (int l = 1; l < NLAYER - 1; l++, cnt++) {
-        const uint64_t *t = tr + (size_t)l * TR_BLOCKS * 8;
         const struct tl_rec *prev = &e[l * nop + op - 1], *cur = prev + 1;
         const double E = (double)prev->end;
-        int n = 0;
-        while (n < TR_BLOCKS && t[(size_t)n * 8]) n++;
-        bool sm[1024] = {false};
-        for (int i = 0; i < n; i++) {
-            sm[t[(size_t)i * 8 + 6] & 1023] = true;
-            nk += t[(size_t)i * 8 + 2] != 0;
-        }
-        for (int i = 0; i < 1024; i++) nsm += sm[i];
-        nb += n, cs += (double)cur->start - E, ce += (double)cur->end - E;
-        for (int k = 0; k < 6; k++) {
-            int m = 0;
-            for (int i = 0; i < n; i++)
-                if (t[(size_t)i * 8 + k]) v[m++] = t[(size_t)i * 8 + k];
-            if (!m) continue;
-            qsort(v, m, sizeof(uint64_t), cmp_u64);
-            st[k][0] += (double)v[0] - E, st[k][1] += (double)v[m / 2] - E, st[k][2] += (double)v[m - 1] - E;
-        }
+        stamp_stats(tr + (size_t)l * TR_BLOCKS * 8, E, st, &nb, &nsm, &nk, v);  // slot 2: the first K tile
+        cs += (double)cur->start - E, ce += (double)cur->end - E;
     }
     printf("| attn_decode | %.0f (%.0f with keys) | %.0f | %.2f | ", nb / cnt, nk / cnt, nsm / cnt, cs / cnt / 1e3);
     for (int k = 0; k < 6; k++) printf("%.2f / %.2f / %.2f | ", st[k][0] / cnt / 1e3, st[k][1] / cnt / 1e3, st[k][2] / cnt / 1e3);

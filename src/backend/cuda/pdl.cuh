@@ -35,21 +35,29 @@ __device__ __forceinline__ void pdl_launch_dependents(void) {
 // sm_90 or newer and PAGODA_PDL is not "0" (cuda_util.cu; cached per device).
 extern "C" bool cu_pdl_enabled(void);
 
-// kernel<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled. Arguments
-// are converted to the kernel's parameter types as in a <<<>>> launch.
-template <typename... P, typename... A>
-static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
-                                     A... args) {
-    cudaLaunchAttribute attr[1];
-    attr[0].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[0].val.programmaticStreamSerializationAllowed = 1;
+// The launch configuration: the n attributes already in attr, then the PDL attribute (attr
+// must have room for it) when enabled.
+static inline cudaLaunchConfig_t pdl_config(dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                            cudaLaunchAttribute *attr, unsigned n) {
+    attr[n].id = cudaLaunchAttributeProgrammaticStreamSerialization;
+    attr[n].val.programmaticStreamSerializationAllowed = 1;
     cudaLaunchConfig_t cfg = {};
     cfg.gridDim = grid;
     cfg.blockDim = block;
     cfg.dynamicSmemBytes = smem;
     cfg.stream = st;
     cfg.attrs = attr;
-    cfg.numAttrs = cu_pdl_enabled() ? 1 : 0;
+    cfg.numAttrs = n + (cu_pdl_enabled() ? 1 : 0);
+    return cfg;
+}
+
+// kernel<<<grid, block, smem, st>>>(args...) with the PDL attribute when enabled. Arguments
+// are converted to the kernel's parameter types as in a <<<>>> launch.
+template <typename... P, typename... A>
+static inline cudaError_t pdl_launch(void (*kernel)(P...), dim3 grid, dim3 block, size_t smem, cudaStream_t st,
+                                     A... args) {
+    cudaLaunchAttribute attr[1];
+    const cudaLaunchConfig_t cfg = pdl_config(grid, block, smem, st, attr, 0);
     return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
 }
 
@@ -65,14 +73,6 @@ static inline cudaError_t pdl_launch_cluster(void (*kernel)(P...), dim3 grid, un
     attr[0].val.clusterDim.x = cluster_x;
     attr[0].val.clusterDim.y = 1;
     attr[0].val.clusterDim.z = 1;
-    attr[1].id = cudaLaunchAttributeProgrammaticStreamSerialization;
-    attr[1].val.programmaticStreamSerializationAllowed = 1;
-    cudaLaunchConfig_t cfg = {};
-    cfg.gridDim = grid;
-    cfg.blockDim = block;
-    cfg.dynamicSmemBytes = smem;
-    cfg.stream = st;
-    cfg.attrs = attr;
-    cfg.numAttrs = cu_pdl_enabled() ? 2 : 1;
+    const cudaLaunchConfig_t cfg = pdl_config(grid, block, smem, st, attr, 1);
     return cudaLaunchKernelEx(&cfg, kernel, ((P)args)...);
 }
