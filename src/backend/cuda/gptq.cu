@@ -19,6 +19,12 @@
 // and re-arms its ticket for the next launch / graph replay. tc_stamp (cu_gptq_trace, for
 // cuda_ops_bench timeline) records when each block reached each phase.
 //
+// Fused forms (cu_gptq_gemv_fused, the decode layer of backend_cuda.cu, up to 8 rows): the
+// staging may form the RMSNorm of the residual (stage_norm), and the split merge may add into
+// the residual and leave per-tile sums of squares (merge_resid), form SwiGLU from a gate tile
+// and its up tile under one ticket (merge_swiglu), or apply bias + RoPE and store q and the KV
+// cache (merge_rope). Each form is its own kernel instance (k_gptq_tc<M, F>).
+//
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
 #include <string.h>
 
