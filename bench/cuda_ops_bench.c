@@ -547,6 +547,17 @@ static int timeline(struct bench *b, int M) {
     return 0;
 }
 
+// Rows of the price table for the layer variant b selects: the whole graph (as `none`), then
+// the graph without each op in turn.
+static void op_prices(struct bench *b, const char *none) {
+    const double full = time_layer(b, 1, -1);
+    printf("| %s | %.1f | |\n", none, full);
+    for (int k = 0; k < n_ops(b); k++) {
+        const double t = time_layer(b, 1, k);
+        printf("| %s | %.1f | %.1f |\n", op_name(b, k), t, full - t);
+    }
+}
+
 // The layer graph's variants (int4 GEMV settings, attention splits, the attention's split
 // merge by ticket or through a cluster, attention through the prefill kernel) and each op's
 // price inside it.
@@ -584,19 +595,9 @@ static void layer_tables(struct bench *b) {
     b->attn_pf = false;
     printf("\n### Each op's price inside the graph: the layer without it, us per layer (M = 1)\n\n");
     printf("| op left out | graph | saved |\n|---|---|---|\n");
-    const double full = time_layer(b, 1, -1);
-    printf("| (none) | %.1f | |\n", full);
-    for (int k = 0; k < 8; k++) {
-        const double t = time_layer(b, 1, k);
-        printf("| %s | %.1f | %.1f |\n", layer_op[k], t, full - t);
-    }
+    op_prices(b, "(none)");
     b->fused = true;
-    const double fu = time_layer(b, 1, -1);
-    printf("| (none, fused layer) | %.1f | |\n", fu);
-    for (int k = 0; k < 7; k++) {
-        const double t = time_layer(b, 1, k);
-        printf("| %s | %.1f | %.1f |\n", fused_op[k], t, fu - t);
-    }
+    op_prices(b, "(none, fused layer)");
     b->fused = false;
 }
 

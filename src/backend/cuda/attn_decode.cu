@@ -32,6 +32,7 @@
 #include "backend/cuda/async_copy.cuh"
 #include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/trace.cuh"
 
 typedef __nv_bfloat16 bf16;
 #define DEC_WARPS 4
@@ -547,13 +548,8 @@ static bool cluster_path(void) {
     return g_cluster_dev[dev] == 2;
 }
 
-static uint64_t *g_trace;
-static int g_trace_slot, g_trace_blocks;
-extern "C" void cu_attn_trace(uint64_t *buf, int blocks_per_launch) {
-    g_trace = buf;
-    g_trace_slot = 0;
-    g_trace_blocks = blocks_per_launch;
-}
+static struct trace_slots g_trace;
+extern "C" void cu_attn_trace(uint64_t *buf, int blocks_per_launch) { trace_set(&g_trace, buf, blocks_per_launch); }
 
 extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                                int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
@@ -574,11 +570,7 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
     const bool cluster = cluster_path() && n_splits > 1;
     if (cluster && n_splits > DEC_CLUSTER_MAX) n_splits = DEC_CLUSTER_MAX;
     const dim3 grid(n_splits, n_kv, n);
-    uint64_t *trace = NULL;
-    if (g_trace) {  // a launch larger than the slot takes its slot unrecorded
-        const size_t slot = (size_t)g_trace_slot++ * g_trace_blocks * 8;
-        if ((size_t)grid.x * grid.y * grid.z <= (size_t)g_trace_blocks) trace = g_trace + slot;
-    }
+    uint64_t *const trace = trace_next(&g_trace, (size_t)grid.x * grid.y * grid.z);
     dec_args a = {(const bf16 *)q, *s, seqs, n_kv, block_size, kv_type, n_splits, g_min_chunk, (const uint8_t *)k_cache,
                   (const uint8_t *)v_cache, (unsigned *)partial, partial + CU_ATTN_TICKETS, (bf16 *)out, trace};
     const bool fp8 = kv_type != CU_KV_BF16;

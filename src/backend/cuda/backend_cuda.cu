@@ -111,7 +111,10 @@ static int decode_splits(const struct cuda_ctx *c, int n) {
 // the unfused layer of the session's start; the gate|up GEMV forming the norm itself cost
 // more than the kernel it saved (its 3.3 waves of blocks each paid the staging: 29.9 vs 26.5
 // us). Layer 0's first norm (after the embedding) and the final norm stay kernels.
-static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_step *s, char *kc, char *vc) {
+
+// The fused layer's qkv GEMV: the input norm formed while staging (layer 0: from the kernel,
+// the embedding left no sums of squares) and, with c->fuse_rope, RoPE + KV store in its merge.
+static void fused_qkv(struct cuda_ctx *c, int l, int T, const struct cu_step *s, char *kc, char *vc) {
     const struct model_config *m = &c->mc;
     const struct dlayer *L = &c->layers[l];
     const struct dlin *qkv = &L->qkv.part[0];
@@ -131,16 +134,14 @@ static void fused_layer_in(struct cuda_ctx *c, int l, int T, const struct cu_ste
     }
     if (l == 0) cu_add_rmsnorm(c->resid, NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
     cu_gptq_gemv_fused(&qkv->q, &x, l ? &nrm : NULL, T, qkv->bias, &o, c->gemv_partial, c->st);
-    if (!c->fuse_rope)
-        cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, s, m->n_heads, m->n_kv_heads, m->head_dim, m->rope_theta,
-                          c->bc.block_size, c->kv_type, kc, vc, c->q, c->st);
 }
 
-static void fused_layer_out(struct cuda_ctx *c, int l, int T) {
-    const struct model_config *m = &c->mc;
+// The fused layer's MLP: SwiGLU in the gate|up GEMV's merge, the residual add (and the next
+// norm's sums of squares) in the down GEMV's.
+static void fused_mlp(struct cuda_ctx *c, int l, int T) {
     const struct dlayer *L = &c->layers[l];
     const struct dlin *gu = &L->gu.part[0];
-    const int H = m->hidden, I = m->intermediate;
+    const int I = c->mc.intermediate;
     struct cu_gemv_out res, act;
     memset(&res, 0, sizeof res);
     memset(&act, 0, sizeof act);
@@ -150,9 +151,7 @@ static void fused_layer_out(struct cuda_ctx *c, int l, int T) {
     act.kind = CU_GEMV_SWIGLU;
     act.y = c->act;
     act.ldy = I;
-    struct cu_gemv_in xg = {c->xn, H, gu->perm, false}, xd = {c->act, I, L->down.perm, false};
-    run_lin(c, &L->o, c->attn, T, c->delta, H, false);
-    cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
+    struct cu_gemv_in xg = {c->xn, c->mc.hidden, gu->perm, false}, xd = {c->act, I, L->down.perm, false};
     cu_gptq_gemv_fused(&gu->q, &xg, NULL, T, gu->bias, &act, c->gemv_partial, c->st);
     cu_gptq_gemv_fused(&L->down.q, &xd, NULL, T, L->down.bias, &res, c->gemv_partial, c->st);
 }
@@ -196,22 +195,23 @@ static void forward(struct cuda_ctx *c, int T, int n_seqs, int n_dec, int n_tile
         const struct dlayer *L = &c->layers[l];
         char *kc = (char *)c->kv + (size_t)(2 * l) * c->kv_layer_bytes, *vc = kc + c->kv_layer_bytes;
         if (fused) {
-            fused_layer_in(c, l, T, &s, kc, vc);
+            fused_qkv(c, l, T, &s, kc, vc);
         } else {
             cu_add_rmsnorm(c->resid, l ? c->delta : NULL, H, L->attn_norm, m->rms_eps, T, H, c->xn, c->st);
             run_group(c, &L->qkv, c->xn, T, c->qkv);
+        }
+        if (!fused || !c->fuse_rope)
             cu_qkv_rope_store(c->qkv, c->qkv_out, L->qkv_bias, &s, nh, nkv, hd, m->rope_theta, bs, c->kv_type, kc, vc,
                               c->q, c->st);
-        }
         cu_attn_decode(c->q, &s, c->d_i32 + c->off_dec, n_dec, nh, nkv, hd, bs, c->kv_type, kc, vc, splits,
                        c->attn_partial, c->attn, c->st);
         cu_attn_prefill(c->q, &s, c->d_i32 + c->off_tiles, n_tiles, nh, nkv, hd, bs, c->kv_type, kc, vc, c->attn,
                         c->st);
+        run_lin(c, &L->o, c->attn, T, c->delta, H, false);
+        cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
         if (fused) {
-            fused_layer_out(c, l, T);
+            fused_mlp(c, l, T);
         } else {
-            run_lin(c, &L->o, c->attn, T, c->delta, H, false);
-            cu_add_rmsnorm(c->resid, c->delta, H, L->ffn_norm, m->rms_eps, T, H, c->xn, c->st);
             run_group(c, &L->gu, c->xn, T, c->gu);
             run_lin(c, &L->down, c->gu, T, c->delta, H, true);
         }

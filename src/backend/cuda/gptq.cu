@@ -36,6 +36,7 @@
 #include "backend/cuda/kv_cache.cuh"
 #include "backend/cuda/mma.cuh"
 #include "backend/cuda/pdl.cuh"
+#include "backend/cuda/trace.cuh"
 
 typedef __nv_bfloat16 bf16;
 #define TC_WARPS 4
@@ -54,13 +55,8 @@ extern "C" void cu_gptq_tune(int block_bytes, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
     g_flags = flags < 0 ? CU_GPTQ_DEFAULT_FLAGS : flags;
 }
-static uint64_t *g_trace;
-static int g_trace_slot, g_trace_blocks;
-extern "C" void cu_gptq_trace(uint64_t *buf, int blocks_per_launch) {
-    g_trace = buf;
-    g_trace_slot = 0;
-    g_trace_blocks = blocks_per_launch;
-}
+static struct trace_slots g_trace;
+extern "C" void cu_gptq_trace(uint64_t *buf, int blocks_per_launch) { trace_set(&g_trace, buf, blocks_per_launch); }
 
 // Inputs per K split: about TC_BLOCK_BYTES of weights per block, a multiple of 64, the
 // activation tile M x (kr + 8) bf16 within TC_SMEM_MAX. A group may straddle two splits: the
@@ -162,9 +158,8 @@ struct tc_args {
     struct cu_gemv_norm norm;  // input: the normed residual when norm.resid != NULL
     const float *bias;
     struct cu_gemv_out o;      // output form (CU_GEMV_*)
-    int gtiles;          // column tiles summed by one block (one ticket): 1, 2 (SwiGLU) or hd / 64 (RoPE)
     float *partial;      // [splits][M][out]
-    unsigned *ticket;    // one per group of gtiles column tiles
+    unsigned *ticket;    // one per group of column tiles summed together (tc_group)
     int flags;           // CU_GPTQ_*
     uint64_t *trace;     // cu_gptq_trace: [block][8] timestamps, or NULL
 };
@@ -284,12 +279,18 @@ __device__ __forceinline__ void stage_norm(const tc_args &p, int k0, int klen, b
 // the RoPE merge: 82.8 vs 84.4 us per layer, same call), and out-of-line merges on
 // __grid_constant__ arguments were slower still (each merge +0.6 us).
 
-// Ticket group of column tile `tile`: the tiles one block sums together.
+// Column tiles one block sums together (one ticket): a gate tile and its up tile (SwiGLU), a
+// head's tiles (RoPE), else one.
+template <int KIND>
+__device__ __forceinline__ int tc_gtiles(const tc_args &p) {
+    return KIND == CU_GEMV_SWIGLU ? 2 : KIND == CU_GEMV_ROPE ? p.o.rope.hd / TC_COLS : 1;
+}
+
+// Ticket group of column tile `tile`.
 template <int KIND>
 __device__ __forceinline__ int tc_group(const tc_args &p, int tile) {
     if (KIND == CU_GEMV_SWIGLU) return tile % (p.out / 2 / TC_COLS);  // gate tile j with up tile j
-    if (KIND == CU_GEMV_ROPE) return tile / p.gtiles;                 // a head's tiles
-    return tile;
+    return tile / tc_gtiles<KIND>(p);
 }
 
 // Column n of row m: the bias plus the K splits in split order (8 loads in flight).
@@ -345,7 +346,7 @@ __device__ __forceinline__ void merge_swiglu(const tc_args &p, int ks, int grp) 
     for (int e = threadIdx.x; e < M * TC_COLS; e += blockDim.x) {
         const int m = e / TC_COLS, j = grp * TC_COLS + e % TC_COLS;
         const float gt = bf16_round(tc_sum<M>(p, ks, m, j)), up = bf16_round(tc_sum<M>(p, ks, m, half + j));
-        ((bf16 *)p.o.y)[(size_t)m * p.o.ldy + j] = __float2bfloat16(gt / (1.0f + __expf(-gt)) * up);
+        ((bf16 *)p.o.y)[(size_t)m * p.o.ldy + j] = __float2bfloat16(silu_mul(gt, up));  // as cu_swiglu rounds it
     }
 }
 
@@ -578,7 +579,7 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     __syncthreads();
     if (threadIdx.x == 0) {
         __threadfence();
-        const bool l = atomicAdd(&p.ticket[grp], 1u) == (unsigned)(ks * p.gtiles) - 1;
+        const bool l = atomicAdd(&p.ticket[grp], 1u) == (unsigned)(ks * tc_gtiles<KIND>(p)) - 1;
         if (l) __threadfence();
         last = l;
     }
@@ -667,12 +668,11 @@ extern "C" void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv
     if (norm) a.norm = *norm;
     a.bias = bias;
     a.o = *out;
-    a.gtiles = kind == CU_GEMV_SWIGLU ? 2 : kind == CU_GEMV_ROPE ? hd / TC_COLS : 1;
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
     a.flags = g_flags;
-    a.trace = g_trace ? g_trace + (size_t)g_trace_slot++ * g_trace_blocks * 8 : NULL;
     const int ks = tc_splits(l, M), form = kind | (norm ? TC_NORM : 0);
+    a.trace = trace_next(&g_trace, (size_t)((l->out + TC_COLS - 1) / TC_COLS) * ks);
     switch (M) {
     case 1: launch_tc<1>(a, ks, form, st); break;
     case 2: launch_tc<2>(a, ks, form, st); break;
