@@ -590,6 +590,21 @@ static void layer_tables(struct bench *b) {
                time_layer(b, 2, -1), time_layer(b, 4, -1), time_layer(b, 8, -1));
     }
     cu_attn_decode_cluster(-1);
+    b->fused = b->fuse_rope = true;  // the decode attention's variants inside the 6-kernel layer
+    for (int tc = 0; tc <= 1; tc++) {
+        cu_attn_decode_tc(tc);
+        printf("| fused layer, attention Q.K and P.V on %s | %.1f | %.1f | %.1f | %.1f |\n",
+               tc ? "tensor cores (the bf16 default)" : "CUDA cores", time_layer(b, 1, -1), time_layer(b, 2, -1),
+               time_layer(b, 4, -1), time_layer(b, 8, -1));
+    }
+    for (int mk = 32; mk <= 256; mk *= 2) {
+        cu_attn_decode_tune(mk);
+        printf("| fused layer, attention (tensor cores) >= %d keys per split | %.1f | | | %.1f |\n", mk,
+               time_layer(b, 1, -1), time_layer(b, 8, -1));
+    }
+    cu_attn_decode_tune(0);
+    cu_attn_decode_tc(-1);
+    b->fused = b->fuse_rope = false;
     b->attn_pf = true;
     printf("| attention through the prefill kernel | %.1f | | | %.1f |\n", time_layer(b, 1, -1), time_layer(b, 8, -1));
     b->attn_pf = false;
@@ -701,6 +716,10 @@ int main(int argc, char **argv) {
         row(&b, "attn_decode ctx 512", "cluster merge", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
         row(&b, "attn_decode ctx 4096", "cluster merge", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
         cu_attn_decode_cluster(-1);
+        cu_attn_decode_tc(0);  // Q.K and P.V on the CUDA cores (the fp8 caches' kernel)
+        row(&b, "attn_decode ctx 512", "CUDA cores", (struct op){OP_ATTN, 0, Ms[mi], 512}, NULL);
+        row(&b, "attn_decode ctx 4096", "CUDA cores", (struct op){OP_ATTN, 0, Ms[mi], 4096}, NULL);
+        cu_attn_decode_tc(-1);
         row(&b, "attn_decode ctx 512", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 512}, NULL);
         row(&b, "attn_decode ctx 4096", "prefill kernel (FA2, 1 query)", (struct op){OP_ATTN_PF, 0, Ms[mi], 4096}, NULL);
     }

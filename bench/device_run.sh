@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests tests2 sass timeline layers abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# Phases: info tests tests2 sass timeline tlenv layers abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
 # ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
@@ -80,6 +80,11 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
       for f in unfused fused; do for m in 1 8; do
         timeout 120 $D/bin/cuda_ops_bench timeline $m $f > $OUT/timeline-$f-m$m.md 2>&1
         echo "### timeline $f M=$m rc=$?" | tee -a $OUT/summary.txt; cat $OUT/timeline-$f-m$m.md | tee -a $OUT/summary.txt
+      done; done ;;
+  tlenv) # the 6-kernel fused layer's timeline at batch 1 and 8 under each TLENV knob (e.g. TLENV="X=0 PAGODA_ATTN_TC=0")
+      for e in ${TLENV:-X=0}; do for m in 1 8; do
+        timeout 120 env $e $D/bin/cuda_ops_bench timeline $m fused-rope > $OUT/tl-$e-m$m.md 2>&1
+        echo "### timeline fused-rope M=$m $e rc=$?" | tee -a $OUT/summary.txt; head -${TLN:-40} $OUT/tl-$e-m$m.md | tee -a $OUT/summary.txt
       done; done ;;
   sass) # instruction mix of the decode kernels (cuobjdump from the device's toolkit)
       CO=$(command -v cuobjdump || ls /usr/local/cuda*/bin/cuobjdump 2>/dev/null | head -1)

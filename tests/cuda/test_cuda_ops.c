@@ -423,6 +423,77 @@ static int ticket_hook(void **state) {
     return 0;
 }
 
+// The new key's K and V rows (position len - 1 of each sequence) come from the kernel just
+// before the attention, which under PDL starts before that kernel ends and reads every older
+// row before its pdl_wait. Here the new rows are poisoned (NaN) in the cache and a kernel that
+// lets the attention launch at once rewrites the whole cache after 20 us: the output must
+// match the reference (a new row read early would be NaN). Without PDL (sm_80) the launches
+// are serial and the case is a plain one.
+static void run_fresh_row_case(int nh, int nkv, int hd, int kv_type, int bs, int splits) {
+    const int n = 4, len[4] = {1, 33, 512, 3000}, nn[4] = {1, 1, 1, 1};
+    struct pg_setup s;
+    setup_init_bs(&s, n, len, nn, nh, nkv, hd, kv_type, bs);
+    struct attn_io a;
+    attn_io_init(&a, &s);
+    const size_t es = kv_type == CU_KV_BF16 ? 2 : 1, bytes = s.cache_elems * es;
+    void *gk = dup_to_dev(s.kc, bytes), *gv = dup_to_dev(s.vc, bytes);
+    uint8_t *pk = pg_malloc(bytes), *pv = pg_malloc(bytes);
+    memcpy(pk, s.kc, bytes), memcpy(pv, s.vc, bytes);
+    for (int i = 0; i < n; i++)
+        for (int kvh = 0; kvh < nkv; kvh++) {
+            memset(pk + cidx(&s, i, len[i] - 1, kvh, 0) * es, 0xff, (size_t)hd * es);
+            memset(pv + cidx(&s, i, len[i] - 1, kvh, 0) * es, 0xff, (size_t)hd * es);
+        }
+    assert_int_equal(cudaMemcpy(a.dk, pk, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    assert_int_equal(cudaMemcpy(a.dv, pv, bytes, cudaMemcpyHostToDevice), cudaSuccess);
+    const int32_t seqs[4] = {2, 0, 3, 1};
+    void *dseqs = dup_to_dev(seqs, sizeof seqs);
+    float *part = dmalloc(sizeof(float) * (CU_ATTN_TICKETS + (size_t)n * nh * splits * (hd + 2)));
+    assert_int_equal(cudaMemset(part, 0, CU_ATTN_TICKETS * 4), cudaSuccess);  // tickets
+    assert_int_equal(cudaMemset(a.dout, 0xff, a.qn * 2), cudaSuccess);
+    assert_int_equal(cudaDeviceSynchronize(), cudaSuccess);
+    cu_test_delayed_copy(a.dk, gk, a.dv, gv, bytes, 20000, 0);
+    cu_attn_decode(a.dq, &a.ds.st, dseqs, n, nh, nkv, hd, bs, kv_type, a.dk, a.dv, splits, part, a.dout, 0);
+    uint16_t *out = pg_malloc(a.qn * 2);
+    to_host(out, a.dout, a.qn * 2);
+    char name[96];
+    snprintf(name, sizeof name, "attn decode, new rows late: hd%d kv%d bs%d splits%d", hd, kv_type, bs, splits);
+    CHECK_ERR(name, rel_err_bf16(out, a.ref, a.qn), 8e-3);
+    attn_io_free(&a);
+    setup_free(&s);
+    cudaFree(gk), cudaFree(gv), cudaFree(dseqs), cudaFree(part);
+    free(pk), free(pv), free(out);
+}
+
+// Both kernels (tensor cores for bf16, CUDA cores for every cache), both split merges.
+static void test_attn_decode_fresh_row(void **state) {
+    (void)state;
+    for (int tc = 1; tc >= 0; tc--)
+        for (int cl = 1; cl >= 0; cl--) {
+            cu_attn_decode_tc(tc);
+            cu_attn_decode_cluster(cl);
+            run_fresh_row_case(40, 8, 128, CU_KV_BF16, 16, 8);
+            run_fresh_row_case(40, 8, 128, CU_KV_BF16, 32, 1);
+            run_fresh_row_case(14, 2, 64, CU_KV_BF16, 16, 5);
+            run_fresh_row_case(40, 8, 128, CU_KV_E4M3, 16, 8);
+        }
+}
+
+// The decode tests on the CUDA-core kernel (bf16 caches take the tensor-core one by default;
+// fp8 caches always run this one).
+static void test_attn_decode_cuda_cores(void **state) {
+    cu_attn_decode_tc(0);
+    test_attn_decode(state);
+    test_attn_decode_paged(state);
+    run_trace_case(32, 32, false);
+}
+static int attn_hooks_reset(void **state) {
+    (void)state;
+    cu_attn_decode_cluster(-1);
+    cu_attn_decode_tc(-1);
+    return 0;
+}
+
 static void test_attn_prefill(void **state) {
     (void)state;
     run_attn_case(40, 8, 128, CU_KV_BF16, true, 0);
@@ -511,6 +582,8 @@ int main(void) {
         cmocka_unit_test_setup_teardown(test_attn_decode_paged, ticket_hook, cluster_hook_reset),
         cmocka_unit_test_setup_teardown(test_attn_trace, ticket_hook, cluster_hook_reset),
         cmocka_unit_test_teardown(test_attn_decode_cluster, cluster_hook_reset),
+        cmocka_unit_test_setup_teardown(test_attn_decode_cuda_cores, ticket_hook, attn_hooks_reset),
+        cmocka_unit_test_teardown(test_attn_decode_fresh_row, attn_hooks_reset),
         cmocka_unit_test(test_attn_prefill),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -25,16 +25,6 @@ typedef __nv_bfloat16 bf16;
 #define PF_WARPS 4
 
 // ---- PTX wrappers (sm_80+) ----
-__device__ __forceinline__ void ldsm_x4(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
-__device__ __forceinline__ void ldsm_x4_t(uint32_t *r, const void *p) {
-    asm volatile("ldmatrix.sync.aligned.m8n8.x4.trans.shared.b16 {%0, %1, %2, %3}, [%4];\n"
-                 : "=r"(r[0]), "=r"(r[1]), "=r"(r[2]), "=r"(r[3])
-                 : "r"(smem_u32(p)));
-}
 // 2^x on the SFU (ex2.approx.ftz: -inf -> +0, which the masked scores rely on).
 __device__ __forceinline__ float fast_exp2(float x) {
     float y;

@@ -94,6 +94,15 @@ void cu_attn_decode_tune(int min_keys_per_split);
 // turns it off; this hook overrides it: 1 on, 0 off, -1 the environment's setting again. Not
 // thread-safe.
 void cu_attn_decode_cluster(int on);
+// Q.K and P.V on the tensor cores (mma.sync) for bf16 caches (fp8 caches keep the CUDA-core
+// kernel). On by default; PAGODA_ATTN_TC=0 (read at the first launch) turns it off; this hook
+// overrides it: 1 on, 0 off, -1 the environment's setting again. Not thread-safe.
+void cu_attn_decode_tc(int on);
+// Test hook: a kernel launched with PDL that lets the next kernel launch at once, waits
+// delay_ns, then copies `bytes` (a multiple of 16) from src0 to dst0 and from src1 to dst1:
+// it stands in for the kernel that stores the new KV rows just before the decode attention.
+void cu_test_delayed_copy(void *dst0, const void *src0, void *dst1, const void *src1, size_t bytes,
+                          unsigned delay_ns, cudaStream_t st);
 void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const int32_t *seqs, int n,
                     int n_heads, int n_kv, int hd, int block_size, int kv_type, const void *k_cache,
                     const void *v_cache, int n_splits, float *partial, bf16_t *out, cudaStream_t st);

@@ -56,6 +56,33 @@ extern "C" void cu_pdl_force(bool on) {
     __atomic_store_n(&g_pdl_state[dev], on && pdl_supported(dev) ? 2 : 1, __ATOMIC_RELEASE);
 }
 
+// Test hook (cu_test_delayed_copy): lets the next kernel launch at once, waits delay_ns on the
+// global timer, then copies n16 16-byte words in each of the two (dst, src) pairs.
+__global__ void k_delayed_copy(uint4 *d0, const uint4 *s0, uint4 *d1, const uint4 *s1, size_t n16, unsigned delay_ns) {
+    pdl_launch_dependents();
+    pdl_wait();
+    uint64_t t0, t;
+    asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t0));
+    do
+        asm volatile("mov.u64 %0, %%globaltimer;" : "=l"(t));
+    while (t - t0 < delay_ns);
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n16; i += (size_t)gridDim.x * blockDim.x) {
+        d0[i] = s0[i];
+        d1[i] = s1[i];
+    }
+}
+
+extern "C" void cu_test_delayed_copy(void *dst0, const void *src0, void *dst1, const void *src1, size_t bytes,
+                                     unsigned delay_ns, cudaStream_t st) {
+    if (bytes % 16) {
+        cu_note(cudaErrorInvalidValue, __FILE__, __LINE__, "test_delayed_copy: bytes not a multiple of 16");
+        return;
+    }
+    cu_note(pdl_launch(k_delayed_copy, dim3(32), dim3(256), 0, st, (uint4 *)dst0, (const uint4 *)src0, (uint4 *)dst1,
+                       (const uint4 *)src1, bytes / 16, delay_ns),
+            __FILE__, __LINE__, "test_delayed_copy");
+}
+
 __global__ void k_fill_random_bf16(__nv_bfloat16 *p, size_t n, uint32_t seed) {
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < n; i += (size_t)gridDim.x * blockDim.x) {
         uint32_t h = (uint32_t)i * 2654435761u ^ seed;
