@@ -323,6 +323,7 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "pagoda bench: give --random PRESET or --model DIR\n");
         return 2;
     }
+    mc = w->cfg;  // with --model, mc was never filled (vocab, byte and FLOP floors read it)
     printf("weights ready in %.1f s\n", pg_now() - t0);
     int maxb = 1, maxp = 0;
     for (int i = 0; i < o.n_batches; i++) maxb = o.batches[i] > maxb ? o.batches[i] : maxb;
