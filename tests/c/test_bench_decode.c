@@ -1,7 +1,7 @@
 // bench_decode_run (the decode loop of `pagoda bench`) on the CPU backend with make_model's
 // "tiny" random model: greedy tokens with one step in flight (inputs fed by the backend) equal
 // the synchronous loop's, and those equal the argmax of logits recomputed over the whole
-// context; an injected backend failure (a feed_idx out of range, a failing collect) returns
+// context; every batch is unchanged at its collect; an injected backend failure (a feed_idx out of range, a failing collect) returns
 // -1 with no step left in flight.
 #include <setjmp.h>
 #include <stdarg.h>
@@ -20,6 +20,16 @@
 #define BLK 16
 #define PER 4    // blocks per sequence: 64 positions
 
+// What a step's batch held at execute; compared at its collect (backend.h: the batch and all
+// it points to stay unchanged until then; the CPU backend computes at execute and would not
+// notice, a GPU would read a changed batch).
+struct snap {
+    const struct step_batch *b;
+    struct step_batch copy;
+    struct step_seq seqs[NS];
+    int32_t tok[NS];
+};
+
 // The CPU backend behind a counting wrapper that can break one execute or one collect.
 struct wrap {
     void *inner;
@@ -27,7 +37,25 @@ struct wrap {
     int in_flight, max_in_flight, n_fed;
     int bad_exec;           // this execute call gets sequence 0 fed from result index n_seqs (-1: none)
     int bad_collect;        // this collect call takes its step, then reports failure (-1: none)
+    struct snap q[2];       // steps in flight, oldest at q_head
+    int q_head, n_changed;  // batches found changed at their collect
 };
+
+static void snap_take(struct snap *p, const struct step_batch *b) {
+    assert_true(b->n_seqs <= NS);
+    p->b = b;
+    memcpy(&p->copy, b, sizeof *b);
+    memcpy(p->seqs, b->seqs, (size_t)b->n_seqs * sizeof *b->seqs);
+    for (int i = 0; i < b->n_seqs; i++) p->tok[i] = b->seqs[i].tokens[0];
+}
+
+static bool snap_changed(const struct snap *p) {
+    const struct step_batch *b = p->b;
+    if (memcmp(&p->copy, b, sizeof *b) || memcmp(p->seqs, b->seqs, (size_t)b->n_seqs * sizeof *b->seqs)) return true;
+    for (int i = 0; i < b->n_seqs; i++)
+        if (p->tok[i] != b->seqs[i].tokens[0]) return true;
+    return false;
+}
 
 static int w_execute(void *ctx, const struct step_batch *b, char *err) {
     struct wrap *w = ctx;
@@ -41,6 +69,8 @@ static int w_execute(void *ctx, const struct step_batch *b, char *err) {
         bb.seqs = ss;
     }
     if (backend_cpu.execute(w->inner, &bb, err)) return -1;
+    assert_true(w->in_flight < 2);
+    snap_take(&w->q[(w->q_head + w->in_flight) % 2], b);
     for (int i = 0; i < b->n_seqs; i++) w->n_fed += b->seqs[i].feed;
     if (++w->in_flight > w->max_in_flight) w->max_in_flight = w->in_flight;
     return 0;
@@ -48,6 +78,10 @@ static int w_execute(void *ctx, const struct step_batch *b, char *err) {
 
 static int w_collect(void *ctx, struct step_result *out, char *err) {
     struct wrap *w = ctx;
+    if (w->in_flight > 0) {
+        w->n_changed += snap_changed(&w->q[w->q_head]);
+        w->q_head = (w->q_head + 1) % 2;
+    }
     int rc = backend_cpu.collect(w->inner, out, err);
     if (!rc) w->in_flight--;
     if (w->n_coll++ == w->bad_collect && !rc) {
@@ -129,6 +163,7 @@ static int run(const struct fixture *f, bool pipelined, struct wrap *w, int32_t 
                              .pipelined = pipelined, .last = last, .tokens = tokens, .t_step = t_step};
     int rc = bench_decode_run(&wrap_ops, w, &d, err);
     assert_int_equal(w->in_flight, 0);
+    assert_int_equal(w->n_changed, 0);
     char e2[PG_ERR_LEN] = "";
     struct step_result res[NS];
     assert_int_equal(backend_cpu.collect(w->inner, res, e2), -1); // the backend itself holds no step
