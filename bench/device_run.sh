@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Runs on the GPU machine from the repository root: bench/device_run.sh PHASE...
-# Phases: info tests tests2 sass timeline tlenv layers abenv ceilings makemodel lat-int4 lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# Phases: info tests tests2 sass timeline tlenv layers abenv ceilings makemodel lat-int4 lat-int4-async lat-bf16 thr-int4 thr-bf16 hf fp8 ab ab1 ops attnpf overlap
+# lat-int4: batch-1 int4 latency, then again at 1k prefill with --async-scheduling (one decode
+# step in flight, as `pagoda serve --async-scheduling`); lat-int4-async: only the latter.
 # ab1: batch-1 int4 and bf16 latency (1k and 4k prefill), base then new. ops: the kernel
 # microbenchmark (new, then bin/cuda_ops_bench-base when bundled). attnpf: prefill attention
 # ms and TFLOP/s against the cuBLAS bf16 GEMM rate (tests/cuda/bench_attn_prefill).
@@ -29,7 +31,9 @@ for ph in "$@"; do [ $SECONDS -gt ${BUDGET:-99999} ] && { echo "### skipped $ph 
   tests) for t in $D/bin/test_cuda_*; do run tests 200 env CMOCKA_MESSAGE_OUTPUT=stdout $t; done ;;
   ceilings) run ceilings 120 $P bench ceilings --json $OUT/results.jsonl ;;
   makemodel) run makemodel 90 $P make-model --out /tmp/q14-int4 --preset qwen2.5-14b --gptq-int4 && ls -la /tmp/q14-int4 >> $OUT/makemodel.log && du -sh /tmp/q14-int4 | tee -a $OUT/summary.txt ;;
-  lat-int4) run lat-int4 150 $P bench latency --random qwen2.5-14b --gptq-int4 --ceilings --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/results.jsonl ;;
+  lat-int4) run lat-int4 150 $P bench latency --random qwen2.5-14b --gptq-int4 --ceilings --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/results.jsonl
+      run lat-int4 150 $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --async-scheduling --json $OUT/results.jsonl ;;
+  lat-int4-async) run lat-int4-async 150 $P bench latency --random qwen2.5-14b --gptq-int4 --batch 1 --output-len 64 --prefill-lens 1024 --async-scheduling --json $OUT/results.jsonl ;;
   lat-bf16) run lat-bf16 150 $P bench latency --random qwen2.5-14b --ceilings --batch 1 --output-len 64 --prefill-lens 1024,4096 --json $OUT/results.jsonl ;;
   thr-int4) run thr-int4 200 $P bench throughput --random qwen2.5-14b --gptq-int4 --batch 1,8,32,64,128,256 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;
   thr-bf16) run thr-bf16 200 $P bench throughput --random qwen2.5-14b --batch 1,8,32,64,128,256 --input-len 512 --output-len 150 --json $OUT/results.jsonl ;;

@@ -2,6 +2,9 @@
 //   latency:    prefill time of single prompts (--prefill-lens) and decode ms/token at batch 1
 //   throughput: for each --batch B: B prompts of --input-len, prefill, then --output-len
 //               greedy decode steps; decode tokens/s and end-to-end tokens/s
+// --async-scheduling keeps one decode step in flight (the engine's --async-scheduling: step n+1
+// launched before step n is collected, its input token fed on the device); ms/token is then the
+// time between consecutive collects, the steady-state time between tokens a client sees.
 // Weights come from --model DIR (when the loader is linked) or --random PRESET [--gptq-int4]
 // (make_model's generator, in memory). --ceilings measures the copy bandwidth and cuBLAS
 // bf16 GEMM rate first and prints the byte/FLOP floor beside each number.
@@ -10,6 +13,7 @@
 #include <string.h>
 
 #include "backend/backend.h"
+#include "backend/bench_decode.h"
 #include "cli/commands.h"
 #include "cli/tool_exec.h"
 #include "model/make_model.h"
@@ -22,7 +26,7 @@ extern const struct backend_ops backend_cuda;
 
 struct bopt {
     const char *mode, *model, *preset, *json;
-    bool gptq, eager, ceilings;
+    bool gptq, eager, ceilings, async;
     int batches[MAXL], n_batches, prefill[MAXL], n_prefill;
     int input_len, output_len, reps, max_model_len;
     float util;
@@ -46,7 +50,7 @@ static void usage(FILE *f) {
     fprintf(f, "usage: pagoda bench latency|throughput|ceilings (--model DIR | --random PRESET [--gptq-int4])\n"
                "  [--batch 8,32,...] [--input-len 512] [--output-len 128] [--prefill-lens 1024,4096] [--reps 3]\n"
                "  [--kv-cache-dtype auto|bf16|fp8|fp8_e4m3|fp8_e5m2] [--enforce-eager] [--gpu-memory-utilization 0.9]\n"
-               "  [--max-model-len N] [--seed N] [--ceilings] [--json FILE]\n");
+               "  [--max-model-len N] [--seed N] [--async-scheduling] [--ceilings] [--json FILE]\n");
 }
 
 static int parse(int argc, char **argv, struct bopt *o) {
@@ -68,6 +72,7 @@ static int parse(int argc, char **argv, struct bopt *o) {
         if (!strcmp(a, "--gptq-int4")) o->gptq = true;
         else if (!strcmp(a, "--enforce-eager")) o->eager = true;
         else if (!strcmp(a, "--ceilings")) o->ceilings = true;
+        else if (!strcmp(a, "--async-scheduling")) o->async = true;
         else if (!v) return -1;
         else if (!strcmp(a, "--model")) o->model = argv[++i];
         else if (!strcmp(a, "--random")) o->preset = argv[++i];
@@ -140,7 +145,8 @@ static double step(const struct backend_ops *be, void *ctx, struct step_batch *b
 #define BS 16
 
 // B sequences of input_len random tokens: prefill (whole prompts, packed up to TBUDGET tokens
-// a step), 3 untimed decode steps (graph capture), then output_len timed decode steps.
+// a step, synchronous), 3 untimed decode steps (graph capture), then output_len - 1 timed decode
+// steps (bench_decode_run: synchronous, or pipelined with --async-scheduling).
 static int run_batch(const struct backend_ops *be, void *ctx, const struct model_config *mc, const struct bopt *o,
                      int B, int num_blocks, char *err) {
     const int max_len = o->input_len + o->output_len + 4, per = (max_len + BS - 1) / BS;
@@ -157,12 +163,14 @@ static int run_batch(const struct backend_ops *be, void *ctx, const struct model
     struct step_seq *ss = pg_calloc(B, sizeof *ss);
     struct step_result *res = pg_calloc(B, sizeof *res);
     int32_t *last = pg_calloc(B, sizeof(int32_t));
-    double *dt = pg_calloc(o->output_len, sizeof(double));
+    const int32_t **bts = pg_calloc(B, sizeof *bts);
+    double *ts = pg_calloc(o->output_len + 2, sizeof(double)), *dt = ts + 3; // dt: the timed steps
     for (int i = 0; i < B; i++) {
         s[i].toks = pg_malloc(sizeof(int32_t) * o->input_len);
         s[i].bt = pg_malloc(sizeof(int32_t) * per);
         for (int k = 0; k < o->input_len; k++) s[i].toks[k] = (int32_t)(pg_mix64(o->seed ^ ((uint64_t)i << 32) ^ k) % mc->vocab);
         for (int k = 0; k < per; k++) s[i].bt[k] = i * per + k;
+        bts[i] = s[i].bt;
     }
     int rc = -1;
     double t_pre = 0, t_dec = 0;
@@ -187,44 +195,27 @@ static int run_batch(const struct backend_ops *be, void *ctx, const struct model
         for (int k = 0; k < n; k++) last[i0 + k] = res[k].token;
         i0 += n;
     }
-    for (int it = 0; it < o->output_len + 2; it++) {  // decode: the first 3 steps warm up
-        int pos = o->input_len + it;
-        for (int i = 0; i < B; i++) {
-            struct step_seq *q = &ss[i];
-            memset(q, 0, sizeof *q);
-            q->n_new = 1;
-            q->tokens = &last[i];
-            q->pos0 = pos;
-            q->block_table = s[i].bt;
-            q->n_blocks = per;
-            q->sample = true;
-            q->smp.params = &sp;
-            q->smp.step = it + 1;
-        }
-        struct step_batch b = {B, ss, B};
-        double t = step(be, ctx, &b, res, err);
-        if (t < 0) goto done;
-        for (int i = 0; i < B; i++) last[i] = res[i].token;
-        if (it >= 3) dt[it - 3] = t;
-        if (it >= 3) t_dec += t;
-    }
+    struct bench_decode d = {.n_seqs = B, .block_tables = bts, .n_blocks = per, .pos0 = o->input_len,
+                             .n_steps = o->output_len + 2, .pipelined = o->async, .last = last, .t_step = ts};
+    if (bench_decode_run(be, ctx, &d, err)) goto done;  // the first 3 steps warm up
     int nd = o->output_len - 1;
+    for (int k = 0; k < nd; k++) t_dec += dt[k];
     qsort(dt, nd, sizeof(double), cmp_d);
     double med = dt[nd / 2], mean = t_dec / nd;
     int ctx_mid = o->input_len + o->output_len / 2;
     double bytes = weight_bytes(mc) + (double)B * ctx_mid * kv_bytes_per_token(mc, o->kv);
     char line[1024];
     snprintf(line, sizeof line,
-             "{\"mode\":\"%s\",\"model\":\"%s%s\",\"kv\":\"%s\",\"graphs\":%s,\"batch\":%d,\"input_len\":%d,\"output_len\":%d,\"decode_ms_per_step_median\":%.3f,"
+             "{\"mode\":\"%s\",\"model\":\"%s%s\",\"kv\":\"%s\",\"graphs\":%s,\"async_scheduling\":%s,\"batch\":%d,\"input_len\":%d,\"output_len\":%d,\"decode_ms_per_step_median\":%.3f,"
              "\"decode_ms_per_step_mean\":%.3f,\"decode_tok_per_s\":%.1f,\"prefill_s\":%.3f,\"e2e_tok_per_s\":%.1f,"
              "\"floor_ms_per_step\":%.3f,\"step_bytes\":%.4g}",
              o->mode, o->preset ? o->preset : o->model, o->gptq ? "-gptq-int4" : "", pg_dtype_name(o->kv),
-             o->eager ? "false" : "true", B, o->input_len, o->output_len, med * 1e3, mean * 1e3, B / mean, t_pre,
+             o->eager ? "false" : "true", o->async ? "true" : "false", B, o->input_len, o->output_len, med * 1e3, mean * 1e3, B / mean, t_pre,
              (double)B * o->output_len / (t_pre + t_dec + mean), o->bw > 0 ? bytes / o->bw * 1e3 : 0.0, bytes);
     emit(o, line);
-    printf("batch %3d: decode %.3f ms/step (median; floor %.3f ms at %.0f GB/s), %.1f tok/s decode, %.1f tok/s "
+    printf("batch %3d%s: decode %.3f ms/step (median; floor %.3f ms at %.0f GB/s), %.1f tok/s decode, %.1f tok/s "
            "end-to-end; prefill %d x %d tokens %.3f s\n",
-           B, med * 1e3, o->bw > 0 ? bytes / o->bw * 1e3 : 0.0, o->bw / 1e9, B / mean,
+           B, o->async ? " (async scheduling)" : "", med * 1e3, o->bw > 0 ? bytes / o->bw * 1e3 : 0.0, o->bw / 1e9, B / mean,
            (double)B * o->output_len / (t_pre + t_dec + mean), B, o->input_len, t_pre);
     rc = 0;
 done:
@@ -236,7 +227,8 @@ done:
     free(ss);
     free(res);
     free(last);
-    free(dt);
+    free(bts);
+    free(ts);
     return rc;
 }
 
@@ -331,6 +323,7 @@ int cmd_bench(int argc, char **argv) {
         fprintf(stderr, "pagoda bench: give --random PRESET or --model DIR\n");
         return 2;
     }
+    mc = w->cfg;  // with --model, mc was never filled (vocab, byte and FLOP floors read it)
     printf("weights ready in %.1f s\n", pg_now() - t0);
     int maxb = 1, maxp = 0;
     for (int i = 0; i < o.n_batches; i++) maxb = o.batches[i] > maxb ? o.batches[i] : maxb;
@@ -347,6 +340,7 @@ int cmd_bench(int argc, char **argv) {
     bc.enforce_eager = o.eager;
     bc.tensor_parallel_size = 1;
     bc.seed = o.seed;
+    bc.max_inflight = o.async ? 2 : 0;  // 0: execute, collect, execute, ... (today's bench)
     void *ctx = NULL;
     int nb = 0, rc = 0;
     t0 = pg_now();
@@ -355,8 +349,9 @@ int cmd_bench(int argc, char **argv) {
         if (o.preset) make_model_free(w); else model_free(w);
         return 1;
     }
-    printf("backend init %.1f s, %d KV blocks; model %s%s, kv %s, %s\n", pg_now() - t0, nb, o.preset ? o.preset : o.model,
-           o.gptq ? " gptq-int4" : "", pg_dtype_name(o.kv), o.eager ? "eager" : "graphs");
+    printf("backend init %.1f s, %d KV blocks; model %s%s, kv %s, %s%s\n", pg_now() - t0, nb,
+           o.preset ? o.preset : o.model, o.gptq ? " gptq-int4" : "", pg_dtype_name(o.kv), o.eager ? "eager" : "graphs",
+           o.async ? ", async scheduling" : "");
     if (!strcmp(o.mode, "latency"))
         for (int i = 0; i < o.n_prefill && !rc; i++) rc = run_prefill(be, ctx, &mc, &o, o.prefill[i], err);
     for (int i = 0; i < o.n_batches && !rc; i++) rc = run_batch(be, ctx, &mc, &o, o.batches[i], nb, err);
