@@ -94,8 +94,8 @@ void cu_attn_decode_tune(int min_keys_per_split);
 // turns it off; this hook overrides it: 1 on, 0 off, -1 the environment's setting again. Not
 // thread-safe.
 void cu_attn_decode_cluster(int on);
-// Q.K and P.V on the tensor cores (mma.sync) for bf16 caches (fp8 caches keep the CUDA-core
-// kernel). On by default; PAGODA_ATTN_TC=0 (read at the first launch) turns it off; this hook
+// Q.K and P.V on the tensor cores (mma.sync; bf16 caches in bf16, fp8 caches in f16) instead of
+// the CUDA cores. On by default; PAGODA_ATTN_TC=0 (read at the first launch) turns it off; this hook
 // overrides it: 1 on, 0 off, -1 the environment's setting again. Not thread-safe.
 void cu_attn_decode_tc(int on);
 // Test hook: a kernel launched with PDL that lets the next kernel launch at once, waits
