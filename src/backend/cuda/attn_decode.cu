@@ -125,42 +125,18 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     uint8_t *tiles = (uint8_t *)(ps + DEC_WARPS * DEC_TILE * DEC_PSTRIDE);      // per warp: K [32][RSK], V [32][RB]
     pdl_launch_dependents();
     dec_stamp(a, 0);
-    const int sp = blockIdx.x, kvh = blockIdx.y, i = blockIdx.z, n_heads = G * a.n_kv;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5;
-    const int seq = a.seqs[i], L = a.s.seq_len[seq], t = a.s.seq_q0[seq];
-    int chunk = (L + a.n_splits - 1) / a.n_splits;
-    chunk = max(a.min_chunk, (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE);
-    const int ns = (L + chunk - 1) / chunk;  // splits holding keys
-    const int j1 = min(L, (sp + 1) * chunk);
-    const int32_t *bt = a.s.block_tables + (size_t)seq * a.s.bt_stride;
+    const dec_block b = dec_block_of<RB>(a);
+    const int n_heads = G * a.n_kv, lane = threadIdx.x & 31, w = threadIdx.x >> 5, j1 = b.j1;
     uint8_t *ks = tiles + w * S::WARP_BYTES, *vs = ks + DEC_TILE * RSK;
     float *pw = ps + w * DEC_TILE * DEC_PSTRIDE;
-    int tk = sp * chunk + w * DEC_TILE;  // this warp's first tile
-    long long off = tk + lane < j1 ? row_off<RB>(bt, tk + lane, kvh, a.n_kv, a.bs) : 0;
-    const int fresh = sp < ns ? first_tile_early<RB, RSK, RB>(ks, vs, a, off, tk, j1, L, lane) : -1;
+    const int fresh = b.sp < b.ns ? first_tile_early<RB, RSK, RB>(ks, vs, a, b.off, b.tk, j1, b.L, lane) : -1;
     pdl_wait();
-    dec_stamp(a, 1);
-    if (a.trace) {
-        unsigned smid;
-        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-        dec_record(a, 6, smid);
-    }
-    // Cluster merge: this block's state, after the warps' in the tile buffers (merge_warps).
-    auto cl_state = [&]() { return (float *)tiles + DEC_WARPS * G * HD; };
-    if (CL && sp >= ns) {  // ns = 0 is the same here (sp == 0 only when no split has keys) and
-        cluster_merge<HD, G>(a, cl_state(), kvh, sp, t, 0);  // compiles out the merge
-        return;
-    }
-    if (sp >= ns) {
-        if (L <= 0 && sp == 0)  // no keys (not a decode case): zeros, as the split merge would give
-            for (int e = threadIdx.x; e < G * HD; e += blockDim.x)
-                a.out[((size_t)t * n_heads + kvh * G) * HD + e] = __float2bfloat16(0.f);
-        return;
-    }
+    float *cl_state = (float *)tiles + DEC_WARPS * G * HD;  // cluster merge: after the warps' states
+    if (!dec_block_has_keys<HD, G, CL>(a, b, cl_state)) return;
     if (fresh >= 0)
-        copy_fresh_row<RB, RSK, RB>(ks, vs, a.kc, a.vc, __shfl_sync(0xffffffffu, off, fresh), fresh, lane);
+        copy_fresh_row<RB, RSK, RB>(ks, vs, a.kc, a.vc, __shfl_sync(0xffffffffu, b.off, fresh), fresh, lane);
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) folded in
-    const bf16 *qg = a.q + ((size_t)t * n_heads + kvh * G) * HD;
+    const bf16 *qg = a.q + ((size_t)b.t * n_heads + b.kvh * G) * HD;
     for (int e = threadIdx.x; e < G * HD; e += blockDim.x) qs[e] = __bfloat162float(qg[e]) * scale;
     __syncthreads();
 
@@ -172,17 +148,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
 #pragma unroll
         for (int dd = 0; dd < DPL; dd++) acc[g][dd] = 0;
     }
-    if (a.trace && w == 0) {  // the loop's first wait, early (a test inside the loop cost registers)
-        cp_async_wait<1>();
-        __syncwarp();
-        dec_stamp(a, 2);
-    }
-    for (; tk < j1; tk += DEC_WARPS * DEC_TILE) {
-        const int nv = min(DEC_TILE, j1 - tk), tn = tk + DEC_WARPS * DEC_TILE;
-        const bool more = tn < j1;
-        const long long noff = more && tn + lane < j1 ? row_off<RB>(bt, tn + lane, kvh, a.n_kv, a.bs) : 0;
-        cp_async_wait<1>();  // this tile's K (its V may still be in flight)
-        __syncwarp();
+    dec_stamp_first_tile(a);
+    for (int tk = b.tk; tk < j1; tk += DEC_WARPS * DEC_TILE) {
+        const int nv = min(DEC_TILE, j1 - tk);
+        long long noff;
+        const int nn = next_tile<RB>(a, b, tk + DEC_WARPS * DEC_TILE, &noff);
+        wait_k();
         float sc[G], mx[G], corr[G];
         qk_row<HD, G, FP8>(ks + lane * RSK, qs, fmt, sc);
 #pragma unroll
@@ -204,15 +175,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
         }
         *(float4 *)(pw + lane * DEC_PSTRIDE) = make_float4(p[0], p[1], p[2], p[3]);
         if (G > 4) *(float4 *)(pw + lane * DEC_PSTRIDE + 4) = make_float4(p[4], p[5], p[6], p[7]);
-        __syncwarp();  // K buffer read by all lanes, p visible
-        if (more) {
-            copy_tile<RB, RSK>(ks, a.kc, noff, min(DEC_TILE, j1 - tn), lane);
-            cp_async_commit();
-            cp_async_wait<1>();  // this tile's V
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncwarp();
+        next_k_wait_v<RB, RSK>(ks, a.kc, noff, nn);  // p visible to every lane too
 #pragma unroll
         for (int g = 0; g < G; g++)
 #pragma unroll
@@ -229,11 +192,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
 #pragma unroll
                 for (int dd = 0; dd < DPL; dd++) acc[g][dd] = fmaf(pj[g], v[dd], acc[g][dd]);
         }
-        __syncwarp();  // V buffer and p read by all lanes
-        if (more) {
-            copy_tile<RB, RB>(vs, a.vc, noff, min(DEC_TILE, j1 - tn), lane);
-            cp_async_commit();
-        }
+        next_v<RB, RB>(vs, a.vc, noff, nn);
     }
 #pragma unroll
     for (int o = 16; o > 0; o >>= 1)
@@ -250,44 +209,17 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode(const dec_args a
     for (int g = 0; g < G; g++)
 #pragma unroll
         for (int dd = 0; dd < DPL; dd++) sm[(w * G + g) * HD + lane * DPL + dd] = acc[g][dd];
-    const bool last = merge_warps<HD, G, CL>(a, ml, sm, cl_state(), i, kvh, sp, t, ns);
-    if (CL) {
-        cluster_merge<HD, G>(a, cl_state(), kvh, sp, t, ns);
-        return;
-    }
-    dec_stamp(a, 4);
-    if (!last) return;
-    merge_splits<HD, G>(a, sm + DEC_WARPS * G * HD, i, kvh, t, ns);
-    if (threadIdx.x == 0) a.tickets[(size_t)i * a.n_kv + kvh] = 0;  // re-arm for the next launch / replay
-    dec_stamp(a, 5);
-}
-
-// cluster: the split merge through a cluster of grid.x (<= 8, portable) blocks. At most 8
-// blocks of 128 threads and at most 74 KiB of shared memory each (hd 128, G = 8) fit in any
-// GPC of an H100/H200 (16+ SMs, 3 such blocks per SM), so no occupancy query is needed.
-template <int HD, int G, bool FP8>
-static void launch(const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
-    void (*kern)(const dec_args) = cluster ? k_attn_decode<HD, G, FP8, true> : k_attn_decode<HD, G, FP8, false>;
-    const size_t sm = dec_shape<HD, G, FP8>::SMEM;
-    CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-    const dim3 block(DEC_WARPS * 32);
-    cu_note(cluster ? pdl_launch_cluster(kern, grid, grid.x, block, sm, st, a) : pdl_launch(kern, grid, block, sm, st, a),
-            __FILE__, __LINE__, "attn_decode");
+    dec_block_finish<HD, G, CL>(a, b, ml, sm, cl_state);
 }
 
 template <int HD, bool FP8>
-static void launch_g(int G, const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
-    switch (G) {
-    case 1: launch<HD, 1, FP8>(a, grid, cluster, st); break;
-    case 2: launch<HD, 2, FP8>(a, grid, cluster, st); break;
-    case 3: launch<HD, 3, FP8>(a, grid, cluster, st); break;
-    case 4: launch<HD, 4, FP8>(a, grid, cluster, st); break;
-    case 5: launch<HD, 5, FP8>(a, grid, cluster, st); break;
-    case 6: launch<HD, 6, FP8>(a, grid, cluster, st); break;
-    case 7: launch<HD, 7, FP8>(a, grid, cluster, st); break;
-    default: launch<HD, 8, FP8>(a, grid, cluster, st); break;
+struct cc_launch {
+    template <int G>
+    static void run(const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
+        dec_launch(cluster ? k_attn_decode<HD, G, FP8, true> : k_attn_decode<HD, G, FP8, false>,
+                   dec_shape<HD, G, FP8>::SMEM, a, grid, cluster, st, "attn_decode");
     }
-}
+};
 
 // Fewest keys per split, a multiple of DEC_TILE: the default, PAGODA_ATTN_MIN_KEYS (A/B runs
 // of whole models; read at the first launch) or the benchmark hook (cuda_ops_bench),
@@ -360,7 +292,7 @@ extern "C" void cu_attn_decode(const bf16_t *q, const struct cu_step *s, const i
     if (tc_path())
         attn_decode_tc_launch(a, G, hd, kv_type, grid, cluster, st);
     else if (hd == 128)
-        fp8 ? launch_g<128, true>(G, a, grid, cluster, st) : launch_g<128, false>(G, a, grid, cluster, st);
+        fp8 ? with_g<cc_launch<128, true>>(G, a, grid, cluster, st) : with_g<cc_launch<128, false>>(G, a, grid, cluster, st);
     else
-        fp8 ? launch_g<64, true>(G, a, grid, cluster, st) : launch_g<64, false>(G, a, grid, cluster, st);
+        fp8 ? with_g<cc_launch<64, true>>(G, a, grid, cluster, st) : with_g<cc_launch<64, false>>(G, a, grid, cluster, st);
 }

@@ -273,6 +273,144 @@ __device__ __forceinline__ void cluster_merge(const dec_args &a, const float *st
     cluster_sync();
 }
 
+// A block's place: split sp of kv head kvh of the i-th decode sequence, whose L keys give ns
+// splits with keys (each a multiple of the tile, at least a.min_chunk keys); this split ends
+// at key j1; this warp's first tile starts at key tk, and lane r's `off` is the byte offset of
+// key tk + r's row (0 past j1). Reads only step arrays (before pdl_wait).
+struct dec_block {
+    int sp, kvh, i, L, t, ns, j1, tk;
+    const int32_t *bt;
+    long long off;
+};
+template <int RB>
+__device__ __forceinline__ dec_block dec_block_of(const dec_args &a) {
+    dec_block b;
+    b.sp = blockIdx.x, b.kvh = blockIdx.y, b.i = blockIdx.z;
+    const int seq = a.seqs[b.i];
+    b.L = a.s.seq_len[seq], b.t = a.s.seq_q0[seq];
+    int chunk = (b.L + a.n_splits - 1) / a.n_splits;
+    chunk = max(a.min_chunk, (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE);
+    b.ns = (b.L + chunk - 1) / chunk;
+    b.j1 = min(b.L, (b.sp + 1) * chunk);
+    b.bt = a.s.block_tables + (size_t)seq * a.s.bt_stride;
+    b.tk = b.sp * chunk + (threadIdx.x >> 5) * DEC_TILE;
+    const int r = b.tk + (threadIdx.x & 31);
+    b.off = r < b.j1 ? row_off<RB>(b.bt, r, b.kvh, a.n_kv, a.bs) : 0;
+    return b;
+}
+
+// Right after pdl_wait: the stamps; a block whose split holds no keys is done (in a cluster it
+// still passes the merge's barriers; with no keys at all split 0 writes zeros, as a merge
+// would). Returns whether the block goes on to its keys.
+template <int HD, int G, bool CL>
+__device__ __forceinline__ bool dec_block_has_keys(const dec_args &a, const dec_block &b, const float *cl_state) {
+    dec_stamp(a, 1);
+    if (a.trace) {
+        unsigned smid;
+        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
+        dec_record(a, 6, smid);
+    }
+    if (b.sp < b.ns) return true;
+    if (CL) {  // ns = 0 is the same here (sp == 0 only when no split has keys) and compiles out the merge
+        cluster_merge<HD, G>(a, cl_state, b.kvh, b.sp, b.t, 0);
+    } else if (b.L <= 0 && b.sp == 0) {
+        for (int e = threadIdx.x; e < G * HD; e += blockDim.x)
+            a.out[((size_t)b.t * G * a.n_kv + b.kvh * G) * HD + e] = __float2bfloat16(0.f);
+    }
+    return false;
+}
+
+// The block's end, once every warp has left its state in shared memory (ml, sm; cl_state
+// after sm): merges the warps, then the splits (cluster or ticket; the ticket's last block
+// re-arms it for the next launch or graph replay).
+template <int HD, int G, bool CL>
+__device__ __forceinline__ void dec_block_finish(const dec_args &a, const dec_block &b, const float2 *ml, float *sm,
+                                                 float *cl_state) {
+    const bool last = merge_warps<HD, G, CL>(a, ml, sm, cl_state, b.i, b.kvh, b.sp, b.t, b.ns);
+    if (CL) {
+        cluster_merge<HD, G>(a, cl_state, b.kvh, b.sp, b.t, b.ns);
+        return;
+    }
+    dec_stamp(a, 4);
+    if (!last) return;
+    merge_splits<HD, G>(a, sm + DEC_WARPS * G * HD, b.i, b.kvh, b.t, b.ns);
+    if (threadIdx.x == 0) a.tickets[(size_t)b.i * a.n_kv + b.kvh] = 0;
+    dec_stamp(a, 5);
+}
+
+// The warp's walk over its tiles (keys [tk, tk + 32), then tk + 128, ... below j1), K and V by
+// cp.async, one commit group each: the next tile's K is in flight during this tile's P.V, its
+// V during the next tile's Q.K.
+// The next tile's key count (0: none) and lane r's byte offset of its key tn + r.
+template <int RB>
+__device__ __forceinline__ int next_tile(const dec_args &a, const dec_block &b, int tn, long long *noff) {
+    const int lane = threadIdx.x & 31, nn = tn < b.j1 ? min(DEC_TILE, b.j1 - tn) : 0;
+    *noff = lane < nn ? row_off<RB>(b.bt, tn + lane, b.kvh, a.n_kv, a.bs) : 0;
+    return nn;
+}
+// This tile's K is in shared memory (its V may still be in flight).
+__device__ __forceinline__ void wait_k(void) {
+    cp_async_wait<1>();
+    __syncwarp();
+}
+// cu_attn_trace's stamp 2: warp 0's first K tile is in shared memory (waited for here, before
+// the loop: a test inside it cost registers).
+__device__ __forceinline__ void dec_stamp_first_tile(const dec_args &a) {
+    if (a.trace && threadIdx.x < 32) {
+        wait_k();
+        dec_stamp(a, 2);
+    }
+}
+// The warp is done with the K buffer (and what else its lanes shared): the next tile's K in
+// flight (nn > 0), then this tile's V awaited.
+template <int RB, int RS>
+__device__ __forceinline__ void next_k_wait_v(uint8_t *ks, const uint8_t *kc, long long noff, int nn) {
+    __syncwarp();
+    if (nn) {
+        copy_tile<RB, RS>(ks, kc, noff, nn, threadIdx.x & 31);
+        cp_async_commit();
+        cp_async_wait<1>();
+    } else {
+        cp_async_wait<0>();
+    }
+    __syncwarp();
+}
+// The warp is done with the V buffer: the next tile's V in flight.
+template <int RB, int RS>
+__device__ __forceinline__ void next_v(uint8_t *vs, const uint8_t *vc, long long noff, int nn) {
+    __syncwarp();
+    if (nn) {
+        copy_tile<RB, RS>(vs, vc, noff, nn, threadIdx.x & 31);
+        cp_async_commit();
+    }
+}
+
+// Launches kern over grid (blocks of DEC_WARPS warps, sm bytes of dynamic shared memory) with
+// PDL, in clusters of grid.x blocks when `cluster` (at most 8 blocks of 128 threads and at
+// most 74 KiB of shared memory each fit in any GPC of an H100/H200, so no occupancy query).
+static inline void dec_launch(void (*kern)(const dec_args), size_t sm, const dec_args &a, dim3 grid, bool cluster,
+                              cudaStream_t st, const char *what) {
+    CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
+    const dim3 block(DEC_WARPS * 32);
+    cu_note(cluster ? pdl_launch_cluster(kern, grid, grid.x, block, sm, st, a) : pdl_launch(kern, grid, block, sm, st, a),
+            __FILE__, __LINE__, what);
+}
+
+// L::run<G>(args...) with the query heads per kv head G (1..8) as a constant.
+template <typename L, typename... A>
+static inline void with_g(int G, A... args) {
+    switch (G) {
+    case 1: L::template run<1>(args...); break;
+    case 2: L::template run<2>(args...); break;
+    case 3: L::template run<3>(args...); break;
+    case 4: L::template run<4>(args...); break;
+    case 5: L::template run<5>(args...); break;
+    case 6: L::template run<6>(args...); break;
+    case 7: L::template run<7>(args...); break;
+    default: L::template run<8>(args...); break;
+    }
+}
+
 // The tensor-core kernel's launcher (attn_decode_tc.cu): G = n_heads / n_kv in 1..8, hd 64 or
 // 128, any cache type; cluster: the split merge through a cluster of grid.x (<= 8) blocks.
 void attn_decode_tc_launch(const dec_args &a, int G, int hd, int kv_type, dim3 grid, bool cluster, cudaStream_t st);

@@ -104,44 +104,21 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode_tc(const dec_arg
     uint8_t *tiles = smem + S::ML_BYTES;  // per warp: K [32][RS], V [32][RS]
     pdl_launch_dependents();
     dec_stamp(a, 0);
-    const int sp = blockIdx.x, kvh = blockIdx.y, i = blockIdx.z, n_heads = G * a.n_kv;
-    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3;
-    const int seq = a.seqs[i], L = a.s.seq_len[seq], t = a.s.seq_q0[seq];
-    int chunk = (L + a.n_splits - 1) / a.n_splits;
-    chunk = max(a.min_chunk, (chunk + DEC_TILE - 1) / DEC_TILE * DEC_TILE);
-    const int ns = (L + chunk - 1) / chunk;  // splits holding keys
-    const int j1 = min(L, (sp + 1) * chunk);
-    const int32_t *bt = a.s.block_tables + (size_t)seq * a.s.bt_stride;
+    const dec_block b = dec_block_of<RB>(a);
+    const int lane = threadIdx.x & 31, w = threadIdx.x >> 5, g = lane >> 2, c = lane & 3, j1 = b.j1;
     uint8_t *ks = tiles + w * S::WARP_BYTES, *vs = ks + DEC_TILE * RS;
-    int tk = sp * chunk + w * DEC_TILE;  // this warp's first tile
-    long long off = tk + lane < j1 ? row_off<RB>(bt, tk + lane, kvh, a.n_kv, a.bs) : 0;
-    const int fresh = sp < ns ? first_tile_early<RB, RS, RS>(ks, vs, a, off, tk, j1, L, lane) : -1;
+    const int fresh = b.sp < b.ns ? first_tile_early<RB, RS, RS>(ks, vs, a, b.off, b.tk, j1, b.L, lane) : -1;
     pdl_wait();
-    dec_stamp(a, 1);
-    if (a.trace) {
-        unsigned smid;
-        asm volatile("mov.u32 %0, %%smid;" : "=r"(smid));
-        dec_record(a, 6, smid);
-    }
-    auto cl_state = [&]() { return (float *)tiles + DEC_WARPS * G * HD; };
-    if (CL && sp >= ns) {
-        cluster_merge<HD, G>(a, cl_state(), kvh, sp, t, 0);
-        return;
-    }
-    if (sp >= ns) {
-        if (L <= 0 && sp == 0)  // no keys (not a decode case): zeros, as the split merge would give
-            for (int e = threadIdx.x; e < G * HD; e += blockDim.x)
-                a.out[((size_t)t * n_heads + kvh * G) * HD + e] = __float2bfloat16(0.f);
-        return;
-    }
+    float *cl_state = (float *)tiles + DEC_WARPS * G * HD;  // cluster merge: after the warps' states
+    if (!dec_block_has_keys<HD, G, CL>(a, b, cl_state)) return;
     if (fresh >= 0)
-        copy_fresh_row<RB, RS, RS>(ks, vs, a.kc, a.vc, __shfl_sync(0xffffffffu, off, fresh), fresh, lane);
+        copy_fresh_row<RB, RS, RS>(ks, vs, a.kc, a.vc, __shfl_sync(0xffffffffu, b.off, fresh), fresh, lane);
     const float scale = rsqrtf((float)HD) * 1.4426950408889634f;  // log2(e) folded in
     // q[g]'s A fragments, k indices 2c, 2c + 1 and 2c + 8, 2c + 9 of each step (rows g + 8: zero):
     // bf16 as is (the scores are scaled after the product), f16 scaled, dims permuted (header)
     uint32_t qa[KS][2];
     {
-        const bf16 *qr = a.q + ((size_t)t * n_heads + kvh * G + min(g, G - 1)) * HD;
+        const bf16 *qr = a.q + ((size_t)b.t * G * a.n_kv + b.kvh * G + min(g, G - 1)) * HD;
 #pragma unroll
         for (int k = 0; k < KS; k++) {
             if (FP8) {
@@ -164,17 +141,12 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode_tc(const dec_arg
     float o[NT][4];
 #pragma unroll
     for (int n = 0; n < NT; n++) o[n][0] = o[n][1] = o[n][2] = o[n][3] = 0;
-    if (a.trace && w == 0) {  // the loop's first wait, early
-        cp_async_wait<1>();
-        __syncwarp();
-        dec_stamp(a, 2);
-    }
-    for (; tk < j1; tk += DEC_WARPS * DEC_TILE) {
-        const int nv = min(DEC_TILE, j1 - tk), tn = tk + DEC_WARPS * DEC_TILE;
-        const bool more = tn < j1;
-        const long long noff = more && tn + lane < j1 ? row_off<RB>(bt, tn + lane, kvh, a.n_kv, a.bs) : 0;
-        cp_async_wait<1>();  // this tile's K (its V may still be in flight)
-        __syncwarp();
+    dec_stamp_first_tile(a);
+    for (int tk = b.tk; tk < j1; tk += DEC_WARPS * DEC_TILE) {
+        const int nv = min(DEC_TILE, j1 - tk);
+        long long noff;
+        const int nn = next_tile<RB>(a, b, tk + DEC_WARPS * DEC_TILE, &noff);
+        wait_k();
         float s[4][4];
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) {
@@ -224,15 +196,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode_tc(const dec_arg
 #pragma unroll
         for (int nt = 0; nt < 4; nt++) pk[nt] = pack_p<FP8>(exp2f(s[nt][0] - mn), exp2f(s[nt][1] - mn), &psum);
         l = l * corr + psum;
-        __syncwarp();  // every lane is done with the K buffer
-        if (more) {
-            copy_tile<RB, RS>(ks, a.kc, noff, min(DEC_TILE, j1 - tn), lane);
-            cp_async_commit();
-            cp_async_wait<1>();  // this tile's V
-        } else {
-            cp_async_wait<0>();
-        }
-        __syncwarp();
+        next_k_wait_v<RB, RS>(ks, a.kc, noff, nn);  // this tile's V awaited
 #pragma unroll
         for (int n = 0; n < NT; n++) o[n][0] *= corr, o[n][1] *= corr;  // rows g + 8 stay zero
 #pragma unroll
@@ -269,11 +233,7 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode_tc(const dec_arg
                 }
             }
         }
-        __syncwarp();  // V buffer read by all lanes
-        if (more) {
-            copy_tile<RB, RS>(vs, a.vc, noff, min(DEC_TILE, j1 - tn), lane);
-            cp_async_commit();
-        }
+        next_v<RB, RS>(vs, a.vc, noff, nn);
     }
     l += __shfl_xor_sync(0xffffffffu, l, 1);
     l += __shfl_xor_sync(0xffffffffu, l, 2);
@@ -293,50 +253,26 @@ __global__ void __launch_bounds__(DEC_WARPS * 32) k_attn_decode_tc(const dec_arg
             }
         }
     }
-    const bool last = merge_warps<HD, G, CL>(a, ml, sm, cl_state(), i, kvh, sp, t, ns);
-    if (CL) {
-        cluster_merge<HD, G>(a, cl_state(), kvh, sp, t, ns);
-        return;
-    }
-    dec_stamp(a, 4);
-    if (!last) return;
-    merge_splits<HD, G>(a, sm + DEC_WARPS * G * HD, i, kvh, t, ns);
-    if (threadIdx.x == 0) a.tickets[(size_t)i * a.n_kv + kvh] = 0;  // re-arm for the next launch / replay
-    dec_stamp(a, 5);
-}
-
-template <int HD, int G, int KV>
-static void launch(const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
-    void (*kern)(const dec_args) = cluster ? k_attn_decode_tc<HD, G, KV, true> : k_attn_decode_tc<HD, G, KV, false>;
-    const size_t sm = dec_tc_shape<HD, KV>::SMEM;
-    CU_CHECK(cudaFuncSetAttribute(kern, cudaFuncAttributeMaxDynamicSharedMemorySize, (int)sm));
-    const dim3 block(DEC_WARPS * 32);
-    cu_note(cluster ? pdl_launch_cluster(kern, grid, grid.x, block, sm, st, a) : pdl_launch(kern, grid, block, sm, st, a),
-            __FILE__, __LINE__, "attn_decode_tc");
+    dec_block_finish<HD, G, CL>(a, b, ml, sm, cl_state);
 }
 
 template <int HD, int KV>
-static void launch_g(int G, const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
-    switch (G) {
-    case 1: launch<HD, 1, KV>(a, grid, cluster, st); break;
-    case 2: launch<HD, 2, KV>(a, grid, cluster, st); break;
-    case 3: launch<HD, 3, KV>(a, grid, cluster, st); break;
-    case 4: launch<HD, 4, KV>(a, grid, cluster, st); break;
-    case 5: launch<HD, 5, KV>(a, grid, cluster, st); break;
-    case 6: launch<HD, 6, KV>(a, grid, cluster, st); break;
-    case 7: launch<HD, 7, KV>(a, grid, cluster, st); break;
-    default: launch<HD, 8, KV>(a, grid, cluster, st); break;
+struct tc_launch {
+    template <int G>
+    static void run(const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
+        dec_launch(cluster ? k_attn_decode_tc<HD, G, KV, true> : k_attn_decode_tc<HD, G, KV, false>,
+                   dec_tc_shape<HD, KV>::SMEM, a, grid, cluster, st, "attn_decode_tc");
     }
-}
+};
 
 template <int HD>
 static void launch_kv(int G, int kv_type, const dec_args &a, dim3 grid, bool cluster, cudaStream_t st) {
     if (kv_type == CU_KV_E4M3)
-        launch_g<HD, CU_KV_E4M3>(G, a, grid, cluster, st);
+        with_g<tc_launch<HD, CU_KV_E4M3>>(G, a, grid, cluster, st);
     else if (kv_type == CU_KV_E5M2)
-        launch_g<HD, CU_KV_E5M2>(G, a, grid, cluster, st);
+        with_g<tc_launch<HD, CU_KV_E5M2>>(G, a, grid, cluster, st);
     else
-        launch_g<HD, CU_KV_BF16>(G, a, grid, cluster, st);
+        with_g<tc_launch<HD, CU_KV_BF16>>(G, a, grid, cluster, st);
 }
 
 void attn_decode_tc_launch(const dec_args &a, int G, int hd, int kv_type, dim3 grid, bool cluster, cudaStream_t st) {
