@@ -13,7 +13,7 @@
 //    shuffle), B = 16 keys x 8 dims: 2 x HD/8 mma per tile.
 // About 200 instructions per warp and 32-key tile against about 1900 on the CUDA cores, whose
 // key loop was latency bound (one warp per scheduler at batch 1). Layer graph at batch 1,
-// 512 keys: the attention advances the chain by 6.8 us instead of 10.4 (bench/results/
+// 512 keys: the attention advances the chain by 6.6-6.8 us instead of 10.4 (bench/results/
 // 2026-11-29-session7-h200.md).
 //
 // bf16 cache: bf16 mma; B fragments by ldmatrix (K) and ldmatrix.trans (V) from the tiles
