@@ -131,6 +131,10 @@ bool cu_gptq_tc_supported(int in, int out, int group_size);
 // the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only, wrong results): the K splits are left
 // unsummed. Call before sizing the scratch; not thread-safe.
 #define CU_GPTQ_NO_REDUCE 2
+// CU_GPTQ_ACQREL_TICKET: a block releases its partials and the group's last block acquires
+// everyone's through one atom.acq_rel.gpu on the ticket instead of fence + atomic + fence
+// (PAGODA_GPTQ_FLAGS=4 sets it for whole-model A/B runs).
+#define CU_GPTQ_ACQREL_TICKET 4
 #define CU_GPTQ_DEFAULT_FLAGS 0
 void cu_gptq_tune(int block_bytes, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per

@@ -26,6 +26,7 @@
 // cache (merge_rope). Each form is its own kernel instance (k_gptq_tc<M, F>).
 //
 // Many rows: k_gptq_dequant writes W^T (in, out) bf16 for cuBLAS.
+#include <stdlib.h>
 #include <string.h>
 
 #include <cuda_bf16.h>
@@ -50,10 +51,15 @@ typedef __nv_bfloat16 bf16;
 
 // Tuning (cuda_ops_bench): weight bytes per block and CU_GPTQ_* flags. Set before the
 // scratch is sized (cu_gemv_partial_floats depends on it).
-static int g_block_bytes = TC_BLOCK_BYTES, g_flags = CU_GPTQ_DEFAULT_FLAGS;
+// The default flags: CU_GPTQ_DEFAULT_FLAGS, or PAGODA_GPTQ_FLAGS (A/B runs of whole models).
+static int default_flags(void) {
+    const char *e = getenv("PAGODA_GPTQ_FLAGS");
+    return e ? atoi(e) & CU_GPTQ_ACQREL_TICKET : CU_GPTQ_DEFAULT_FLAGS;
+}
+static int g_block_bytes = TC_BLOCK_BYTES, g_flags = -1;  // -1: not read yet
 extern "C" void cu_gptq_tune(int block_bytes, int flags) {
     g_block_bytes = block_bytes > 0 ? block_bytes : TC_BLOCK_BYTES;
-    g_flags = flags < 0 ? CU_GPTQ_DEFAULT_FLAGS : flags;
+    g_flags = flags < 0 ? default_flags() : flags;
 }
 static struct trace_slots g_trace;
 extern "C" void cu_gptq_trace(uint64_t *buf, int blocks_per_launch) { trace_set(&g_trace, buf, blocks_per_launch); }
@@ -578,10 +584,17 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
     const int grp = tc_group<KIND>(p, blockIdx.x);
     __syncthreads();
     if (threadIdx.x == 0) {
-        __threadfence();
-        const bool l = atomicAdd(&p.ticket[grp], 1u) == (unsigned)(ks * tc_gtiles<KIND>(p)) - 1;
-        if (l) __threadfence();
-        last = l;
+        const unsigned n = (unsigned)(ks * tc_gtiles<KIND>(p)) - 1;
+        if (p.flags & CU_GPTQ_ACQREL_TICKET) {  // one atomic that releases and acquires, no fences
+            unsigned old;
+            asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(old) : "l"(&p.ticket[grp]) : "memory");
+            last = old == n;
+        } else {
+            __threadfence();
+            const bool l = atomicAdd(&p.ticket[grp], 1u) == n;
+            if (l) __threadfence();
+            last = l;
+        }
     }
     __syncthreads();
     tc_stamp(p, 4);
@@ -670,6 +683,7 @@ extern "C" void cu_gptq_gemv_fused(const struct cu_gptq *l, const struct cu_gemv
     a.o = *out;
     a.partial = partial + CU_GEMV_COUNTERS;
     a.ticket = (unsigned *)partial;
+    if (g_flags < 0) g_flags = default_flags();
     a.flags = g_flags;
     const int ks = tc_splits(l, M), form = kind | (norm ? TC_NORM : 0);
     a.trace = trace_next(&g_trace, (size_t)((l->out + TC_COLS - 1) / TC_COLS) * ks);
