@@ -292,7 +292,7 @@ static const struct {
     const char *name;
 } TUNES[] = {{0, -1, ""},
              {0, CU_GPTQ_NO_REDUCE, "K splits not summed (timing only)"},
-             {0, CU_GPTQ_ACQREL_TICKET, "ticket by one acq_rel atomic, no fences"},
+             {0, 0, "ticket between two fences (PAGODA_GPTQ_FLAGS=0)"},
              {64 << 10, 0, "64 KiB blocks"}};
 #define N_TUNES ((int)(sizeof TUNES / sizeof TUNES[0]))
 

@@ -415,10 +415,10 @@ static void test_gptq(void **state) {
     run_gptq_case(512, 256, 128);
 }
 
-// The plain and fused int4 GEMV cases again with the K-split tickets taken by one acq_rel
-// atomic (CU_GPTQ_ACQREL_TICKET) instead of fence + atomic + fence.
-static void test_gptq_acqrel_ticket(void **state) {
-    cu_gptq_tune(0, CU_GPTQ_ACQREL_TICKET);
+// The plain and fused int4 GEMV cases again with the K-split tickets taken by fence + atomic
+// + fence (flags 0) instead of the default single acq_rel atomic (CU_GPTQ_ACQREL_TICKET).
+static void test_gptq_fence_ticket(void **state) {
+    cu_gptq_tune(0, 0);
     test_gptq(state);
     test_gptq_fused(state);
 }
@@ -634,7 +634,7 @@ static void test_argmax(void **state) {
 
 int main(void) {
     const struct CMUnitTest tests[] = {cmocka_unit_test(test_gptq), cmocka_unit_test(test_gptq_fused),
-                                       cmocka_unit_test_teardown(test_gptq_acqrel_ticket, gptq_tune_reset),
+                                       cmocka_unit_test_teardown(test_gptq_fence_ticket, gptq_tune_reset),
                                        cmocka_unit_test(test_dense_gemv), cmocka_unit_test(test_sampling),
                                        cmocka_unit_test(test_argmax)};
     return cmocka_run_group_tests(tests, NULL, NULL);

@@ -131,11 +131,12 @@ bool cu_gptq_tc_supported(int in, int out, int group_size);
 // the int4 GEMV. CU_GPTQ_NO_REDUCE (timing only, wrong results): the K splits are left
 // unsummed. Call before sizing the scratch; not thread-safe.
 #define CU_GPTQ_NO_REDUCE 2
-// CU_GPTQ_ACQREL_TICKET: a block releases its partials and the group's last block acquires
-// everyone's through one atom.acq_rel.gpu on the ticket instead of fence + atomic + fence
-// (PAGODA_GPTQ_FLAGS=4 sets it for whole-model A/B runs).
+// CU_GPTQ_ACQREL_TICKET (the default): a block releases its partials and the group's last
+// block acquires everyone's through one atom.acq_rel.gpu on the ticket (cumulative over the
+// block's barrier) instead of fence + atomic + fence: 71.2 vs 72.5 us per 14B layer at batch 1
+// (bench/results/2026-11-29-session7-h200.md). PAGODA_GPTQ_FLAGS=0 gives the fences back.
 #define CU_GPTQ_ACQREL_TICKET 4
-#define CU_GPTQ_DEFAULT_FLAGS 0
+#define CU_GPTQ_DEFAULT_FLAGS CU_GPTQ_ACQREL_TICKET
 void cu_gptq_tune(int block_bytes, int flags);
 // Benchmark hook: while buf is set, the k-th GEMV launched from now on records 8 values per
 // block (gptq.cu, tc_stamp) at buf + (k * blocks_per_launch + block) * 8; NULL stops it.

@@ -14,7 +14,7 @@
 // sum x (q - z) = C - (128 + z) sum x, with sum x from the staging (per 64-input tile), times
 // the f32 group scale. With group size 128 and whole groups per block (the usual case) the
 // group boundaries are fixed positions of the unrolled loop and two batch registers
-// alternate. K splits are summed by the last block of each column tile (one fence and atomic
+// alternate. K splits are summed by the last block of each column tile (one atom.acq_rel
 // ticket per block) in fixed split order (deterministic), which adds the bias, writes bf16
 // and re-arms its ticket for the next launch / graph replay. tc_stamp (cu_gptq_trace, for
 // cuda_ops_bench timeline) records when each block reached each phase.
@@ -579,13 +579,13 @@ __global__ void __launch_bounds__(TC_WARPS * 32, TC_MIN_BLOCKS(M)) k_gptq_tc(tc_
                     p.partial[((size_t)blockIdx.y * M + m) * p.out + n] = acc[f][i];
             }
     if (direct || (p.flags & CU_GPTQ_NO_REDUCE)) return;
-    // Release the block's partials (the barrier orders them before thread 0's fence, which is
-    // cumulative) and take a ticket; the last block of the group acquires everyone's.
+    // Release the block's partials (the barrier orders them before thread 0's release, which
+    // is cumulative) and take a ticket; the last block of the group acquires everyone's.
     const int grp = tc_group<KIND>(p, blockIdx.x);
     __syncthreads();
     if (threadIdx.x == 0) {
         const unsigned n = (unsigned)(ks * tc_gtiles<KIND>(p)) - 1;
-        if (p.flags & CU_GPTQ_ACQREL_TICKET) {  // one atomic that releases and acquires, no fences
+        if (p.flags & CU_GPTQ_ACQREL_TICKET) {  // one atomic that releases and acquires (the default)
             unsigned old;
             asm volatile("atom.acq_rel.gpu.global.add.u32 %0, [%1], 1;\n" : "=r"(old) : "l"(&p.ticket[grp]) : "memory");
             last = old == n;
